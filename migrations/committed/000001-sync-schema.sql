@@ -1,0 +1,627 @@
+--! Previous: -
+--! Hash: sha1:e9e97e05d26dcc7cd15d8de55a95193760360939
+--! Message: sync schema
+
+/*
+ * Syncline's own schema. Everything a DBA needs to see or change about
+ * syncing is here: the entity configuration (sync.entity), the audit log of
+ * runs, changes and quarantined records, alerts, and the set-based merge that
+ * moves a run's staged rows into the user's target table in one transaction.
+ * Staged rows live in unlogged tables of the schema sync_staging, one a run.
+ */
+create schema if not exists sync;
+create schema if not exists sync_staging;
+comment on schema sync is 'Syncline: sync configuration, audit log, alerts and the merge functions.';
+comment on schema sync_staging is 'Syncline: one unlogged staging table a running sync (run_<id>); dropped when the run ends.';
+
+create table if not exists sync.entity (
+  name text primary key
+    check (length(name) between 1 and 100 and name !~ '[[:cntrl:]]'),
+  source text not null,
+  direction text not null default 'pull' check (direction in ('pull', 'push')),
+  mode text not null check (mode in ('mirror', 'upsert', 'append', 'soft-delete')),
+  target_schema text not null,
+  target_table text not null,
+  key_columns text[] not null check (cardinality(key_columns) > 0),
+  tenant_column text,
+  tenant_value text,
+  cursor_column text,
+  cursor_overlap text,
+  cursor_value text,
+  soft_delete_column text,
+  depends_on text[] not null default '{}',
+  schedule text,
+  enabled boolean not null default true,
+  definition jsonb not null default '{}',
+  config_hash text,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  check ((tenant_column is null) = (tenant_value is null)),
+  check (mode <> 'soft-delete' or soft_delete_column is not null)
+);
+comment on table sync.entity is 'One row an entity: what to sync from where into which table, and how. Written by `syncline config apply`; the cursor is advanced by sync.merge.';
+comment on column sync.entity.key_columns is 'Target columns that identify a record (composite keys allowed).';
+comment on column sync.entity.cursor_column is 'Column whose growing value marks new or changed rows; runs fetch only rows past cursor_value (less cursor_overlap).';
+comment on column sync.entity.cursor_value is 'Highest cursor_column value merged so far (text form). Set to null to make the next run fetch everything.';
+comment on column sync.entity.definition is 'The entity as written in syncline.config.json (secrets never appear here).';
+
+create table if not exists sync.run (
+  id bigint generated always as identity primary key,
+  entity text not null,
+  trigger text not null check (trigger in ('cron', 'manual', 'backfill', 'resync', 'dependency', 'api')),
+  status text not null default 'running'
+    check (status in ('running', 'succeeded', 'partial', 'failed', 'cancelled', 'skipped')),
+  dry_run boolean not null default false,
+  full_refresh boolean not null default false,
+  started_at timestamptz not null default now(),
+  finished_at timestamptz,
+  fetched bigint,
+  inserted bigint,
+  updated bigint,
+  deleted bigint,
+  unchanged bigint,
+  quarantined bigint,
+  deferred bigint,
+  cursor_before text,
+  cursor_after text,
+  phases jsonb not null default '{}',
+  detail jsonb not null default '{}',
+  error text,
+  cancel_requested boolean not null default false,
+  job_id text,
+  backend_pid integer default pg_backend_pid()
+);
+create index if not exists run_entity_started_idx on sync.run (entity, started_at desc);
+create index if not exists run_running_idx on sync.run (entity) where status = 'running';
+comment on table sync.run is 'One row a sync run: trigger, status, exact counts, cursor before and after, phase timings in milliseconds.';
+comment on column sync.run.deferred is 'Rows missing from the source whose delete was postponed because rows of another table still reference them; the next run deletes them.';
+comment on column sync.run.phases is 'Milliseconds spent in each phase: {"fetch": …, "merge": …}.';
+comment on column sync.run.detail is 'Extra facts: the diff sample of a dry run, the reason a run was skipped.';
+
+create table if not exists sync.run_change (
+  run_id bigint not null,
+  action text not null check (action in ('insert', 'update', 'delete')),
+  key jsonb not null,
+  changed text[]
+);
+create index if not exists run_change_run_idx on sync.run_change (run_id);
+comment on table sync.run_change is 'One row a record a run inserted, updated or deleted; `changed` names the columns an update changed.';
+
+create table if not exists sync.run_error (
+  id bigint generated always as identity primary key,
+  run_id bigint not null,
+  entity text not null,
+  key jsonb,
+  category text not null
+    check (category in ('network', 'rate_limit', 'auth', 'validation', 'integrity', 'database', 'internal')),
+  message text not null,
+  payload jsonb,
+  created_at timestamptz not null default now(),
+  retry_count integer not null default 0,
+  next_retry_at timestamptz,
+  resolved_at timestamptz
+);
+create index if not exists run_error_run_idx on sync.run_error (run_id);
+create index if not exists run_error_entity_idx on sync.run_error (entity, created_at desc);
+comment on table sync.run_error is 'Quarantined records and run failures: the key, a category, a reason a person can act on, and the raw record.';
+
+create table if not exists sync.alert (
+  id bigint generated always as identity primary key,
+  kind text not null,
+  severity text not null default 'warning' check (severity in ('info', 'warning', 'critical')),
+  entity text,
+  message text not null,
+  details jsonb not null default '{}',
+  created_at timestamptz not null default now(),
+  acknowledged_by text,
+  acknowledged_at timestamptz
+);
+create index if not exists alert_open_idx on sync.alert (entity) where acknowledged_at is null;
+comment on table sync.alert is 'Alerts raised about entities; open until acknowledged with sync.ack_alert(id, by).';
+
+create or replace function sync.entity_lock_key(p_entity text) returns bigint
+  language sql immutable parallel safe
+  as $$ select hashtextextended('syncline:entity:' || p_entity, 0) $$;
+comment on function sync.entity_lock_key(text) is 'Advisory lock key held (session level) by whoever runs a sync of this entity: two runs of one entity never overlap.';
+
+create or replace function sync.target_column_types(p_entity text, p_columns text[])
+  returns table (column_name text, column_type text, is_key boolean)
+  language plpgsql stable
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_ent sync.entity;
+  v_rel regclass;
+  v_missing text;
+begin
+  select * into v_ent from sync.entity e where e.name = p_entity;
+  if not found then
+    raise exception 'unknown entity %', p_entity using hint = 'run `syncline config apply` after adding it to syncline.config.json';
+  end if;
+  v_rel := to_regclass(format('%I.%I', v_ent.target_schema, v_ent.target_table));
+  if v_rel is null then
+    raise exception 'target table %.% of entity % does not exist', v_ent.target_schema, v_ent.target_table, p_entity
+      using hint = 'create it with your own migration; Syncline derives its staging table from it';
+  end if;
+  select c into v_missing from unnest(p_columns || v_ent.key_columns) c
+   where not exists (select 1 from pg_attribute a where a.attrelid = v_rel and a.attname = c and a.attnum > 0 and not a.attisdropped)
+   limit 1;
+  if v_missing is not null then
+    raise exception 'entity %: column % does not exist in target table %.%', p_entity, v_missing, v_ent.target_schema, v_ent.target_table
+      using hint = 'fix the column name in the entity''s columns or key, or add the column to the table';
+  end if;
+  return query
+    select a.attname::text, format_type(a.atttypid, a.atttypmod), a.attname = any (v_ent.key_columns)
+      from unnest(p_columns) with ordinality as c(name, ord)
+      join pg_attribute a on a.attrelid = v_rel and a.attname = c.name
+     order by c.ord;
+end
+$$;
+comment on function sync.target_column_types(text, text[]) is 'Types of the given columns of an entity''s target table, in the given order; raises a clear error for a missing table or column.';
+
+create or replace function sync.start_run(
+  p_entity text, p_trigger text, p_dry_run boolean, p_full boolean, p_columns text[], p_job_id text default null
+) returns bigint
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_run_id bigint;
+  v_defs text;
+begin
+  -- The caller holds the entity's advisory lock, so a run still marked
+  -- running belongs to a process that died: close it, or it shows forever.
+  update sync.run
+     set status = 'failed', finished_at = now(),
+         error = 'abandoned: the process running it stopped before it finished'
+   where entity = p_entity and status = 'running';
+  insert into sync.run (entity, trigger, dry_run, full_refresh, cursor_before, job_id)
+  select e.name, p_trigger, p_dry_run, p_full, e.cursor_value, p_job_id
+    from sync.entity e where e.name = p_entity
+  returning id into v_run_id;
+  if v_run_id is null then
+    raise exception 'unknown entity %', p_entity using hint = 'run `syncline config apply` after adding it to syncline.config.json';
+  end if;
+  select string_agg(format('%I %s', t.column_name, t.column_type), ', ')
+    into v_defs from sync.target_column_types(p_entity, p_columns) t;
+  execute format('create unlogged table sync_staging.%I (%s, _sl_quarantined boolean not null default false)',
+                 'run_' || v_run_id, v_defs);
+  return v_run_id;
+end
+$$;
+comment on function sync.start_run(text, text, boolean, boolean, text[], text) is 'Opens a run: records it in sync.run and creates its unlogged staging table sync_staging.run_<id> with the target''s column types.';
+
+create or replace function sync.finish_run(p_run_id bigint, p_status text, p_error text default null, p_detail jsonb default '{}')
+  returns void
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+begin
+  update sync.run
+     set status = p_status, error = p_error, finished_at = now(), detail = detail || coalesce(p_detail, '{}')
+   where id = p_run_id and status = 'running';
+  execute format('drop table if exists sync_staging.%I', 'run_' || p_run_id);
+end
+$$;
+comment on function sync.finish_run(bigint, text, text, jsonb) is 'Closes a run that did not merge (failed, cancelled, skipped) and drops its staging table.';
+
+create or replace function sync.record_outcome(p_entity text, p_trigger text, p_status text, p_reason text)
+  returns bigint
+  language sql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+  insert into sync.run (entity, trigger, status, finished_at, error)
+  values (p_entity, p_trigger, p_status, now(), p_reason)
+  returning id
+$$;
+comment on function sync.record_outcome(text, text, text, text) is 'Records a run that ended before staging began, and why: skipped for a failed dependency, failed for a missing table.';
+
+-- Builds "a = b and …" joins and column lists once, so every statement of the
+-- merge (and its dry-run twin) uses exactly the same predicates.
+create or replace function sync._join(p_keys text[], p_left text, p_right text) returns text
+  language sql immutable
+  as $$ select string_agg(format('%s.%I = %s.%I', p_left, k, p_right, k), ' and ') from unnest(p_keys) k $$;
+
+create or replace function sync._key_json(p_keys text[], p_alias text) returns text
+  language sql immutable
+  as $$ select format('jsonb_build_object(%s)', string_agg(format('%L, %s.%I', k, p_alias, k), ', ')) from unnest(p_keys) k $$;
+
+-- Types without a default btree opclass (json, xml, point …) have no `=`:
+-- compare those through their text form.
+create or replace function sync._cmp_expr(p_rel regclass, p_col text, p_alias text) returns text
+  language sql stable
+as $$
+  select case when exists (
+           select 1 from pg_opclass o join pg_am am on am.oid = o.opcmethod
+            where am.amname = 'btree' and o.opcdefault
+              and (o.opcintype = a.atttypid
+                   or (o.opcintype = 'anyarray'::regtype and t.typelem <> 0
+                       and exists (select 1 from pg_opclass o2 where o2.opcmethod = am.oid and o2.opcdefault and o2.opcintype = t.typelem))
+                   or (o.opcintype = 'anyenum'::regtype and t.typtype = 'e')
+                   or (o.opcintype = 'record'::regtype and t.typtype = 'c')
+                   or (o.opcintype = 'anyrange'::regtype and t.typtype = 'r')))
+              or t.typtype = 'd'
+         then format('%s.%I', p_alias, p_col)
+         else format('%s.%I::text', p_alias, p_col) end
+    from pg_attribute a join pg_type t on t.oid = a.atttypid
+   where a.attrelid = p_rel and a.attname = p_col
+$$;
+
+create or replace function sync.merge(p_run_id bigint) returns jsonb
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_run sync.run;
+  v_ent sync.entity;
+  v_started timestamptz := clock_timestamp();
+  v_t text;
+  v_s text;
+  v_rel regclass;
+  v_cols text[];
+  v_vals text[];
+  v_on text;
+  v_scope text := 'true';
+  v_distinct text;
+  v_changed text;
+  v_key text;
+  v_ok text := 'not s._sl_quarantined';
+  v_snapshot boolean;
+  v_unreferenced text := 'true';
+  v_collist text;
+  v_selist text;
+  v_setlist text;
+  v_fetched bigint;
+  v_quarantined bigint;
+  v_ins bigint := 0;
+  v_upd bigint := 0;
+  v_del bigint := 0;
+  v_missing bigint := 0;
+  v_cursor text;
+  v_cursor_type text;
+  v_sample jsonb := '[]';
+  v_overriding text := '';
+  v_status text;
+  v_result jsonb;
+begin
+  select * into v_run from sync.run where id = p_run_id for update;
+  if not found then
+    raise exception 'sync.merge: no run %', p_run_id;
+  end if;
+  if v_run.status <> 'running' then
+    raise exception 'sync.merge: run % is %, not running', p_run_id, v_run.status;
+  end if;
+  select * into strict v_ent from sync.entity where name = v_run.entity;
+  -- Same key as the session lock the runner holds: also guards a merge
+  -- started by hand in psql.
+  perform pg_advisory_xact_lock(sync.entity_lock_key(v_ent.name));
+
+  v_t := format('%I.%I', v_ent.target_schema, v_ent.target_table);
+  v_s := format('sync_staging.%I', 'run_' || p_run_id);
+  v_rel := v_t::regclass;
+  select array_agg(a.attname::text order by a.attnum) into v_cols
+    from pg_attribute a
+   where a.attrelid = v_s::regclass and a.attnum > 0 and not a.attisdropped and a.attname <> '_sl_quarantined';
+  v_vals := array(select c from unnest(v_cols) c where c <> all (v_ent.key_columns));
+  v_on := sync._join(v_ent.key_columns, 't', 's');
+  v_key := sync._key_json(v_ent.key_columns, 's');
+  if v_ent.tenant_column is not null then
+    v_scope := format('t.%I = %L', v_ent.tenant_column, v_ent.tenant_value);
+  end if;
+  -- An incremental run sees only changed rows, so only a full snapshot may
+  -- conclude that a missing row was deleted.
+  v_snapshot := v_ent.cursor_column is null or v_run.full_refresh;
+  if exists (select 1 from pg_attribute a where a.attrelid = v_rel and a.attidentity = 'a'
+               and a.attname = any (v_cols)) then
+    v_overriding := 'overriding system value';
+  end if;
+
+  -- Quarantine what cannot be merged; the rows stay in staging (flagged) so a
+  -- mirror run does not delete their target rows.
+  execute format($q$
+    with bad as (
+      update %1$s s set _sl_quarantined = true
+       where %2$s
+      returning s.*)
+    insert into sync.run_error (run_id, entity, key, category, message, payload)
+    select %3$s, %4$L, %5$s, 'validation', 'a key column is null', to_jsonb(s) - '_sl_quarantined' from bad s$q$,
+    v_s, (select string_agg(format('s.%I is null', k), ' or ') from unnest(v_ent.key_columns) k),
+    p_run_id, v_ent.name, v_key);
+  execute format($q$
+    with dup as (
+      select %3$s as k, count(*) as n from %1$s s where %2$s group by 1 having count(*) > 1),
+    bad as (
+      update %1$s s set _sl_quarantined = true from dup d where %3$s = d.k
+      returning s.*, d.n)
+    insert into sync.run_error (run_id, entity, key, category, message, payload)
+    select %4$s, %5$L, %3$s, 'integrity', format('the source has %%s records with this key; none of them was merged', s.n),
+           to_jsonb(s) - '_sl_quarantined' - 'n' from bad s$q$,
+    v_s, v_ok, v_key, p_run_id, v_ent.name);
+  if v_ent.tenant_column is not null and v_ent.tenant_column = any (v_cols) then
+    execute format($q$
+      with bad as (
+        update %1$s s set _sl_quarantined = true
+         where %2$s and s.%3$I is distinct from %4$L
+        returning s.*)
+      insert into sync.run_error (run_id, entity, key, category, message, payload)
+      select %5$s, %6$L, %7$s, 'integrity',
+             format('the record belongs to tenant %%s but the entity is scoped to tenant %%s', s.%3$I, %4$L),
+             to_jsonb(s) - '_sl_quarantined' from bad s$q$,
+      v_s, v_ok, v_ent.tenant_column, v_ent.tenant_value, p_run_id, v_ent.name, v_key);
+  end if;
+
+  execute format('select count(*), count(*) filter (where _sl_quarantined) from %s', v_s)
+    into v_fetched, v_quarantined;
+
+  v_collist := (select string_agg(format('%I', c), ', ') from unnest(v_cols) c);
+  v_selist := (select string_agg(format('s.%I', c), ', ') from unnest(v_cols) c);
+  v_setlist := (select string_agg(format('%1$I = s.%1$I', c), ', ') from unnest(v_vals) c);
+  v_distinct := (select format('(%s) is distinct from (%s)',
+                        string_agg(sync._cmp_expr(v_rel, c, 't'), ', '),
+                        string_agg(sync._cmp_expr(v_s::regclass, c, 's'), ', '))
+                   from unnest(v_vals) c);
+  v_changed := (select format('array_remove(array[%s], null)',
+                        string_agg(format('case when %s is distinct from %s then %L end',
+                                          sync._cmp_expr(v_rel, c, 't'), sync._cmp_expr(v_s::regclass, c, 's'), c), ', '))
+                  from unnest(v_vals) c);
+  if v_ent.mode = 'soft-delete' and v_ent.soft_delete_column <> all (v_cols) then
+    -- A record back in the source is live again.
+    v_distinct := concat_ws(' or ', v_distinct, format('t.%I is not null', v_ent.soft_delete_column));
+    v_changed := format('array_remove(%s || array[case when t.%I is not null then %L end], null)',
+                        coalesce(v_changed, 'array[]::text[]'), v_ent.soft_delete_column, v_ent.soft_delete_column);
+    v_setlist := concat_ws(', ', v_setlist, format('%I = null', v_ent.soft_delete_column));
+  end if;
+  if v_snapshot and v_ent.mode = 'mirror' then
+    -- Rows another table still references (with a restricting foreign key)
+    -- wait until that table's own sync has let go of them.
+    select coalesce(string_agg(format('not exists (select 1 from %s c where %s)', c.conrelid::regclass,
+             (select string_agg(format('c.%I = t.%I', ca.attname, ta.attname), ' and ')
+                from unnest(c.conkey, c.confkey) as k(ck, tk)
+                join pg_attribute ca on ca.attrelid = c.conrelid and ca.attnum = k.ck
+                join pg_attribute ta on ta.attrelid = c.confrelid and ta.attnum = k.tk)), ' and '), 'true')
+      into v_unreferenced
+      from pg_constraint c
+     where c.contype = 'f' and c.confrelid = v_rel and c.conrelid <> v_rel and c.confdeltype in ('a', 'r');
+  end if;
+
+  if v_run.dry_run then
+    v_result := sync._merge_preview(v_t, v_s, v_ent, v_on, v_scope, v_ok, v_key, v_distinct, v_changed,
+                                    v_snapshot, v_unreferenced);
+    v_ins := (v_result ->> 'inserted')::bigint;
+    v_upd := (v_result ->> 'updated')::bigint;
+    v_del := (v_result ->> 'deleted')::bigint;
+    v_missing := (v_result ->> 'deferred')::bigint;
+    v_sample := v_result -> 'sample';
+  else
+    -- Inserts first, then updates, then deletes: a new parent exists before a
+    -- row is pointed at it, and a row stops pointing at an old parent before
+    -- that parent goes. Foreign keys are checked per statement, so a table
+    -- that references itself converges in one run.
+    if v_ent.mode <> 'append' and v_vals <> '{}' then
+      execute format($q$
+        with c as (
+          select s.*, %7$s as _sl_changed from %2$s s join %1$s t on %3$s
+           where %4$s and %5$s and (%6$s)),
+        u as (
+          update %1$s t set %8$s from c s where %3$s
+          returning %9$s as k, s._sl_changed)
+        insert into sync.run_change (run_id, action, key, changed)
+        select %10$s, 'update', k, _sl_changed from u$q$,
+        v_t, v_s, v_on, v_ok, v_scope, v_distinct, v_changed, v_setlist, v_key, p_run_id);
+      get diagnostics v_upd = row_count;
+    end if;
+    execute format($q$
+      with i as (
+        insert into %1$s as t (%2$s) %8$s
+        select %3$s from %4$s s where %5$s and not exists (select 1 from %1$s t where %6$s)
+        returning %7$s as k)
+      insert into sync.run_change (run_id, action, key)
+      select %9$s, 'insert', k from i$q$,
+      v_t, v_collist, v_selist, v_s, v_ok, v_on, sync._key_json(v_ent.key_columns, 't'), v_overriding, p_run_id);
+    get diagnostics v_ins = row_count;
+    if v_snapshot and v_ent.mode = 'mirror' then
+      execute format($q$
+        with d as (
+          delete from %1$s t where %3$s and not exists (select 1 from %2$s s where %4$s) and %5$s
+          returning %6$s as k)
+        insert into sync.run_change (run_id, action, key)
+        select %7$s, 'delete', k from d$q$,
+        v_t, v_s, v_scope, v_on, v_unreferenced, sync._key_json(v_ent.key_columns, 't'), p_run_id);
+      get diagnostics v_del = row_count;
+      if v_unreferenced <> 'true' then
+        execute format('select count(*) from %s t where %s and not exists (select 1 from %s s where %s)',
+                       v_t, v_scope, v_s, v_on) into v_missing;
+      end if;
+    elsif v_snapshot and v_ent.mode = 'soft-delete' then
+      execute format($q$
+        with d as (
+          update %1$s t set %5$I = now()
+           where %3$s and t.%5$I is null and not exists (select 1 from %2$s s where %4$s)
+          returning %6$s as k)
+        insert into sync.run_change (run_id, action, key, changed)
+        select %7$s, 'delete', k, array[%8$L] from d$q$,
+        v_t, v_s, v_scope, v_on, v_ent.soft_delete_column, sync._key_json(v_ent.key_columns, 't'), p_run_id,
+        v_ent.soft_delete_column);
+      get diagnostics v_del = row_count;
+    end if;
+  end if;
+
+  if v_ent.cursor_column is not null then
+    select format_type(a.atttypid, a.atttypmod) into v_cursor_type
+      from pg_attribute a where a.attrelid = v_s::regclass and a.attname = v_ent.cursor_column;
+    execute format('select greatest(max(s.%I), %L::%s)::text from %s s where %s',
+                   v_ent.cursor_column, v_run.cursor_before, v_cursor_type, v_s, v_ok)
+      into v_cursor;
+  end if;
+
+  v_status := case when v_quarantined > 0 then 'partial' else 'succeeded' end;
+  update sync.run
+     set status = v_status, finished_at = now(),
+         fetched = v_fetched, inserted = v_ins, updated = v_upd, deleted = v_del,
+         unchanged = v_fetched - v_quarantined - v_ins - v_upd,
+         quarantined = v_quarantined, deferred = greatest(v_missing - v_del, 0),
+         cursor_after = v_cursor,
+         phases = phases || jsonb_build_object('merge', round(extract(epoch from clock_timestamp() - v_started) * 1000)),
+         detail = detail || case when v_run.dry_run then jsonb_build_object('sample', v_sample) else '{}' end
+   where id = p_run_id
+  returning jsonb_build_object('run_id', id, 'status', status, 'fetched', fetched, 'inserted', inserted,
+                               'updated', updated, 'deleted', deleted, 'unchanged', unchanged,
+                               'quarantined', quarantined, 'deferred', deferred, 'cursor', cursor_after,
+                               'dry_run', dry_run, 'sample', detail -> 'sample')
+    into v_result;
+  if not v_run.dry_run and v_ent.cursor_column is not null then
+    update sync.entity set cursor_value = v_cursor where name = v_ent.name and cursor_value is distinct from v_cursor;
+  end if;
+  execute format('drop table %s', v_s);
+  return v_result;
+end
+$$;
+comment on function sync.merge(bigint) is 'Merges a run''s staged rows into the target in the caller''s transaction: quarantines null and duplicate keys, inserts, updates only rows that differ, deletes (mirror) or stamps (soft-delete) rows missing from a full snapshot within the tenant, logs every change, advances the cursor. A dry run computes the same counts and a sample and writes nothing to the target.';
+
+create or replace function sync._merge_preview(
+  p_t text, p_s text, p_ent sync.entity, p_on text, p_scope text, p_ok text, p_key text,
+  p_distinct text, p_changed text, p_snapshot boolean, p_unreferenced text
+) returns jsonb
+  language plpgsql stable
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_ins bigint := 0;
+  v_upd bigint := 0;
+  v_del bigint := 0;
+  v_missing bigint := 0;
+  v_sample jsonb;
+  v_tkey text := sync._key_json(p_ent.key_columns, 't');
+  v_deletes boolean := p_snapshot and p_ent.mode in ('mirror', 'soft-delete');
+begin
+  execute format('select count(*) from %s s where %s and not exists (select 1 from %s t where %s)', p_s, p_ok, p_t, p_on)
+    into v_ins;
+  if p_ent.mode <> 'append' and p_distinct is not null then
+    execute format('select count(*) from %s s join %s t on %s where %s and %s and (%s)', p_s, p_t, p_on, p_ok, p_scope, p_distinct)
+      into v_upd;
+  end if;
+  if v_deletes then
+    execute format('select count(*) filter (where %s), count(*) from %s t where %s %s and not exists (select 1 from %s s where %s)',
+                   case when p_ent.mode = 'mirror' then p_unreferenced else 'true' end, p_t, p_scope,
+                   case when p_ent.mode = 'soft-delete' then format('and t.%I is null', p_ent.soft_delete_column) else '' end,
+                   p_s, p_on)
+      into v_del, v_missing;
+  end if;
+  execute format($q$
+    select coalesce(jsonb_agg(x), '[]') from (
+      (select 'insert' as action, %1$s as key, null::text[] as changed
+         from %2$s s where %3$s and not exists (select 1 from %4$s t where %5$s) limit 10)
+      union all
+      (select 'update', %1$s, %6$s from %2$s s join %4$s t on %5$s
+        where %3$s and %7$s and %8$s and (%9$s) limit 10)
+      union all
+      (select 'delete', %10$s, null from %4$s t
+        where %11$s and %7$s and not exists (select 1 from %2$s s where %5$s) limit 10)) x$q$,
+    p_key, p_s, p_ok, p_t, p_on, coalesce(p_changed, 'null::text[]'), p_scope,
+    (p_ent.mode <> 'append' and p_distinct is not null)::text, coalesce(p_distinct, 'false'),
+    v_tkey, v_deletes::text)
+    into v_sample;
+  return jsonb_build_object('inserted', v_ins, 'updated', v_upd, 'deleted', v_del, 'deferred', v_missing, 'sample', v_sample);
+end
+$$;
+comment on function sync._merge_preview(text, text, sync.entity, text, text, text, text, text, text, boolean, text) is 'Dry-run half of sync.merge: the same predicates as counts and a sample of up to 10 inserts, updates and deletes.';
+
+create or replace function sync.request(p_entity text, p_full boolean default false)
+  returns bigint
+  language plpgsql volatile security definer
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_job_id bigint;
+begin
+  if not exists (select 1 from sync.entity where name = p_entity) then
+    raise exception 'unknown entity %', p_entity using hint = 'select name from sync.entity lists the entities';
+  end if;
+  select j.id into v_job_id
+    from graphile_worker.add_job('sync_entity',
+           json_build_object('entity', p_entity, 'trigger', 'manual', 'full', p_full),
+           queue_name := 'sync:' || p_entity, job_key := 'sync:' || p_entity, max_attempts := 5) j;
+  return v_job_id;
+end
+$$;
+comment on function sync.request(text, boolean) is 'Enqueues a sync of one entity for the worker (from psql: select sync.request(''meters'')). Repeated requests before it starts collapse into one job. Returns the job id.';
+
+create or replace function sync.cancel(p_run_id bigint) returns boolean
+  language plpgsql volatile security definer
+  set search_path to pg_catalog, public, pg_temp
+as $$
+begin
+  update sync.run set cancel_requested = true where id = p_run_id and status = 'running';
+  if found then
+    perform pg_notify('syncline_cancel', p_run_id::text);
+  end if;
+  return found;
+end
+$$;
+comment on function sync.cancel(bigint) is 'Asks a running run to stop: the fetch stops, nothing is merged, the run ends cancelled. Returns false when the run is not running.';
+
+create or replace function sync.ack_alert(p_id bigint, p_by text) returns boolean
+  language plpgsql volatile security definer
+  set search_path to pg_catalog, public, pg_temp
+as $$
+begin
+  update sync.alert set acknowledged_by = p_by, acknowledged_at = now()
+   where id = p_id and acknowledged_at is null;
+  return found;
+end
+$$;
+comment on function sync.ack_alert(bigint, text) is 'Acknowledges an open alert; returns false if it was already acknowledged or does not exist.';
+
+create or replace function sync.tg_run__enqueue_dependents() returns trigger
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+begin
+  -- Runs from the worker (they carry a job id) hand on to the entities that
+  -- depend on them; the CLI orders its own runs.
+  perform graphile_worker.add_job('sync_entity',
+            json_build_object('entity', e.name, 'trigger', 'dependency'),
+            queue_name := 'sync:' || e.name, job_key := 'sync:' || e.name, max_attempts := 5)
+     from sync.entity e
+    where new.entity = any (e.depends_on) and e.enabled;
+  return null;
+end
+$$;
+drop trigger if exists _500_enqueue_dependents on sync.run;
+create trigger _500_enqueue_dependents
+  after update of status on sync.run
+  for each row
+  when (old.status = 'running' and new.status in ('succeeded', 'partial') and not new.dry_run and new.job_id is not null)
+  execute function sync.tg_run__enqueue_dependents();
+
+create or replace view sync.status as
+select e.name as entity,
+       e.enabled,
+       e.mode,
+       e.schedule,
+       case when not e.enabled then 'disabled'
+            when r.status = 'running' then 'running'
+            when r.id is null then 'never run'
+            when r.status in ('succeeded', 'partial') then 'ok'
+            when r.status = 'skipped' then 'skipped'
+            else 'failing' end as state,
+       r.id as last_run_id,
+       r.status as last_status,
+       r.started_at as last_started_at,
+       r.finished_at as last_finished_at,
+       ok.finished_at as last_success_at,
+       now() - ok.finished_at as lag,
+       r.inserted as last_inserted,
+       r.updated as last_updated,
+       r.deleted as last_deleted,
+       r.quarantined as last_quarantined,
+       r.error as last_error,
+       e.cursor_value as cursor,
+       (select count(*) from sync.alert a where a.entity = e.name and a.acknowledged_at is null) as open_alerts
+  from sync.entity e
+  left join lateral (select * from sync.run r where r.entity = e.name and not r.dry_run
+                      order by r.started_at desc, r.id desc limit 1) r on true
+  left join lateral (select r2.finished_at from sync.run r2
+                      where r2.entity = e.name and not r2.dry_run and r2.status in ('succeeded', 'partial')
+                      order by r2.started_at desc, r2.id desc limit 1) ok on true;
+comment on view sync.status is 'One row an entity: state (ok, failing, running, never run, disabled), the last run and its counts, the last success and the lag since it, open alerts.';

@@ -1,0 +1,128 @@
+import type { Pool, PoolClient } from '../db/pool.js';
+import { inTransaction } from '../db/pool.js';
+import type { Config, EntityConfig } from './schema.js';
+
+/** The sync.entity columns a config entity defines (the cursor value is the engine's). */
+export interface EntityRow {
+  name: string;
+  source: string;
+  direction: string;
+  mode: string;
+  target_schema: string;
+  target_table: string;
+  key_columns: string[];
+  tenant_column: string | null;
+  tenant_value: string | null;
+  cursor_column: string | null;
+  cursor_overlap: string | null;
+  soft_delete_column: string | null;
+  depends_on: string[];
+  schedule: string | null;
+  enabled: boolean;
+  definition: EntityConfig;
+}
+
+const COMPARED: (keyof EntityRow)[] = [
+  'source', 'direction', 'mode', 'target_schema', 'target_table', 'key_columns', 'tenant_column', 'tenant_value',
+  'cursor_column', 'cursor_overlap', 'soft_delete_column', 'depends_on', 'schedule', 'enabled', 'definition',
+];
+
+export function entityRow(name: string, e: EntityConfig): EntityRow {
+  const target = e.target as { schema: string; table: string };
+  return {
+    name,
+    source: e.source,
+    direction: e.direction,
+    mode: e.mode,
+    target_schema: target.schema,
+    target_table: target.table,
+    key_columns: e.key,
+    tenant_column: e.tenant?.column ?? null,
+    tenant_value: e.tenant?.value ?? null,
+    cursor_column: e.cursor?.column ?? null,
+    cursor_overlap: e.cursor?.overlap === undefined ? null : String(e.cursor.overlap),
+    soft_delete_column: e.softDelete?.column ?? null,
+    depends_on: e.dependsOn,
+    schedule: e.schedule ?? null,
+    enabled: e.enabled,
+    definition: e,
+  };
+}
+
+export interface EntityDiff {
+  name: string;
+  action: 'add' | 'change' | 'remove';
+  fields: { field: string; before: unknown; after: unknown }[];
+}
+
+/** Canonical JSON (sorted keys) so jsonb read back compares equal to what we wrote. */
+function canonical(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
+  if (v && typeof v === 'object') {
+    return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${canonical((v as Record<string, unknown>)[k])}`).join(',')}}`;
+  }
+  return JSON.stringify(v ?? null);
+}
+
+export async function diffConfig(db: Pool | PoolClient, cfg: Config): Promise<EntityDiff[]> {
+  const { rows } = await db.query<EntityRow>(`select ${['name', ...COMPARED].join(', ')} from sync.entity order by name`);
+  const current = new Map(rows.map((r) => [r.name, r]));
+  const diffs: EntityDiff[] = [];
+  for (const [name, e] of Object.entries(cfg.entities)) {
+    const want = entityRow(name, e);
+    const have = current.get(name);
+    if (!have) {
+      diffs.push({ name, action: 'add', fields: [] });
+      continue;
+    }
+    const fields = COMPARED.filter((f) => canonical(have[f]) !== canonical(want[f]))
+      .map((f) => ({ field: f, before: have[f], after: want[f] }));
+    if (fields.length) diffs.push({ name, action: 'change', fields });
+  }
+  for (const name of current.keys()) {
+    if (!(name in cfg.entities)) diffs.push({ name, action: 'remove', fields: [] });
+  }
+  return diffs;
+}
+
+export function formatDiff(diffs: EntityDiff[]): string {
+  if (!diffs.length) return 'sync.entity already matches the config: nothing to apply.';
+  const short = (v: unknown) => {
+    const s = typeof v === 'string' ? v : JSON.stringify(v);
+    return s.length > 80 ? `${s.slice(0, 77)}...` : s;
+  };
+  return diffs.map((d) => {
+    if (d.action === 'add') return `+ ${d.name}`;
+    if (d.action === 'remove') return `- ${d.name} (its run history stays in sync.run)`;
+    return [`~ ${d.name}`, ...d.fields.filter((f) => f.field !== 'definition' || d.fields.length === 1)
+      .map((f) => `    ${f.field}: ${short(f.before)} → ${short(f.after)}`)].join('\n');
+  }).join('\n');
+}
+
+/**
+ * Writes the config's entities into sync.entity in one transaction and
+ * returns what changed. Unchanged rows are not touched, so re-applying is a
+ * no-op; a changed cursor column resets the stored cursor.
+ */
+export async function applyConfig(pool: Pool, cfg: Config): Promise<EntityDiff[]> {
+  return inTransaction(pool, async (c) => {
+    await c.query('lock table sync.entity in share row exclusive mode');
+    const diffs = await diffConfig(c, cfg);
+    for (const d of diffs) {
+      if (d.action === 'remove') {
+        await c.query('delete from sync.entity where name = $1', [d.name]);
+        continue;
+      }
+      const row = entityRow(d.name, cfg.entities[d.name]);
+      await c.query(
+        `insert into sync.entity as e (name, ${COMPARED.join(', ')})
+         values ($1, ${COMPARED.map((_, i) => `$${i + 2}`).join(', ')})
+         on conflict (name) do update set ${COMPARED.map((f) => `${f} = excluded.${f}`).join(', ')},
+           cursor_value = case when e.cursor_column is distinct from excluded.cursor_column then null else e.cursor_value end,
+           updated_at = now()`,
+        [row.name, ...COMPARED.map((f) => (f === 'definition' ? JSON.stringify(row[f]) : row[f]))],
+      );
+    }
+    return diffs;
+  });
+}

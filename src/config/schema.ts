@@ -1,0 +1,144 @@
+import { z } from 'zod';
+
+// Names reach SQL only through format('%I') or quoteIdent, so any character
+// is safe; these limits only keep them printable and within Postgres' 63 bytes.
+const identifier = z.string().min(1, 'must not be empty').max(63, 'must be at most 63 characters (a Postgres identifier)')
+  .refine((s) => !/[\u0000-\u001f]/.test(s), 'must not contain control characters');
+
+/** `table`, `schema.table`, or {schema, table} for names that contain dots. */
+export const tableRef = z.union([
+  z.string().min(1).transform((s, ctx) => {
+    const parts = s.split('.');
+    if (parts.length > 2 || parts.some((p) => p === '')) {
+      ctx.addIssue({ code: 'custom', message: `"${s}" is not "table" or "schema.table" — use {"schema": …, "table": …} for names containing dots` });
+      return z.NEVER;
+    }
+    return parts.length === 2 ? { schema: parts[0], table: parts[1] } : { schema: 'public', table: parts[0] };
+  }),
+  z.object({ schema: identifier.default('public'), table: identifier }).strict(),
+]);
+export type TableRef = { schema: string; table: string };
+
+const cron = z.string().regex(/^(\S+\s+){4}\S+$/, 'must be a five-field cron expression such as "*/5 * * * *" (UTC)');
+
+export const postgresSource = z.object({
+  kind: z.literal('postgres'),
+  url: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// connection string').optional()
+    .describe('Connection string; put the password in the environment: "postgres://app:${REMOTE_PASSWORD}@db.example.com/app".'),
+  database: identifier.optional()
+    .describe('A database on the same server as Syncline\'s own (instead of url).'),
+  demo: z.boolean().optional()
+    .describe('Seeded with demo data by `npm start` when empty (the shipped example).'),
+}).strict().refine((s) => (s.url === undefined) !== (s.database === undefined), {
+  message: 'give exactly one of "url" (another server) or "database" (a database on Syncline\'s own server)',
+});
+
+export const source = z.discriminatedUnion('kind', [postgresSource]);
+export type SourceConfig = z.infer<typeof source>;
+
+const overlap = z.union([
+  z.number().nonnegative(),
+  z.string().regex(/^\s*\d+(\.\d+)?\s*(microseconds?|milliseconds?|seconds?|minutes?|hours?|days?|weeks?|mins?|secs?|ms|s|m|h|d)\s*$/i,
+    'must be an interval such as "5 minutes" (timestamp cursors) or a number (numeric cursors)'),
+]);
+
+export const entity = z.object({
+  source: identifier.describe('Name of a source in "sources".'),
+  direction: z.enum(['pull', 'push']).default('pull'),
+  from: z.union([
+    z.object({ table: tableRef }).strict(),
+    z.object({ query: z.string().min(1).describe('A SELECT; {{tenant}} and {{cursor}} are replaced by quoted literals.') }).strict(),
+  ]).describe('What to read on the source: a table, or a query template.'),
+  target: tableRef.describe('The target table (yours; Syncline never creates it).'),
+  key: z.array(identifier).min(1, 'needs at least one key column').describe('Target columns identifying a record.'),
+  columns: z.union([
+    z.array(identifier).min(1),
+    z.record(identifier, identifier),
+  ]).optional().describe('Target columns to sync: a list (same names on the source), or {target: sourceColumn}. Default: every target column the source also has.'),
+  mode: z.enum(['mirror', 'upsert', 'append', 'soft-delete']).default('mirror'),
+  tenant: z.object({ column: identifier, value: z.union([z.string(), z.number()]).transform(String) }).strict().optional()
+    .describe('Restricts reads and deletes to one tenant.'),
+  cursor: z.object({ column: identifier, overlap: overlap.optional() }).strict().optional()
+    .describe('Incremental sync: fetch only rows whose column is past the last merged value (less overlap, for late commits).'),
+  softDelete: z.object({ column: identifier }).strict().optional(),
+  dependsOn: z.array(identifier).default([]),
+  schedule: cron.optional(),
+  enabled: z.boolean().default(true),
+}).strict().superRefine((e, ctx) => {
+  if (e.mode === 'soft-delete' && !e.softDelete) {
+    ctx.addIssue({ code: 'custom', path: ['softDelete'], message: 'mode "soft-delete" needs softDelete: {"column": "deleted_at"}' });
+  }
+  const mapped = e.columns === undefined ? undefined : Array.isArray(e.columns) ? e.columns : Object.keys(e.columns);
+  for (const k of e.key) {
+    if (mapped && !mapped.includes(k)) {
+      ctx.addIssue({ code: 'custom', path: ['key'], message: `key column "${k}" is not among "columns" — add it there` });
+    }
+  }
+  if (e.direction === 'push') {
+    ctx.addIssue({ code: 'custom', path: ['direction'], message: 'direction "push" is not available yet — use "pull"' });
+  }
+});
+export type EntityConfig = z.infer<typeof entity>;
+
+export const config = z.object({
+  $schema: z.string().optional(),
+  sources: z.record(identifier, source),
+  entities: z.record(z.string().min(1).max(100).refine((s) => !/[\u0000-\u001f]/.test(s), 'must not contain control characters'), entity),
+}).strict().superRefine((c, ctx) => {
+  for (const [name, e] of Object.entries(c.entities)) {
+    if (!(e.source in c.sources)) {
+      ctx.addIssue({ code: 'custom', path: ['entities', name, 'source'],
+        message: `source "${e.source}" is not defined — add it under "sources" or use one of: ${Object.keys(c.sources).join(', ') || '(none)'}` });
+    }
+    e.dependsOn.forEach((d, i) => {
+      if (!(d in c.entities)) {
+        ctx.addIssue({ code: 'custom', path: ['entities', name, 'dependsOn', i], message: `entity "${d}" is not defined` });
+      }
+    });
+  }
+  const cycle = findCycle(Object.fromEntries(Object.entries(c.entities).map(([n, e]) => [n, e.dependsOn])));
+  if (cycle) {
+    ctx.addIssue({ code: 'custom', path: ['entities', cycle[0], 'dependsOn'],
+      message: `dependency cycle: ${cycle.join(' → ')} — remove one of these dependsOn entries` });
+  }
+});
+export type Config = z.infer<typeof config>;
+
+/** The first cycle in a dependency graph, as a closed path, or null. */
+export function findCycle(graph: Record<string, string[]>): string[] | null {
+  const state = new Map<string, 'open' | 'done'>();
+  const stack: string[] = [];
+  const visit = (n: string): string[] | null => {
+    if (state.get(n) === 'done') return null;
+    if (state.get(n) === 'open') return [...stack.slice(stack.indexOf(n)), n];
+    state.set(n, 'open');
+    stack.push(n);
+    for (const d of graph[n] ?? []) {
+      const found = d in graph ? visit(d) : null;
+      if (found) return found;
+    }
+    stack.pop();
+    state.set(n, 'done');
+    return null;
+  };
+  for (const n of Object.keys(graph)) {
+    const found = visit(n);
+    if (found) return found;
+  }
+  return null;
+}
+
+/** Entities in an order where each comes after what it depends on. */
+export function topoOrder(graph: Record<string, string[]>, selection: string[] = Object.keys(graph)): string[] {
+  const wanted = new Set(selection);
+  const out: string[] = [];
+  const seen = new Set<string>();
+  const visit = (n: string) => {
+    if (seen.has(n)) return;
+    seen.add(n);
+    for (const d of graph[n] ?? []) visit(d);
+    if (wanted.has(n)) out.push(n);
+  };
+  for (const n of [...selection].sort()) visit(n);
+  return out;
+}

@@ -1,0 +1,97 @@
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { runMigrations } from 'graphile-worker';
+import { migrate as graphileMigrate } from 'graphile-migrate';
+import { startEmbedded, type EmbeddedServer } from './embedded.js';
+import { connectionHint, makePool, type Pool } from './pool.js';
+import { log } from '../log.js';
+
+export const PROJECT_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const MIGRATIONS_FOLDER = path.join(PROJECT_ROOT, 'migrations');
+export const EMBEDDED_DATABASE = 'syncline';
+
+export interface Database {
+  url: string;
+  /** The embedded server when DATABASE_URL was not set. */
+  embedded?: EmbeddedServer;
+  close(): Promise<void>;
+}
+
+/**
+ * DATABASE_URL if set, otherwise the embedded server under .syncline/
+ * (started, or reused when another Syncline process runs it).
+ */
+export async function openDatabase(env = process.env): Promise<Database> {
+  if (env.DATABASE_URL) return { url: env.DATABASE_URL, close: async () => {} };
+  const embedded = await startEmbedded({ dir: env.SYNCLINE_HOME ?? path.join(PROJECT_ROOT, '.syncline') });
+  await ensureDatabase(embedded.url('postgres'), EMBEDDED_DATABASE);
+  return { url: embedded.url(EMBEDDED_DATABASE), embedded, close: () => embedded.stop() };
+}
+
+/** Creates `name` on the server of `adminUrl` unless it exists. */
+export async function ensureDatabase(adminUrl: string, name: string, template?: string): Promise<void> {
+  const pool = makePool(adminUrl, { max: 1 });
+  try {
+    const { rowCount } = await pool.query('select 1 from pg_database where datname = $1', [name]);
+    if (!rowCount) {
+      const tpl = template ? ` template ${quoteIdent(template)}` : '';
+      await pool.query(`create database ${quoteIdent(name)}${tpl}`).catch((err) => {
+        if (err.code !== '42P04') throw err; // created meanwhile by another process
+      });
+    }
+  } finally {
+    await pool.end();
+  }
+}
+
+export function quoteIdent(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
+/** Installs the graphile-worker schema, then applies committed migrations. */
+export async function migrateDatabase(url: string): Promise<void> {
+  const pool = makePool(url, { max: 2 });
+  try {
+    await pool.query('select 1').catch((err) => { throw connectionHint(err, url, 'the Syncline database'); });
+    await runMigrations({ pgPool: pool, logger: workerLogger() });
+  } finally {
+    await pool.end();
+  }
+  await graphileMigrate({
+    connectionString: url,
+    migrationsFolder: MIGRATIONS_FOLDER,
+    logger: migrateLogger(),
+  });
+}
+
+import { Logger as GraphileLogger } from 'graphile-worker';
+import { Logger as MigrateLogger } from '@graphile/logger';
+
+const LEVELS: Record<string, 'error' | 'warn' | 'info' | 'debug'> = {
+  error: 'error', warning: 'warn', info: 'info', debug: 'debug',
+};
+
+function logFactory(scope: Record<string, unknown>) {
+  return (level: string, message: string, meta?: unknown) => {
+    const pinoLevel = LEVELS[level] ?? 'info';
+    log[pinoLevel]({ ...scope, ...(meta && typeof meta === 'object' ? { meta } : {}) }, message);
+  };
+}
+
+export function workerLogger(): GraphileLogger {
+  return new GraphileLogger((scope) => logFactory({ component: 'worker', ...scope }));
+}
+
+function migrateLogger(): MigrateLogger {
+  // graphile-migrate reports each migration at info; ours go to debug so
+  // `npm start` stays quiet on an up-to-date database.
+  return new MigrateLogger(() => (level: string, message: string) => {
+    log[level === 'error' ? 'error' : level === 'warning' ? 'warn' : 'debug']({ component: 'migrate' }, message);
+  });
+}
+
+export async function openMigratedPool(env = process.env): Promise<{ db: Database; pool: Pool }> {
+  const db = await openDatabase(env);
+  await migrateDatabase(db.url);
+  return { db, pool: makePool(db.url) };
+}

@@ -1,0 +1,156 @@
+import { Transform, type Writable, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import pg from 'pg';
+import { to as copyTo, from as copyFrom } from 'pg-copy-streams';
+import type { EntityConfig, SourceConfig } from '../config/schema.js';
+import { quoteIdent } from '../db/database.js';
+import { connectionHint, makePool, type Pool } from '../db/pool.js';
+
+const lit = (v: string) => pg.escapeLiteral(v);
+
+// Session settings that make the source's text output parse identically on
+// the target whatever the source server's defaults are.
+const SOURCE_SESSION = `set local datestyle = 'ISO, YMD'; set local intervalstyle = 'postgres';
+  set local extra_float_digits = 3; set local bytea_output = 'hex'; set local timezone = 'UTC'`;
+
+export interface CursorFilter {
+  column: string;
+  /** Last merged value, text form; null on the first run. */
+  value: string | null;
+  overlap: string | number | undefined;
+  /** Type of the cursor column, as format_type prints it on the target. */
+  type: string;
+}
+
+/** Connection string of a postgres source: its own URL, or a database beside Syncline's. */
+export function sourceUrl(src: SourceConfig, syncUrl: string): string {
+  if (src.url) return src.url;
+  const u = new URL(syncUrl);
+  u.pathname = `/${encodeURIComponent(src.database!)}`;
+  return u.toString();
+}
+
+/** One pool a source, shared by every entity reading from it. */
+export class SourcePools {
+  private pools = new Map<string, Pool>();
+  constructor(private syncUrl: string) {}
+
+  get(name: string, src: SourceConfig): { pool: Pool; url: string } {
+    const url = sourceUrl(src, this.syncUrl);
+    let pool = this.pools.get(name);
+    if (!pool) {
+      pool = makePool(url, { max: 4, application_name: 'syncline (read-only source)' });
+      this.pools.set(name, pool);
+    }
+    return { pool, url };
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.pools.values()].map((p) => p.end().catch(() => {})));
+    this.pools.clear();
+  }
+}
+
+function baseQuery(e: EntityConfig, tenant: string | undefined, cursorLiteral: string): string {
+  if ('table' in e.from) {
+    const t = e.from.table as { schema: string; table: string };
+    return `select * from ${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
+  }
+  return e.from.query
+    .replaceAll('{{tenant}}', tenant === undefined ? 'null' : lit(tenant))
+    .replaceAll('{{cursor}}', cursorLiteral);
+}
+
+function cursorBound(c: CursorFilter): string | null {
+  if (c.value === null) return null;
+  const value = `${lit(c.value)}::${c.type}`;
+  if (c.overlap === undefined || c.overlap === 0 || c.overlap === '0') return value;
+  return typeof c.overlap === 'number' ? `(${value} - ${c.overlap})` : `(${value} - ${lit(c.overlap)}::interval)`;
+}
+
+/**
+ * The SELECT run on the source: the table or query template, wrapped so the
+ * tenant and cursor filters apply (Postgres pushes them down into the query).
+ * Every value reaches SQL as an escaped literal, every name quoted.
+ */
+export function sourceSelect(
+  e: EntityConfig,
+  sourceColumns: string[] | '*',
+  opts: { tenantSourceColumn?: string; cursor?: CursorFilter & { sourceColumn: string } },
+): string {
+  const bound = opts.cursor ? cursorBound(opts.cursor) : null;
+  const base = baseQuery(e, e.tenant?.value, bound ?? 'null');
+  const where: string[] = [];
+  if (e.tenant && opts.tenantSourceColumn) where.push(`q.${quoteIdent(opts.tenantSourceColumn)} = ${lit(e.tenant.value)}`);
+  if (opts.cursor && bound) where.push(`q.${quoteIdent(opts.cursor.sourceColumn)} > ${bound}`);
+  const list = sourceColumns === '*' ? '*' : sourceColumns.map((c) => `q.${quoteIdent(c)}`).join(', ');
+  return `select ${list} from (${base}) q${where.length ? ` where ${where.join(' and ')}` : ''}`;
+}
+
+/** Column names the source query yields (runs it with limit 0). */
+export async function sourceColumns(pool: Pool, url: string, e: EntityConfig): Promise<string[]> {
+  const client = await pool.connect().catch((err) => { throw connectionHint(err, url, `source "${e.source}"`); });
+  try {
+    await client.query('begin transaction isolation level repeatable read, read only');
+    const res = await client.query(`${sourceSelect(e, '*', {})} limit 0`);
+    await client.query('rollback');
+    return res.fields.map((f) => f.name);
+  } catch (err) {
+    await client.query('rollback').catch(() => {});
+    throw err;
+  } finally {
+    client.release();
+  }
+}
+
+/** Counts rows by counting newlines: COPY text format escapes those inside values. */
+function rowCounter(onRows: (rows: number, bytes: number) => void): Transform {
+  let rows = 0;
+  let bytes = 0;
+  return new Transform({
+    transform(chunk: Buffer, _enc, done) {
+      bytes += chunk.length;
+      let i = -1;
+      while ((i = chunk.indexOf(10, i + 1)) !== -1) rows++;
+      onRows(rows, bytes);
+      done(null, chunk);
+    },
+  });
+}
+
+/**
+ * Streams the source SELECT into the staging table with COPY, inside a
+ * read-only repeatable-read transaction on the source: memory stays flat and
+ * the source is never written to.
+ */
+export async function copySourceToStaging(args: {
+  pool: Pool;
+  url: string;
+  entity: EntityConfig;
+  select: string;
+  target: pg.ClientBase;
+  staging: string;
+  columns: string[];
+  signal: AbortSignal;
+  onRows: (rows: number, bytes: number) => void;
+}): Promise<number> {
+  const client = await args.pool.connect().catch((err) => { throw connectionHint(err, args.url, `source "${args.entity.source}"`); });
+  let broken = false;
+  try {
+    await client.query('begin transaction isolation level repeatable read, read only');
+    await client.query(SOURCE_SESSION);
+    let rows = 0;
+    const from: Readable = client.query(copyTo(`copy (${args.select}) to stdout`));
+    const into: Writable = args.target.query(copyFrom(
+      `copy ${args.staging} (${args.columns.map(quoteIdent).join(', ')}) from stdin`));
+    await pipeline(from, rowCounter((r, b) => { rows = r; args.onRows(r, b); }), into, { signal: args.signal });
+    await client.query('commit');
+    return rows;
+  } catch (err) {
+    broken = true;
+    throw err;
+  } finally {
+    // A COPY cut short leaves the connection mid-protocol: drop it.
+    client.release(broken ? true : undefined);
+  }
+}
