@@ -23,7 +23,7 @@ const cron = z.string().regex(/^(\S+\s+){4}\S+$/, 'must be a five-field cron exp
 
 export const postgresSource = z.object({
   kind: z.literal('postgres'),
-  url: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// connection string').optional()
+  url: z.string().regex(/^(postgres(ql)?:\/\/|\$\{)/, 'must be a postgres:// connection string').optional()
     .describe('Connection string; put the password in the environment: "postgres://app:${REMOTE_PASSWORD}@db.example.com/app".'),
   database: identifier.optional()
     .describe('A database on the same server as Syncline\'s own (instead of url).'),
