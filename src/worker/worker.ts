@@ -1,0 +1,71 @@
+import { readFileSync, existsSync } from 'node:fs';
+import { run, parseCrontab, parseCronItems, type Runner, type CronItem, type ParsedCronItem } from 'graphile-worker';
+import type { Engine } from '../engine/run.js';
+import { workerLogger } from '../db/database.js';
+import { log } from '../log.js';
+import { syncEntity } from '../../tasks/sync_entity.js';
+import { syncCleanup } from '../../tasks/sync_cleanup.js';
+
+// After stop(), how long to wait for this worker's jobs to be released before
+// releasing them ourselves (graphile-worker's stop() can return before a
+// job's outcome is written).
+const UNLOCK_WAIT_MS = 15_000;
+
+export interface WorkerHandle {
+  runner: Runner;
+  stop(): Promise<void>;
+}
+
+/** Cron items: the crontab file plus each enabled entity's schedule. */
+export async function cronItems(engine: Engine, crontabFile?: string): Promise<ParsedCronItem[]> {
+  const fromFile = crontabFile && existsSync(crontabFile) ? parseCrontab(readFileSync(crontabFile, 'utf8')) : [];
+  const { rows } = await engine.pool.query<{ name: string; schedule: string }>(
+    `select name, schedule from sync.entity where enabled and schedule is not null order by name`);
+  const items: CronItem[] = rows.map((r) => ({
+    task: 'sync_entity',
+    match: r.schedule,
+    identifier: `sync:${r.name}`,
+    payload: { entity: r.name, trigger: 'cron' },
+    // A missed tick is not replayed: the next run fetches everything missed anyway.
+    options: { backfillPeriod: 0, queueName: `sync:${r.name}`, jobKey: `sync:${r.name}`, maxAttempts: 5 },
+  }));
+  return [...fromFile, ...parseCronItems(items)];
+}
+
+export async function startWorker(engine: Engine, opts: { crontabFile?: string; concurrency?: number } = {}): Promise<WorkerHandle> {
+  const workerIds = new Set<string>();
+  const runner = await run({
+    pgPool: engine.pool,
+    taskList: { sync_entity: syncEntity(engine), sync_cleanup: syncCleanup },
+    parsedCronItems: await cronItems(engine, opts.crontabFile),
+    concurrency: opts.concurrency ?? 4,
+    noHandleSignals: true,
+    pollInterval: 2000,
+    logger: workerLogger(),
+  });
+  runner.events.on('worker:create', ({ worker }) => workerIds.add(worker.workerId));
+  return {
+    runner,
+    async stop() {
+      await runner.stop();
+      await releaseJobs(engine, [...workerIds]);
+    },
+  };
+}
+
+/** Waits until no job is locked by these workers; past the wait, unlocks them so they run again. */
+async function releaseJobs(engine: Engine, ids: string[]): Promise<void> {
+  if (!ids.length) return;
+  const deadline = Date.now() + UNLOCK_WAIT_MS;
+  for (;;) {
+    const { rows } = await engine.pool.query<{ n: number }>(
+      'select count(*)::int as n from graphile_worker.jobs where locked_by = any($1)', [ids]);
+    if (rows[0].n === 0) return;
+    if (Date.now() > deadline) {
+      log.warn({ jobs: rows[0].n }, 'jobs still locked after shutdown; releasing them so another worker retries');
+      await engine.pool.query('select graphile_worker.force_unlock_workers($1)', [ids]);
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
