@@ -1,5 +1,6 @@
+import { EventEmitter } from 'node:events';
 import { readFileSync, existsSync } from 'node:fs';
-import { run, parseCrontab, parseCronItems, type Runner, type CronItem, type ParsedCronItem } from 'graphile-worker';
+import { run, parseCrontab, parseCronItems, type Runner, type CronItem, type ParsedCronItem, type WorkerEvents } from 'graphile-worker';
 import type { Engine } from '../engine/run.js';
 import { workerLogger } from '../db/database.js';
 import { log } from '../log.js';
@@ -34,7 +35,13 @@ export async function cronItems(engine: Engine, crontabFile?: string): Promise<P
 
 export async function startWorker(engine: Engine, opts: { crontabFile?: string; concurrency?: number } = {}): Promise<WorkerHandle> {
   const workerIds = new Set<string>();
+  // Our own emitter, listening before run() creates the pool: jobs are
+  // locked with the pool's id (0.17; older releases used each worker's).
+  const events: WorkerEvents = new EventEmitter();
+  events.on('pool:create', ({ workerPool }) => workerIds.add(workerPool.id));
+  events.on('worker:create', ({ worker }) => workerIds.add(worker.workerId));
   const runner = await run({
+    events,
     pgPool: engine.pool,
     taskList: { sync_entity: syncEntity(engine), sync_cleanup: syncCleanup },
     parsedCronItems: await cronItems(engine, opts.crontabFile),
@@ -43,7 +50,6 @@ export async function startWorker(engine: Engine, opts: { crontabFile?: string; 
     pollInterval: 2000,
     logger: workerLogger(),
   });
-  runner.events.on('worker:create', ({ worker }) => workerIds.add(worker.workerId));
   return {
     runner,
     async stop() {
