@@ -1,5 +1,5 @@
 import { entity as entitySchema, type Config, type EntityConfig } from '../config/schema.js';
-import type { Pool } from '../db/pool.js';
+import type { Pool, PoolClient } from '../db/pool.js';
 import { log, maskUrls } from '../log.js';
 import { copySourceToStaging, sourceColumns, sourceSelect, SourcePools, type CursorFilter } from '../sources/postgres.js';
 
@@ -160,6 +160,30 @@ function cancelWatch(pool: Pool, runId: number, signal?: AbortSignal) {
   };
 }
 
+// A dependency's run can take long; past this the dependent gives up (and
+// the worker retries it later) rather than holding a worker slot forever.
+const DEPENDENCY_WAIT = '10min';
+
+/**
+ * Waits while a dependency is being synced (it holds its entity lock), so a
+ * scheduled child never reads parents that are half a run behind.
+ */
+async function waitForDependencies(client: PoolClient, dependsOn: string[]): Promise<void> {
+  if (!dependsOn.length) return;
+  await client.query('begin');
+  try {
+    await client.query(`set local lock_timeout = '${DEPENDENCY_WAIT}'`);
+    await client.query('select pg_advisory_xact_lock_shared(sync.entity_lock_key(d)) from unnest($1::text[]) d', [dependsOn]);
+    await client.query('commit');
+  } catch (err) {
+    await client.query('rollback').catch(() => {});
+    if ((err as { code?: string }).code === '55P03') {
+      throw new Error(`a dependency (${dependsOn.join(', ')}) has been running for over ${DEPENDENCY_WAIT}; not starting`, { cause: err });
+    }
+    throw err;
+  }
+}
+
 async function blockingDependency(pool: Pool, dependsOn: string[]): Promise<string | null> {
   if (!dependsOn.length) return null;
   const { rows } = await pool.query(
@@ -193,6 +217,7 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
     }
     const ent = await engine.loadEntity(name);
     if (!opts.dryRun) {
+      await waitForDependencies(target, ent.dependsOn);
       const blocker = await blockingDependency(pool, ent.dependsOn);
       if (blocker) {
         const reason = `skipped: ${blocker}`;
