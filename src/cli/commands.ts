@@ -1,0 +1,161 @@
+import pg from 'pg';
+import { applyConfig, diffConfig, formatDiff } from '../config/apply.js';
+import { maskSecrets } from '../config/load.js';
+import { connectionHint, describeUrl } from '../db/pool.js';
+import { runMany, exitCode } from '../engine/plan.js';
+import { sourceColumns, sourceUrl } from '../sources/postgres.js';
+import { EXIT, openSession, readConfig, UsageError, type GlobalOptions, type Session } from './context.js';
+import { makeReporter, summary } from './progress.js';
+import { printTable } from './table.js';
+
+async function withSession<T>(opts: GlobalOptions, fn: (s: Session) => Promise<T>): Promise<T> {
+  const s = await openSession(opts);
+  try {
+    return await fn(s);
+  } finally {
+    await s.close();
+  }
+}
+
+export function configValidate(opts: GlobalOptions): number {
+  const cfg = readConfig(opts);
+  const entities = Object.keys(cfg.entities);
+  process.stdout.write(`${opts.config ?? 'syncline.config.json'} is valid: ${Object.keys(cfg.sources).length} source(s), `
+    + `${entities.length} entit${entities.length === 1 ? 'y' : 'ies'} (${entities.join(', ')})\n`);
+  return EXIT.ok;
+}
+
+export function configShow(opts: GlobalOptions): number {
+  process.stdout.write(`${JSON.stringify(maskSecrets(readConfig(opts)), null, 2)}\n`);
+  return EXIT.ok;
+}
+
+export async function configApply(opts: GlobalOptions & { dryRun?: boolean }): Promise<number> {
+  return withSession(opts, async (s) => {
+    const diffs = opts.dryRun ? await diffConfig(s.pool, s.config) : await applyConfig(s.pool, s.config);
+    process.stdout.write(`${formatDiff(diffs)}\n`);
+    if (opts.dryRun && diffs.length) process.stdout.write('(dry run: nothing applied)\n');
+    return EXIT.ok;
+  });
+}
+
+/** Database, every source, every entity's source relation and target table. */
+export async function check(opts: GlobalOptions): Promise<number> {
+  return withSession(opts, async (s) => {
+    let ok = true;
+    const line = (good: boolean, text: string) => {
+      ok &&= good;
+      process.stdout.write(`${good ? '✓' : '✗'} ${text}\n`);
+    };
+    const v = await s.pool.query('select current_setting($1) as v', ['server_version']);
+    line(true, `database ${describeUrl(s.db.url)} (PostgreSQL ${v.rows[0].v}), sync schema migrated`);
+    for (const [name, src] of Object.entries(s.config.sources)) {
+      const url = sourceUrl(src, s.db.url);
+      const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
+      try {
+        await c.connect();
+        await c.query('begin transaction read only; select 1; rollback');
+        line(true, `source ${name}: ${describeUrl(url)} reachable`);
+      } catch (err) {
+        line(false, `source ${name}: ${connectionHint(err, url, `source "${name}"`).message}`);
+      } finally {
+        await c.end().catch(() => {});
+      }
+    }
+    const applied = await s.pool.query<{ name: string }>('select name from sync.entity');
+    const appliedNames = new Set(applied.rows.map((r) => r.name));
+    for (const [name, e] of Object.entries(s.config.entities)) {
+      const target = e.target as { schema: string; table: string };
+      const t = await s.pool.query('select to_regclass(format($$%I.%I$$, $1::text, $2::text)) as r', [target.schema, target.table]);
+      if (!t.rows[0].r) {
+        line(false, `entity ${name}: target table ${target.schema}.${target.table} does not exist — create it with your migrations`);
+        continue;
+      }
+      try {
+        const { pool, url } = s.engine.sources.get(e.source, s.config.sources[e.source]);
+        const cols = await sourceColumns(pool, url, e);
+        const note = appliedNames.has(name) ? '' : ' (not applied yet: run `config apply`)';
+        line(true, `entity ${name}: source yields ${cols.length} columns, target ${target.schema}.${target.table} exists${note}`);
+      } catch (err) {
+        line(false, `entity ${name}: the source query fails: ${(err as Error).message} — check "from" in the config`);
+      }
+    }
+    return ok ? EXIT.ok : EXIT.failed;
+  });
+}
+
+export interface SyncOptions extends GlobalOptions {
+  tables?: string;
+  dryRun?: boolean;
+  full?: boolean;
+  verbose?: boolean;
+}
+
+export async function sync(entities: string[], opts: SyncOptions): Promise<number> {
+  const selected = [...entities, ...(opts.tables ? opts.tables.split(',').map((t) => t.trim()).filter(Boolean) : [])];
+  return withSession(opts, async (s) => {
+    const pending = await diffConfig(s.pool, s.config);
+    if (pending.length) {
+      process.stderr.write(`note: sync.entity differs from the config file; runs use sync.entity. `
+        + `Run \`config apply\` to apply:\n${formatDiff(pending).replace(/^/gm, '  ')}\n`);
+    }
+    const { rows } = await s.pool.query<{ name: string; fetched: number | null }>(
+      `select e.name, (select r.fetched from sync.run r where r.entity = e.name and r.fetched is not null
+                        order by r.id desc limit 1) as fetched
+         from sync.entity e where e.enabled or e.name = any($1) order by e.name`, [selected]);
+    const names = selected.length ? selected : rows.map((r) => r.name);
+    if (!names.length) throw new UsageError('no entities to sync — define some in the config');
+    const expected = new Map(rows.map((r) => [r.name, r.fetched]));
+    const reporter = makeReporter();
+    const started = new Map<string, number>();
+    let results;
+    try {
+      results = await runMany(s.engine, names, {
+        trigger: 'manual', dryRun: opts.dryRun, full: opts.full,
+        onProgress: (p) => {
+          if (!started.has(p.entity)) {
+            started.set(p.entity, Date.now());
+            reporter.start(p.entity, expected.get(p.entity) ?? null);
+          }
+          reporter.progress(p);
+        },
+      });
+      for (const r of results) reporter.finish(r, Date.now() - (started.get(r.entity) ?? Date.now()));
+    } finally {
+      reporter.close();
+    }
+    if (opts.dryRun || opts.verbose) {
+      for (const r of results) {
+        if (!r.runId) continue;
+        if (opts.dryRun && r.sample?.length) {
+          process.stdout.write(`  ${r.entity}: sample of the changes (dry run: nothing was written)\n`);
+          for (const c of r.sample) {
+            process.stdout.write(`    ${c.action.padEnd(6)} ${JSON.stringify(c.key)}${c.changed ? ` changed: ${c.changed.join(', ')}` : ''}\n`);
+          }
+        }
+        if (opts.verbose) {
+          const run = await s.pool.query('select phases, cursor_before, cursor_after from sync.run where id = $1', [r.runId]);
+          const x = run.rows[0];
+          process.stdout.write(`  ${r.entity}: phases ${JSON.stringify(x.phases)}, cursor ${x.cursor_before ?? '∅'} → ${x.cursor_after ?? '∅'}\n`);
+        }
+      }
+    }
+    return exitCode(results);
+  });
+}
+
+export async function status(opts: GlobalOptions & { json?: boolean }): Promise<number> {
+  return withSession(opts, async (s) => {
+    const { rows } = await s.pool.query(
+      `select entity, state, last_status, to_char(last_success_at, 'YYYY-MM-DD HH24:MI:SS TZ') as last_success,
+              case when lag is null then null else date_trunc('second', lag)::text end as lag,
+              last_inserted as ins, last_updated as upd, last_deleted as del, last_quarantined as quar,
+              open_alerts, schedule, left(last_error, 60) as last_error
+         from sync.status order by entity`);
+    if (opts.json) process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+    else printTable(rows);
+    return rows.some((r) => r.state === 'failing') ? EXIT.failed : EXIT.ok;
+  });
+}
+
+export { summary };

@@ -1,0 +1,55 @@
+import { Command, Option } from 'commander';
+import * as cmd from './commands.js';
+import { worker } from './worker.js';
+import { EXIT, reportError } from './context.js';
+
+// `npm run task -- …` and the `syncline` bin both land here.
+const program = new Command('syncline')
+  .description('PostgreSQL-native sync engine. Without DATABASE_URL it uses an embedded PostgreSQL under .syncline/.')
+  .option('-c, --config <file>', 'config file (default: syncline.config.json, or $SYNCLINE_CONFIG)')
+  .showHelpAfterError('(run with --help for usage)')
+  .addHelpText('after', `
+Exit codes: 0 everything asked for succeeded; 1 a run or check failed; 2 usage or config error;
+3 runs succeeded but quarantined records (see sync.run_error).`);
+
+let exitCode: number = EXIT.ok;
+const run = (fn: (...a: never[]) => number | Promise<number>) => async (...args: unknown[]) => {
+  try {
+    exitCode = await (fn as (...a: unknown[]) => number | Promise<number>)(...args);
+  } catch (err) {
+    exitCode = reportError(err);
+  }
+};
+const globals = () => program.opts<{ config?: string }>();
+
+const config = program.command('config').description('validate, show or apply the config file');
+config.command('validate').description('check the config file against the schema; errors name the field and the fix')
+  .action(run(() => cmd.configValidate(globals())));
+config.command('show').description('print the config after ${ENV} substitution, with secrets masked')
+  .action(run(() => cmd.configShow(globals())));
+config.command('apply').description('write the entities into sync.entity, printing the difference first')
+  .option('--dry-run', 'print the difference only')
+  .action(run((o: { dryRun?: boolean }) => cmd.configApply({ ...globals(), ...o })));
+
+program.command('check').description('check that the database and every source are reachable and every entity resolves')
+  .action(run(() => cmd.check(globals())));
+
+program.command('sync').description('sync entities now (all enabled ones by default), in dependency order')
+  .argument('[entity...]', 'entities to sync')
+  .option('--tables <list>', 'comma-separated entities to sync (same as naming them)')
+  .option('--dry-run', 'compute and show the changes without writing them')
+  .option('--full', 'ignore the cursor: fetch everything (mirror deletes apply)')
+  .option('--verbose', 'also print phase timings and cursors')
+  .action(run((entities: string[], o: cmd.SyncOptions) => cmd.sync(entities, { ...globals(), ...o })));
+
+program.command('status').description('one line an entity from the sync.status view')
+  .option('--json', 'print JSON')
+  .action(run((o: { json?: boolean }) => cmd.status({ ...globals(), ...o })));
+
+program.command('worker').description('run the worker: schedules, queued syncs (sync.request) and dependents, until Ctrl-C')
+  .option('--crontab <file>', 'crontab file (default: ./crontab)')
+  .addOption(new Option('--concurrency <n>', 'jobs at once (different entities)').argParser(Number))
+  .action(run((o: { crontab?: string; concurrency?: number }) => worker({ ...globals(), ...o })));
+
+await program.parseAsync(process.argv);
+process.exitCode = exitCode;

@@ -1,0 +1,85 @@
+import cliProgress from 'cli-progress';
+import type { Progress, RunResult } from '../engine/run.js';
+
+export interface Reporter {
+  /** Total rows expected for an entity (the last run's count), if known. */
+  start(entity: string, expected: number | null): void;
+  progress(p: Progress): void;
+  finish(result: RunResult, ms: number): void;
+  close(): void;
+}
+
+const fmt = new Intl.NumberFormat('en-US');
+const n = (v: number | undefined | null) => fmt.format(v ?? 0);
+
+export function summary(r: RunResult, ms: number): string {
+  const mark = { succeeded: '✓', partial: '!', failed: '✗', cancelled: '✗', skipped: '-', 'already-running': '…' }[r.status];
+  const head = `${mark} ${r.entity}`;
+  if (r.status === 'skipped' || r.status === 'failed' || r.status === 'cancelled') {
+    return `${head}: ${r.status}${r.runId ? ` (run ${r.runId})` : ''} — ${r.error}`;
+  }
+  if (r.status === 'already-running') return `${head}: already running as run ${r.runId}; not started again`;
+  const parts = [`fetched ${n(r.fetched)}`, `+${n(r.inserted)} inserted`, `~${n(r.updated)} updated`,
+    `-${n(r.deleted)} deleted`, `${n(r.unchanged)} unchanged`];
+  if (r.quarantined) parts.push(`${n(r.quarantined)} quarantined (see sync.run_error)`);
+  if (r.deferred) parts.push(`${n(r.deferred)} deletes deferred`);
+  return `${head}: ${parts.join(', ')} — run ${r.runId}, ${(ms / 1000).toFixed(1)} s`;
+}
+
+/** Bars on a terminal; one plain line a phase otherwise (logs, CI, cron mail). */
+export function makeReporter(tty = Boolean(process.stderr.isTTY)): Reporter {
+  return tty ? barReporter() : lineReporter();
+}
+
+function lineReporter(): Reporter {
+  const phase = new Map<string, string>();
+  return {
+    start: (entity) => process.stderr.write(`${entity}: fetching\n`),
+    progress(p) {
+      if (phase.get(p.entity) === p.phase) return;
+      phase.set(p.entity, p.phase);
+      if (p.phase === 'merge') process.stderr.write(`${p.entity}: merging\n`);
+    },
+    finish: (r, ms) => process.stdout.write(`${summary(r, ms)}\n`),
+    close: () => {},
+  };
+}
+
+function barReporter(): Reporter {
+  const multi = new cliProgress.MultiBar({
+    format: ' {bar} {entity} | {phase} | {value} rows{of} | {rate} rows/s',
+    barCompleteChar: '█', barIncompleteChar: '░', hideCursor: true, clearOnComplete: false,
+    stream: process.stderr, fps: 8,
+  });
+  const bars = new Map<string, { bar: cliProgress.SingleBar; started: number; expected: number | null }>();
+  const lines: string[] = [];
+  return {
+    start(entity, expected) {
+      const bar = multi.create(expected ?? 1, 0, { entity, phase: 'fetch', of: expected ? ` of ~${n(expected)}` : '', rate: 0 });
+      bars.set(entity, { bar, started: Date.now(), expected });
+    },
+    progress(p) {
+      const b = bars.get(p.entity);
+      if (!b) return;
+      const secs = Math.max((Date.now() - b.started) / 1000, 0.001);
+      if (p.phase === 'fetch') {
+        if (!b.expected || p.rows > b.expected) b.bar.setTotal(Math.max(p.rows, 1));
+        b.bar.update(p.rows, { phase: 'fetch', rate: n(Math.round(p.rows / secs)) });
+      } else {
+        b.bar.update({ phase: p.phase });
+      }
+    },
+    finish(r, ms) {
+      const b = bars.get(r.entity);
+      if (b) {
+        b.bar.setTotal(Math.max(r.fetched ?? 1, 1));
+        b.bar.update(r.fetched ?? 0, { phase: r.status });
+      }
+      lines.push(summary(r, ms));
+    },
+    close() {
+      multi.stop();
+      for (const line of lines) process.stdout.write(`${line}\n`);
+    },
+  };
+}

@@ -1,0 +1,59 @@
+import path from 'node:path';
+import { applyConfig, formatDiff } from '../config/apply.js';
+import { PROJECT_ROOT } from '../db/database.js';
+import { describeUrl } from '../db/pool.js';
+import { log } from '../log.js';
+import { sourceUrl } from '../sources/postgres.js';
+import { startWorker } from '../worker/worker.js';
+import { EXIT, openSession, type GlobalOptions } from './context.js';
+
+// The demo's remote changes a little every minute so each run has work.
+const DEMO_MUTATE_MS = 60_000;
+
+export interface WorkerOptions extends GlobalOptions {
+  crontab?: string;
+  concurrency?: number;
+}
+
+/**
+ * The long-running job: migrate, apply the config, seed the demo source if
+ * the config has one, run the worker until SIGINT/SIGTERM, then shut down in
+ * order: stop taking jobs, let the running merge finish, write job outcomes,
+ * close pools, stop the embedded server.
+ */
+export async function worker(opts: WorkerOptions): Promise<number> {
+  const s = await openSession(opts);
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    const demo = Object.values(s.config.sources).find((src) => src.kind === 'postgres' && src.demo && src.database);
+    if (demo) {
+      const { seedDemo, mutateDemo } = await import('../demo/seed.js');
+      await seedDemo(s.db.url, demo.database!);
+      const url = sourceUrl(demo, s.db.url);
+      timer = setInterval(() => { mutateDemo(url).catch((err) => log.warn({ err: String(err) }, 'demo mutation failed')); }, DEMO_MUTATE_MS);
+    }
+    const diffs = await applyConfig(s.pool, s.config);
+    log.info({ changes: diffs.length }, diffs.length ? `config applied:\n${formatDiff(diffs)}` : 'config unchanged');
+    const handle = await startWorker(s.engine, {
+      crontabFile: opts.crontab ?? path.join(PROJECT_ROOT, 'crontab'), concurrency: opts.concurrency,
+    });
+    // Work from the first minute: entities never synced start now. Only the
+    // roots are queued; their dependents follow when they succeed.
+    await s.pool.query(`select sync.request(name) from sync.entity e
+                         where enabled and depends_on = '{}'
+                           and not exists (select 1 from sync.run r where r.entity = e.name)`);
+    log.info({ database: describeUrl(s.db.url) }, 'worker running; Ctrl-C stops it gracefully');
+    const signal = await new Promise<NodeJS.Signals>((resolve) => {
+      for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => resolve(sig));
+      handle.runner.promise.catch((err) => { log.error({ err: String(err) }, 'worker stopped unexpectedly'); resolve('SIGTERM'); });
+    });
+    log.info({ signal }, 'shutting down: finishing running jobs');
+    clearInterval(timer);
+    await handle.stop();
+    return EXIT.ok;
+  } finally {
+    clearInterval(timer);
+    await s.close();
+    log.info('stopped');
+  }
+}
