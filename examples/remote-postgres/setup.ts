@@ -1,8 +1,8 @@
 /**
  * Sets the example up on Syncline's own server (the embedded one under
- * .syncline/, or DATABASE_URL's): a database `remote_metering` playing the
- * remote, seeded with three tenants, and the local tables (schema metering)
- * in Syncline's database. Writes REMOTE_DATABASE_URL to the .env beside the
+ * .syncline/, or DATABASE_URL's): a database `syncline_demo` (the one
+ * `npm start` uses) playing the remote, seeded with three tenants, and the
+ * local tables (schema metering) in Syncline's database. Writes REMOTE_DATABASE_URL to the .env beside the
  * config unless that file exists. Safe to run again.
  *
  *   npx tsx examples/remote-postgres/setup.ts            # set up
@@ -14,7 +14,7 @@ import { openDatabase } from '../../src/db/database.js';
 import { DEMO_EXAMPLE_DIR, mutateDemo, seedDemo } from '../../src/demo/seed.js';
 import { sourceUrl } from '../../src/sources/postgres.js';
 
-const REMOTE_DATABASE = process.env.REMOTE_DATABASE ?? 'remote_metering';
+const REMOTE_DATABASE = process.env.REMOTE_DATABASE ?? 'syncline_demo';
 
 const db = await openDatabase();
 try {
