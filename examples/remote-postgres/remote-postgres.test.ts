@@ -378,3 +378,35 @@ describe('the npm start demo', () => {
     }
   });
 });
+
+describe('a tenant removed on the remote', () => {
+  let sync: TestDatabase;
+  let source: TestDatabase;
+  let engine: Engine;
+
+  beforeAll(async () => {
+    ({ sync, source } = await testDatabases('remote_pg_offboard'));
+    await source.pool.query(file('remote.sql'));
+    await source.pool.query(file('seed.sql'));
+    await sync.pool.query(file('local.sql'));
+    const cfg = parseConfig(json('syncline.config.json'), { REMOTE_DATABASE_URL: source.url });
+    await applyConfig(sync.pool, cfg);
+    engine = new Engine(sync.pool, sync.url, cfg);
+    await syncChecked(engine, source.pool, sync.pool);
+  });
+  afterAll(() => engine?.close());
+
+  // Every level of the local hierarchy defers its deletes until the level
+  // below lets go: one full `sync` must still converge. Fails today:
+  // runMany re-runs deferred entities in dependency order (tenants before
+  // meters), so tenants is re-run while meters still references it; re-running
+  // them in reverse dependency order (children first) converges.
+  // See the report of the remote-postgres example (src/engine/plan.ts).
+  it('leaves the local tables empty after one full sync, parents included', async () => {
+    await source.pool.query(`delete from tenants where tenant_id = 'acme'`);
+    const results = await syncChecked(engine, source.pool, sync.pool, ENTITIES, { full: true });
+    expect(Object.values(results).map((r) => r.status)).toEqual(['succeeded', 'succeeded', 'succeeded', 'succeeded']);
+    await expectLocalEqualsRemote(source.pool, sync.pool);
+    expect(results.tenants).toMatchObject({ deleted: 1, deferred: 0 });
+  });
+});
