@@ -17,10 +17,14 @@ beforeAll(async () => {
   ({ sync, source } = await testDatabases('prop_mirror'));
   await source.pool.query(itemsDdl());
   await sync.pool.query(itemsDdl());
+  const forms = `create extension if not exists citext;
+    create table forms (id int primary key, amount numeric, doc jsonb, email citext, ratio float8)`;
+  await source.pool.query(forms);
+  await sync.pool.query(forms);
   engine = await engineFor(sync, source, Object.fromEntries(TENANTS.map((t, i) => [`items_${i}`, {
     source: 'src', from: { table: 'items' }, target: 'items', key: KEY, mode: 'mirror',
     tenant: { column: 'tenant', value: t },
-  }])));
+  }]).concat([['forms', { source: 'src', from: { table: 'forms' }, target: 'forms', key: ['id'], mode: 'mirror' }]])));
 });
 afterAll(() => engine.close());
 
@@ -102,5 +106,18 @@ describe('mirror sync (property)', () => {
         if (s.action === 'update') expect([...(s.changed ?? [])].sort()).toEqual(changes.updated.get(k));
       }
     }), RUNS);
+  });
+});
+
+describe('mirror sync of values that compare equal but are not the same', () => {
+  it('copies the source\'s form of numeric scale, jsonb numbers, citext case and float zero sign', async () => {
+    await source.pool.query(`truncate forms; insert into forms values (1, 1.5, '{"v": 1.0}', 'bob@example.com', '-0')`);
+    await sync.pool.query(`truncate forms; insert into forms values (1, 1.50, '{"v": 1}', 'Bob@Example.com', '0')`);
+    const r = await engine.run('forms', { trigger: 'manual' });
+    expect(r).toMatchObject({ status: 'succeeded', updated: 1, unchanged: 0 });
+    const text = `select amount::text, doc::text, email::text, ratio::text from forms`;
+    expect((await sync.pool.query(text)).rows).toEqual((await source.pool.query(text)).rows);
+    const { rows } = await sync.pool.query('select changed from sync.run_change where run_id = $1', [r.runId]);
+    expect(rows).toEqual([{ changed: ['amount', 'doc', 'email', 'ratio'] }]);
   });
 });
