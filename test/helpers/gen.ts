@@ -125,7 +125,8 @@ export function keyOf(values: unknown[]): string {
 }
 
 /** Values only (no tuple identity), for equality of contents. */
-export function contents(snap: Map<string, RowState>, filter: (cols: Record<string, string | null>) => boolean = () => true) {
+export function contents(snap: Map<string, RowState>, filter: (cols: Record<string, string | null>) => boolean = () => true):
+  Record<string, Record<string, string | null>> {
   return Object.fromEntries([...snap].filter(([, r]) => filter(r.cols)).map(([k, r]) => [k, r.cols]).sort(([a], [b]) => (a < b ? -1 : 1)));
 }
 

@@ -21,7 +21,7 @@ beforeAll(async () => {
     create table forms (id int primary key, amount numeric, doc jsonb, email citext, ratio float8)`;
   await source.pool.query(forms);
   await sync.pool.query(forms);
-  engine = await engineFor(sync, source, Object.fromEntries(TENANTS.map((t, i) => [`items_${i}`, {
+  engine = await engineFor(sync, source, Object.fromEntries(TENANTS.map((t, i): [string, object] => [`items_${i}`, {
     source: 'src', from: { table: 'items' }, target: 'items', key: KEY, mode: 'mirror',
     tenant: { column: 'tenant', value: t },
   }]).concat([['forms', { source: 'src', from: { table: 'forms' }, target: 'forms', key: ['id'], mode: 'mirror' }]])));
