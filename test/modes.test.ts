@@ -18,7 +18,8 @@ beforeAll(async () => {
   await source.pool.query(`${itemsDdl()};
     create table members (org text not null, user_id int not null, primary key (org, user_id))`);
   await sync.pool.query(`${itemsDdl()}; ${itemsDdl('items_sd')}; alter table items_sd add column deleted_at timestamptz;
-    create table members (org text not null, user_id int not null, deleted_at timestamptz, primary key (org, user_id))`);
+    create table members (org text not null, user_id int not null, deleted_at timestamptz, primary key (org, user_id));
+    create table links (org text not null, user_id int not null, primary key (org, user_id))`);
   engine = await engineFor(sync, source, {
     mirror_a: { ...common, target: 'items', mode: 'mirror' },
     upsert_a: { ...common, target: 'items', mode: 'upsert' },
@@ -26,6 +27,7 @@ beforeAll(async () => {
     soft_a: { ...common, target: 'items_sd', mode: 'soft-delete', softDelete: { column: 'deleted_at' } },
     members: { source: 'src', from: { table: 'members' }, target: 'members', key: ['org', 'user_id'], mode: 'soft-delete',
       softDelete: { column: 'deleted_at' } },
+    links: { source: 'src', from: { table: 'members' }, target: 'links', key: ['org', 'user_id'], mode: 'mirror' },
   });
 });
 afterAll(() => engine.close());
@@ -156,6 +158,7 @@ describe('soft-delete lifecycle', () => {
     expect((await sync.pool.query(`select user_id, deleted_at from members order by user_id`)).rows).toEqual([
       { user_id: 1, deleted_at: null }, { user_id: 2, deleted_at: null }]);
     expect(back).toMatchObject({ status: 'succeeded', updated: 1, unchanged: 1 });
+    expect(dry.error).toBeUndefined();
     expect([dry.inserted, dry.updated, dry.deleted]).toEqual([back.inserted, back.updated, back.deleted]);
   });
 
@@ -167,5 +170,18 @@ describe('soft-delete lifecycle', () => {
     }
     expect((await sync.pool.query(`select tenant, id, name from items order by tenant`)).rows).toEqual([
       { tenant: 'a', id: 1, name: 'kept' }, { tenant: 'b', id: 1, name: 'other' }]);
+  });
+});
+
+describe('tables whose synced columns are all key columns', () => {
+  it('a mirror dry run reports the counts of the real run that follows', async () => {
+    await source.pool.query(`truncate members; insert into members values ('o', 1), ('o', 2)`);
+    await sync.pool.query(`truncate links; insert into links values ('o', 2), ('o', 3)`);
+    const dry = await engine.run('links', { trigger: 'manual', dryRun: true });
+    expect(dry.error).toBeUndefined();
+    expect(dry).toMatchObject({ status: 'succeeded', inserted: 1, updated: 0, deleted: 1, unchanged: 1 });
+    const real = await engine.run('links', { trigger: 'manual' });
+    expect(real).toMatchObject({ status: 'succeeded', inserted: 1, updated: 0, deleted: 1, unchanged: 1 });
+    expect((await sync.pool.query('select user_id from links order by user_id')).rows).toEqual([{ user_id: 1 }, { user_id: 2 }]);
   });
 });
