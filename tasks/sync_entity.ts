@@ -1,6 +1,8 @@
 import type { Task } from 'graphile-worker';
 import { z } from 'zod';
 import type { Engine } from '../src/engine/run.js';
+import { summary } from '../src/engine/summary.js';
+import { log } from '../src/log.js';
 
 const Payload = z.object({
   entity: z.string().min(1),
@@ -18,7 +20,7 @@ export const syncEntity = (engine: Engine): Task => async (payload, helpers) => 
   const result = await engine.run(p.entity, {
     trigger: p.trigger, full: p.full, dryRun: p.dryRun, jobId: String(helpers.job.id), signal: helpers.abortSignal,
   });
-  helpers.logger.info(`${p.entity}: ${result.status}`, { runId: result.runId });
+  log.info({ entity: p.entity, runId: result.runId, trigger: p.trigger }, summary(result));
   if (result.status === 'failed') throw new Error(`sync of ${p.entity} failed (run ${result.runId}): ${result.error}`);
   // Cut short by shutdown: run again when a worker is back.
   if (result.status === 'cancelled' && helpers.abortSignal?.aborted) throw new Error(`sync of ${p.entity} interrupted by shutdown`);

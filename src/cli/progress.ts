@@ -1,5 +1,6 @@
 import cliProgress from 'cli-progress';
 import type { Progress, RunResult } from '../engine/run.js';
+import { summary, formatCount as n } from '../engine/summary.js';
 
 export interface Reporter {
   /** Total rows expected for an entity (the last run's count), if known. */
@@ -7,23 +8,6 @@ export interface Reporter {
   progress(p: Progress): void;
   finish(result: RunResult, ms: number): void;
   close(): void;
-}
-
-const fmt = new Intl.NumberFormat('en-US');
-const n = (v: number | undefined | null) => fmt.format(v ?? 0);
-
-export function summary(r: RunResult, ms: number): string {
-  const mark = { succeeded: '✓', partial: '!', failed: '✗', cancelled: '✗', skipped: '-', 'already-running': '…' }[r.status];
-  const head = `${mark} ${r.entity}`;
-  if (r.status === 'skipped' || r.status === 'failed' || r.status === 'cancelled') {
-    return `${head}: ${r.status}${r.runId ? ` (run ${r.runId})` : ''} — ${r.error}`;
-  }
-  if (r.status === 'already-running') return `${head}: already running as run ${r.runId}; not started again`;
-  const parts = [`fetched ${n(r.fetched)}`, `+${n(r.inserted)} inserted`, `~${n(r.updated)} updated`,
-    `-${n(r.deleted)} deleted`, `${n(r.unchanged)} unchanged`];
-  if (r.quarantined) parts.push(`${n(r.quarantined)} quarantined (see sync.run_error)`);
-  if (r.deferred) parts.push(`${n(r.deferred)} deletes deferred`);
-  return `${head}: ${parts.join(', ')} — run ${r.runId}, ${(ms / 1000).toFixed(1)} s`;
 }
 
 /** Bars on a terminal; one plain line a phase otherwise (logs, CI, cron mail). */

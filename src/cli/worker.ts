@@ -44,7 +44,16 @@ export async function worker(opts: WorkerOptions): Promise<number> {
                            and not exists (select 1 from sync.run r where r.entity = e.name)`);
     log.info({ database: describeUrl(s.db.url) }, 'worker running; Ctrl-C stops it gracefully');
     const signal = await new Promise<NodeJS.Signals>((resolve) => {
-      for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => resolve(sig));
+      let stopping = false;
+      // Listeners stay installed: a second Ctrl-C (or the copy a wrapper such
+      // as npm or tsx relays) must not kill the process mid-shutdown.
+      for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+        process.on(sig, () => {
+          if (stopping) log.info('still shutting down: waiting for running jobs to finish');
+          stopping = true;
+          resolve(sig);
+        });
+      }
       handle.runner.promise.catch((err) => { log.error({ err: String(err) }, 'worker stopped unexpectedly'); resolve('SIGTERM'); });
     });
     log.info({ signal }, 'shutting down: finishing running jobs');

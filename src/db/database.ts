@@ -67,8 +67,10 @@ export async function migrateDatabase(url: string): Promise<void> {
 import { Logger as GraphileLogger } from 'graphile-worker';
 import { Logger as MigrateLogger } from '@graphile/logger';
 
-const LEVELS: Record<string, 'error' | 'warn' | 'info' | 'debug'> = {
-  error: 'error', warning: 'warn', info: 'info', debug: 'debug',
+// graphile-worker reports every job at info; Syncline logs its own one-line
+// summary a run, so the worker's chatter moves down a level.
+const LEVELS: Record<string, 'error' | 'warn' | 'debug' | 'trace'> = {
+  error: 'error', warning: 'warn', info: 'debug', debug: 'trace',
 };
 
 function logFactory(scope: Record<string, unknown>) {
