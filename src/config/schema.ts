@@ -47,7 +47,7 @@ export const entity = z.object({
   direction: z.enum(['pull', 'push']).default('pull'),
   from: z.union([
     z.object({ table: tableRef }).strict(),
-    z.object({ query: z.string().min(1).describe('A SELECT; {{tenant}} and {{cursor}} are replaced by quoted literals.') }).strict(),
+    z.object({ query: z.string().min(1).describe('A SELECT. {{tenant}} becomes the tenant value and {{cursor}} the cursor lower bound, as quoted literals; {{cursor}} is null on a first or --full run, so write ({{cursor}} is null or updated_at > {{cursor}}). Tenant and cursor filters are also applied around the query.') }).strict(),
   ]).describe('What to read on the source: a table, or a query template.'),
   target: tableRef.describe('The target table (yours; Syncline never creates it).'),
   key: z.array(identifier).min(1, 'needs at least one key column').describe('Target columns identifying a record.'),
@@ -73,6 +73,9 @@ export const entity = z.object({
     if (mapped && !mapped.includes(k)) {
       ctx.addIssue({ code: 'custom', path: ['key'], message: `key column "${k}" is not among "columns" — add it there` });
     }
+  }
+  if ('query' in e.from && e.from.query.includes('{{cursor}}') && !e.cursor) {
+    ctx.addIssue({ code: 'custom', path: ['from', 'query'], message: '{{cursor}} needs a "cursor" on the entity — add cursor: {"column": …} or remove the placeholder' });
   }
   if (e.direction === 'push') {
     ctx.addIssue({ code: 'custom', path: ['direction'], message: 'direction "push" is not available yet — use "pull"' });

@@ -29,12 +29,15 @@ export async function runMany(engine: Engine, names: string[], opts: RunOptions)
       broken.add(name);
       continue;
     }
-    const result = await engine.run(name, opts);
+    const previewedParents = opts.dryRun ? graph[name].filter((d) => results.has(d)) : undefined;
+    const result = await engine.run(name, { ...opts, previewedParents });
     results.set(name, result);
     if (!['succeeded', 'partial'].includes(result.status)) broken.add(name);
   }
   if (!opts.dryRun) {
-    for (const name of order) {
+    // Children first: a grandparent's delete waits on its child's, which
+    // waits on the grandchild's (already done in the first pass).
+    for (const name of [...order].reverse()) {
       const first = results.get(name)!;
       if (first.deferred && first.deferred > 0) {
         const again = await engine.run(name, opts);

@@ -14,6 +14,12 @@ export interface RunOptions {
   /** Aborts the fetch (worker shutdown); the run ends cancelled. */
   signal?: AbortSignal;
   onProgress?: (p: Progress) => void;
+  /**
+   * Dry runs only: entities previewed in the same batch before this one. Their
+   * target tables count as filled, so rows referencing them are not
+   * quarantined for a missing parent that the real run would have inserted.
+   */
+  previewedParents?: string[];
 }
 
 export interface Progress {
@@ -256,6 +262,13 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
       [id, Date.now() - fetchStart]);
     const cancelled = await pool.query('select cancel_requested from sync.run where id = $1', [id]);
     if (cancelled.rows[0].cancel_requested) throw new CancelledError('cancelled on request (sync.cancel)');
+    if (opts.dryRun && opts.previewedParents?.length) {
+      await target.query(
+        `update sync.run set detail = detail || jsonb_build_object('unchecked_parents',
+           (select jsonb_agg(to_regclass(format('%I.%I', target_schema, target_table))::oid)
+              from sync.entity where name = any($2)))
+          where id = $1`, [id, opts.previewedParents]);
+    }
     opts.onProgress?.({ entity: name, runId: id, phase: 'merge', rows: 0, bytes: 0 });
     const merged = await target.query('select sync.merge($1) as r', [id]);
     const r = merged.rows[0].r;
