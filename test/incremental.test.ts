@@ -24,6 +24,8 @@ beforeAll(async () => {
       tenant: { column: 'tenant', value: 't' }, cursor: { column: 'version', overlap: OVERLAP } },
     by_time: { source: 'src', from: { table: 'events' }, target: 'by_time', key: KEY, mode: 'mirror',
       cursor: { column: 'updated_at' } },
+    by_time_overlap: { source: 'src', from: { table: 'events' }, target: 'by_time', key: KEY, mode: 'upsert',
+      cursor: { column: 'updated_at', overlap: '5 minutes' } },
   });
 });
 afterAll(() => engine.close());
@@ -132,6 +134,22 @@ describe('incremental sync by timestamp', () => {
     expect((await sync.pool.query(`select name from by_time where tenant = 'u'`)).rows).toEqual([{ name: 'x' }]);
     const third = await engine.run('by_time', { trigger: 'manual' });
     expect(third).toMatchObject({ status: 'succeeded', fetched: 0, inserted: 0, updated: 0 });
+  });
+
+  it('an interval overlap re-reads late commits within it, without rewriting unchanged rows', async () => {
+    await reset();
+    await source.pool.query(`insert into events (tenant, id, name, version, updated_at) values
+      ('t', 1, 'a', 0, '2024-01-01T12:00:00Z'), ('t', 2, 'b', 0, '2024-01-01T11:58:00Z')`);
+    expect(await engine.run('by_time_overlap', { trigger: 'manual' })).toMatchObject({ status: 'succeeded', fetched: 2, inserted: 2 });
+    const before = await snapshot(sync.pool, 'by_time', KEY);
+    // Committed late: stamped before the cursor, inside and outside the overlap.
+    await source.pool.query(`insert into events (tenant, id, name, version, updated_at) values
+      ('t', 3, 'late', 0, '2024-01-01T11:56:00Z'), ('t', 4, 'too late', 0, '2024-01-01T11:50:00Z')`);
+    const r = await engine.run('by_time_overlap', { trigger: 'manual' });
+    expect(r).toMatchObject({ status: 'succeeded', fetched: 3, inserted: 1, updated: 0, unchanged: 2 });
+    const after = await snapshot(sync.pool, 'by_time', KEY);
+    for (const [k, row] of before) expect(after.get(k)?.version).toBe(row.version);
+    expect([...after.keys()].sort()).toEqual([...before.keys(), JSON.stringify(['t', '3'])].sort());
   });
 
   it('incremental runs never delete; a full run deletes rows missing from the source', async () => {

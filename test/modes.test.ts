@@ -125,6 +125,22 @@ describe('modes (property, composite key, tenant a)', () => {
   });
 });
 
+describe('dry run in every mode (property)', () => {
+  it('a dry run changes nothing and reports the counts of the real run that follows', async () => {
+    await fc.assert(fc.asyncProperty(arb, fc.constantFrom('mirror_a', 'upsert_a', 'append_a', 'soft_a'), async ([sc, mask], name) => {
+      await reset(sc, (i) => ((mask >>> (i % 31)) & 1) === 1);
+      const table = name === 'soft_a' ? 'items_sd' : 'items';
+      const before = await snapshot(sync.pool, table, KEY);
+      const dry = await engine.run(name, { trigger: 'manual', dryRun: true });
+      expect(dry.status).toBe('succeeded');
+      expect(await snapshot(sync.pool, table, KEY)).toEqual(before);
+      const real = await engine.run(name, { trigger: 'manual' });
+      const counts = (x: typeof real) => [x.fetched, x.inserted, x.updated, x.deleted, x.unchanged, x.quarantined, x.deferred];
+      expect(counts(dry)).toEqual(counts(real));
+    }), RUNS);
+  });
+});
+
 describe('soft-delete lifecycle', () => {
   it('stamps a row when it leaves the source and clears the stamp when it comes back', async () => {
     await reset({ source: [], target: [] });
