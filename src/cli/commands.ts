@@ -104,7 +104,13 @@ export async function sync(entities: string[], opts: SyncOptions): Promise<numbe
                         order by r.id desc limit 1) as fetched
          from sync.entity e where e.enabled or e.name = any($1) order by e.name`, [selected]);
     const names = selected.length ? selected : rows.map((r) => r.name);
-    if (!names.length) throw new UsageError('no entities to sync — define some in the config');
+    if (!names.length) throw new UsageError('no entities to sync — define some in the config and run `config apply`');
+    const known = new Set((await s.pool.query<{ name: string }>('select name from sync.entity')).rows.map((r) => r.name));
+    const unknown = names.filter((n) => !known.has(n));
+    if (unknown.length) {
+      throw new UsageError(`unknown entit${unknown.length > 1 ? 'ies' : 'y'} ${unknown.map((u) => `"${u}"`).join(', ')} — `
+        + `sync.entity has: ${[...known].sort().join(', ') || '(none)'}; new entities need \`config apply\``);
+    }
     const expected = new Map(rows.map((r) => [r.name, r.fetched]));
     const reporter = makeReporter();
     const started = new Map<string, number>();
