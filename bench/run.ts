@@ -1,0 +1,26 @@
+/**
+ * `npm run bench`: one table of BENCH_ROWS rows (default 1,000,000) synced
+ * Postgres → Postgres, beside the baselines a sync is judged against. Prints a
+ * table with PASS/MISS per target, then one line of JSON (last on stdout),
+ * also written to bench-results/<timestamp>.json.
+ *
+ *   BENCH_ROWS=100000 npm run bench           quick check
+ *   BENCH_DATABASE_URL=postgres://…/postgres  another server (admin URL) instead of a throwaway embedded one
+ *   BENCH_KEEP=1                               keep the bench databases afterwards
+ *
+ * The exit code is 0 even when a target is missed (this is a report); it is
+ * non-zero only when the bench itself fails.
+ */
+
+// The engine logs through pino on stdout; keep it to warnings so the JSON line
+// stays last. Set before the engine's modules load (they read it at import).
+process.env.SYNCLINE_LOG_LEVEL ??= 'warn';
+
+const { main } = await import('./bench.js');
+try {
+  await main();
+  process.exit(0);
+} catch (err) {
+  console.error('bench failed:', err);
+  process.exit(1);
+}
