@@ -26,6 +26,7 @@ function withDatabase(url: string, database: string): string {
 
 const round = (x: number, d = 3) => Math.round(x * 10 ** d) / 10 ** d;
 const mb = (bytes: number) => round(bytes / MB, 1);
+const sign = (x: number) => `${x >= 0 ? '+' : ''}${x}`;
 
 function progress(msg: string): void {
   process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
@@ -44,6 +45,7 @@ interface SyncPhase {
   rows: number;
   rows_per_s: number;
   peak_rss_mb: number;
+  start_rss_mb: number;
   wal_bytes: number;
   fetch_ms: number | null;
   merge_ms: number | null;
@@ -152,6 +154,7 @@ export async function main(): Promise<void> {
         rows,
         rows_per_s: Math.round(rows / m.seconds),
         peak_rss_mb: mb(m.peakRssBytes),
+        start_rss_mb: mb(m.startRssBytes),
         wal_bytes: m.walBytes,
         fetch_ms: run.phases.fetch ?? null,
         merge_ms: run.phases.merge ?? null,
@@ -164,15 +167,15 @@ export async function main(): Promise<void> {
     };
     const strip = ({ result: _r, ...rest }: SyncPhase & { result: RunResult }): SyncPhase => rest;
 
-    // ---- initial sync at the small size (RSS reference) -------------------
-    progress(`initial sync of ${SMALL.toLocaleString('en')} rows (RSS reference)`);
-    const small = strip(await syncRun('items_small', 'items_small', SMALL, true));
-
     // ---- the floor: raw COPY piped into COPY ------------------------------
     progress('raw COPY → COPY floor');
     await quiesce();
     const floorM = await measure(admin, () => copyFloor(src, sync, 'items', 'floor_items'));
     const floor = { seconds: round(floorM.seconds), rows: N, rows_per_s: Math.round(N / floorM.seconds), peak_rss_mb: mb(floorM.peakRssBytes), wal_bytes: floorM.walBytes };
+
+    // ---- initial sync at the small size (RSS reference) -------------------
+    progress(`initial sync of ${SMALL.toLocaleString('en')} rows (RSS reference)`);
+    const small = strip(await syncRun('items_small', 'items_small', SMALL, true));
 
     // ---- (a) initial sync -------------------------------------------------
     progress('(a) initial sync into an empty target');
@@ -230,6 +233,10 @@ export async function main(): Promise<void> {
     // stay in the target until the next full refresh.
     const dVerified = await verify(`id % 1000 = 4 and id < ${beforeD}`);
 
+    // The process's high-water mark over everything the sync needed (the
+    // hand-written baselines below are the bench's own code, not the engine's).
+    const maxRssSyncBytes = process.resourceUsage().maxRSS * 1024;
+
     // ---- baselines: hand-written upserts ----------------------------------
     progress(`row-by-row INSERT … ON CONFLICT, autocommit (${LOOP_ROWS.toLocaleString('en')} rows)`);
     await quiesce();
@@ -254,9 +261,14 @@ export async function main(): Promise<void> {
       b_over_a: round(b.seconds / a.seconds),
       c_over_a: round(c.seconds / a.seconds),
       d_over_a: round(d.seconds / a.seconds, 4),
+      // Peak RSS of (a) less that of the 100k-row initial sync.
       rss_growth_mb: round(a.peak_rss_mb - small.peak_rss_mb, 1),
+      // The same, counting only what each run added over the RSS it started
+      // with (after a full GC): what the sync itself holds, not the
+      // allocator's history.
+      rss_phase_growth_mb: round((a.peak_rss_mb - a.start_rss_mb) - (small.peak_rss_mb - small.start_rss_mb), 1),
     };
-    const rssTolerance = Math.max(10, small.peak_rss_mb * 0.1);
+    const rssTolerance = 10;
     const targets: Target[] = [
       { name: '(a) ≤ 1.5× raw COPY floor', value: `${ratios.a_over_floor}×`, pass: ratios.a_over_floor <= 1.5 },
       { name: '(a) ≥ 40× faster than row-by-row upsert', value: `${ratios.row_loop_over_a}×`, pass: ratios.row_loop_over_a >= 40 },
@@ -270,9 +282,10 @@ export async function main(): Promise<void> {
       { name: '(d) ≤ 5% of (a)', value: `${round(ratios.d_over_a * 100, 2)}%`, pass: ratios.d_over_a <= 0.05 },
       { name: '(d) counts match the change (no deletes by cursor)', value: `+${d.run.inserted} ~${d.run.updated} -${d.run.deleted}`,
         pass: d.run.inserted === dChange.inserted && d.run.updated === dChange.updated && d.run.deleted === 0 && dVerified },
-      { name: 'peak RSS ≤ 150 MB (process maxRSS)', value: `${mb(maxRssBytes)} MB`, pass: maxRssBytes <= 150 * MB },
-      { name: `no RSS growth 100k → 1M (≤ ${round(rssTolerance, 1)} MB)`, value: `${ratios.rss_growth_mb >= 0 ? '+' : ''}${ratios.rss_growth_mb} MB`,
-        pass: ratios.rss_growth_mb <= rssTolerance },
+      { name: 'peak RSS ≤ 150 MB (maxRSS through (d))', value: `${mb(maxRssSyncBytes)} MB`, pass: maxRssSyncBytes <= 150 * MB },
+      { name: `no RSS growth 100k → 1M rows (≤ ${rssTolerance} MB)`,
+        value: `${sign(ratios.rss_phase_growth_mb)} MB in-run (${sign(ratios.rss_growth_mb)} MB peak)`,
+        pass: ratios.rss_phase_growth_mb <= rssTolerance },
     ];
 
     const result = {
@@ -293,7 +306,7 @@ export async function main(): Promise<void> {
         row_loop: rowLoop, batched: batch,
       },
       ratios,
-      peak_rss_mb: { sync_phases: peakSyncRss, process_max: mb(maxRssBytes), at_start: mb(rssAtStart), after_migrate: mb(rssAfterMigrate) },
+      peak_rss_mb: { sync_phases: peakSyncRss, max_rss_through_d: mb(maxRssSyncBytes), process_max: mb(maxRssBytes), at_start: mb(rssAtStart), after_migrate: mb(rssAfterMigrate) },
       targets: Object.fromEntries(targets.map((t) => [t.name, { value: t.value, pass: t.pass }])),
       passed: targets.filter((t) => t.pass).length,
       missed: targets.filter((t) => !t.pass).length,

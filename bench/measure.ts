@@ -1,15 +1,22 @@
 import { performance } from 'node:perf_hooks';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import type pg from 'pg';
 
 export const MB = 1024 * 1024;
+
+// A full GC before each phase, so a phase's peak RSS is not the garbage an
+// earlier phase left behind.
+v8.setFlagsFromString('--expose-gc');
+const gc = vm.runInNewContext('gc') as () => void;
 
 /** Highest process.memoryUsage().rss seen, sampled every 50 ms while running. */
 export class RssSampler {
   private timer: NodeJS.Timeout | undefined;
   private peak = 0;
 
-  start(): void {
-    this.peak = process.memoryUsage().rss;
+  start(initial = process.memoryUsage().rss): void {
+    this.peak = initial;
     this.timer = setInterval(() => this.sample(), 50);
   }
 
@@ -29,14 +36,18 @@ export interface Measured<T> {
   value: T;
   seconds: number;
   peakRssBytes: number;
+  /** RSS when the phase started (after a full GC). */
+  startRssBytes: number;
   walBytes: number;
 }
 
 /** Runs `fn`, timing it, sampling RSS and measuring the WAL the whole server wrote meanwhile. */
 export async function measure<T>(admin: pg.Pool, fn: () => Promise<T>): Promise<Measured<T>> {
   const lsn = (await admin.query<{ lsn: string }>('select pg_current_wal_lsn()::text as lsn')).rows[0].lsn;
+  gc();
+  const startRssBytes = process.memoryUsage().rss;
   const rss = new RssSampler();
-  rss.start();
+  rss.start(startRssBytes);
   const t0 = performance.now();
   let value: T;
   let seconds = 0;
@@ -49,7 +60,7 @@ export async function measure<T>(admin: pg.Pool, fn: () => Promise<T>): Promise<
   }
   const wal = await admin.query<{ bytes: string }>(
     'select pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint::text as bytes', [lsn]);
-  return { value, seconds, peakRssBytes, walBytes: Number(wal.rows[0].bytes) };
+  return { value, seconds, peakRssBytes, startRssBytes, walBytes: Number(wal.rows[0].bytes) };
 }
 
 export interface TupleStats {

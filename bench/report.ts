@@ -73,12 +73,16 @@ export function report(r: Result, targets: Target[]): string {
   out.push('Every timed phase starts after a CHECKPOINT (and with no autovacuum worker running).');
   out.push(`(b) WAL: ${r.phases.b.wal_bytes.toLocaleString('en')} bytes. ${r.phases.settle.note}.`);
   out.push(`(d) ${r.phases.d.note}.`);
+  out.push(`RSS growth: peak of (a) ${r.phases.a.peak_rss_mb} MB (from ${r.phases.a.start_rss_mb}) against ` +
+    `${r.phases.initial_small.peak_rss_mb} MB (from ${r.phases.initial_small.start_rss_mb}) at ${num(r.small_rows)} rows; ` +
+    'judged on what each run added over its starting RSS.');
   out.push('');
   out.push(table(['target', 'value', ''], targets.map((t) => [t.name, t.value, t.pass ? 'PASS' : 'MISS']), [false, true, false]));
   out.push('');
   out.push(`ratios: ${Object.entries(r.ratios).map(([k, v]) => `${k}=${v}`).join('  ')}`);
   out.push(`RSS: ${r.peak_rss_mb.at_start} MB at start, ${r.peak_rss_mb.after_migrate} MB after migrating, ` +
-    `${r.peak_rss_mb.sync_phases} MB peak during syncs, ${r.peak_rss_mb.process_max} MB process maxRSS; ` +
+    `${r.peak_rss_mb.sync_phases} MB peak sampled during syncs, maxRSS ${r.peak_rss_mb.max_rss_through_d} MB through (d) ` +
+    `and ${r.peak_rss_mb.process_max} MB at the end (after the baselines); ` +
     `${r.passed} of ${r.passed + r.missed} targets met`);
   out.push('');
   return out.join('\n');

@@ -7,6 +7,10 @@
  *   BENCH_ROWS=100000 npm run bench           quick check
  *   BENCH_DATABASE_URL=postgres://…/postgres  another server (admin URL) instead of a throwaway embedded one
  *   BENCH_KEEP=1                               keep the bench databases afterwards
+ *   BENCH_SQL=bench/experiments/merge-proposal.sql
+ *                                              SQL applied after the migrations (a changed
+ *                                              sync.merge, say): measure a proposal without
+ *                                              editing them; the report says so
  *
  * The exit code is 0 even when a target is missed (this is a report); it is
  * non-zero only when the bench itself fails.
