@@ -1,5 +1,5 @@
 --! Previous: -
---! Hash: sha1:e9e97e05d26dcc7cd15d8de55a95193760360939
+--! Hash: sha1:b57a7fe3d70a92a684d7e88383cce9e5876352c8
 --! Message: sync schema
 
 /*
@@ -84,7 +84,9 @@ create table if not exists sync.run_change (
   key jsonb not null,
   changed text[]
 );
-create index if not exists run_change_run_idx on sync.run_change (run_id);
+-- Runs append their changes in id order: a BRIN index finds a run's rows
+-- and costs next to nothing to maintain on a million-row load.
+create index if not exists run_change_run_idx on sync.run_change using brin (run_id);
 comment on table sync.run_change is 'One row a record a run inserted, updated or deleted; `changed` names the columns an update changed.';
 
 create table if not exists sync.run_error (
@@ -226,26 +228,135 @@ create or replace function sync._key_json(p_keys text[], p_alias text) returns t
   language sql immutable
   as $$ select format('jsonb_build_object(%s)', string_agg(format('%L, %s.%I', k, p_alias, k), ', ')) from unnest(p_keys) k $$;
 
--- Types without a default btree opclass (json, xml, point …) have no `=`:
--- compare those through their text form.
 create or replace function sync._cmp_expr(p_rel regclass, p_col text, p_alias text) returns text
   language sql stable
 as $$
-  select case when exists (
-           select 1 from pg_opclass o join pg_am am on am.oid = o.opcmethod
-            where am.amname = 'btree' and o.opcdefault
-              and (o.opcintype = a.atttypid
-                   or (o.opcintype = 'anyarray'::regtype and t.typelem <> 0
-                       and exists (select 1 from pg_opclass o2 where o2.opcmethod = am.oid and o2.opcdefault and o2.opcintype = t.typelem))
-                   or (o.opcintype = 'anyenum'::regtype and t.typtype = 'e')
-                   or (o.opcintype = 'record'::regtype and t.typtype = 'c')
-                   or (o.opcintype = 'anyrange'::regtype and t.typtype = 'r')))
-              or t.typtype = 'd'
-         then format('%s.%I', p_alias, p_col)
-         else format('%s.%I::text', p_alias, p_col) end
-    from pg_attribute a join pg_type t on t.oid = a.atttypid
-   where a.attrelid = p_rel and a.attname = p_col
+  -- `=` is exact for these types: equal values have one text form. Anything
+  -- else compares as text, so 1.5 → 1.50, {"v":1} → {"v":1.0}, 'Bob' →
+  -- 'bob' (citext), '1 day' → '24 hours' and -0 → 0 count as changes and
+  -- reach the target, and types without `=` (json, xml, point) work.
+  -- Domains and arrays are judged by their base and element types.
+  with recursive chain(type_oid, depth) as (
+    select a.atttypid, 0 from pg_attribute a where a.attrelid = p_rel and a.attname = p_col
+    union all
+    select case when t.typtype = 'd' then t.typbasetype else t.typelem end, c.depth + 1
+      from chain c join pg_type t on t.oid = c.type_oid
+     where (t.typtype = 'd' or (t.typcategory = 'A' and t.typelem <> 0)) and c.depth < 8
+  )
+  select case when bool_and(t.typtype = 'e' or (t.typtype in ('d', 'b') and t.typcategory = 'A')
+                            or t.typtype = 'd'
+                            or t.oid in ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'text'::regtype,
+                                         'varchar'::regtype, 'bpchar'::regtype, 'bool'::regtype, 'uuid'::regtype,
+                                         'date'::regtype, 'timestamp'::regtype, 'timestamptz'::regtype,
+                                         'time'::regtype, 'bytea'::regtype, 'char'::regtype, 'name'::regtype,
+                                         'oid'::regtype))
+              then format('%s.%I', p_alias, p_col)
+              else format('%s.%I::text', p_alias, p_col) end
+    from chain c join pg_type t on t.oid = c.type_oid
 $$;
+comment on function sync._cmp_expr(regclass, text, text) is 'How sync.merge compares a column: directly where equal values have a single text form (integers, text, timestamps …), else through ::text, so a change of form (1.5 → 1.50, jsonb number formatting, citext case) reaches the target.';
+
+create or replace function sync._join_tk(p_keys text[]) returns text
+  language sql immutable
+  as $$ select string_agg(format('t.%I = s._sl_tk%s', k, i), ' and ') from unnest(p_keys) with ordinality x(k, i) $$;
+comment on function sync._join_tk(text[]) is 'Joins the target (t) to the diff (s) on the target key the diff carries for deletes.';
+
+create or replace function sync._quarantine(p_run_id bigint, p_ent sync.entity, p_s regclass, p_rel regclass, p_cols text[])
+  returns void
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_key text := sync._key_json(p_ent.key_columns, 's');
+  v_keys text := (select string_agg(format('s.%I', k), ', ') from unnest(p_ent.key_columns) k);
+  v_fk record;
+  v_parent_on text;
+begin
+  -- Flagged rows stay in staging, so a mirror run does not delete the
+  -- target rows they would have replaced.
+  execute format($q$
+    with bad as (
+      update %1$s s set _sl_quarantined = true where %2$s returning s.*)
+    insert into sync.run_error (run_id, entity, key, category, message, payload)
+    select %3$s, %4$L, %5$s, 'validation', 'a key column is null', to_jsonb(s.*) - '_sl_quarantined' from bad s$q$,
+    p_s, (select string_agg(format('s.%I is null', k), ' or ') from unnest(p_ent.key_columns) k),
+    p_run_id, p_ent.name, v_key);
+
+  -- Grouped on the key columns themselves: a jsonb of them costs twice as much.
+  execute format($q$
+    with dup as (
+      select %3$s, count(*) as _sl_n from %1$s s where not s._sl_quarantined group by %3$s having count(*) > 1),
+    bad as (
+      update %1$s s set _sl_quarantined = true from dup d where %2$s returning s.*, d._sl_n)
+    insert into sync.run_error (run_id, entity, key, category, message, payload)
+    select %4$s, %5$L, %6$s, 'integrity', format('the source has %%s records with this key; none of them was merged', s._sl_n),
+           to_jsonb(s.*) - '_sl_quarantined' - '_sl_n' from bad s$q$,
+    p_s, sync._join(p_ent.key_columns, 's', 'd'), v_keys, p_run_id, p_ent.name, v_key);
+
+  if p_ent.tenant_column is not null and p_ent.tenant_column = any (p_cols) then
+    execute format($q$
+      with bad as (
+        update %1$s s set _sl_quarantined = true
+         where not s._sl_quarantined and s.%2$I is distinct from %3$L returning s.*)
+      insert into sync.run_error (run_id, entity, key, category, message, payload)
+      select %4$s, %5$L, %6$s, 'integrity',
+             format('the record belongs to tenant %%s but the entity is scoped to tenant %%s', s.%2$I, %3$L),
+             to_jsonb(s.*) - '_sl_quarantined' from bad s$q$,
+      p_s, p_ent.tenant_column, p_ent.tenant_value, p_run_id, p_ent.name, v_key);
+    if p_ent.tenant_column <> all (p_ent.key_columns) then
+      -- The key alone identifies a row: another tenant may hold it already.
+      execute format($q$
+        with bad as (
+          update %1$s s set _sl_quarantined = true
+            from %2$s t where not s._sl_quarantined and %3$s and t.%4$I is distinct from %5$L returning s.*, t.%4$I as _sl_owner)
+        insert into sync.run_error (run_id, entity, key, category, message, payload)
+        select %6$s, %7$L, %8$s, 'integrity',
+               format('the key already belongs to tenant %%s in the target; the entity is scoped to tenant %%s', s._sl_owner, %5$L),
+               to_jsonb(s.*) - '_sl_quarantined' - '_sl_owner' from bad s$q$,
+        p_s, p_rel, sync._join(p_ent.key_columns, 't', 's'), p_ent.tenant_column, p_ent.tenant_value,
+        p_run_id, p_ent.name, v_key);
+    end if;
+  end if;
+
+  -- A record whose parent row (a foreign key of the target, on synced
+  -- columns) is missing would fail the whole merge. A table referencing
+  -- itself may find the parent among the staged rows. A dry run of several
+  -- entities previews a child against parents that the same preview would
+  -- insert: those parent tables are taken on trust.
+  for v_fk in
+    select c.confrelid::regclass as parent, c.confrelid = p_rel as self,
+           array_agg(ca.attname::text order by k.ord) as cols, array_agg(pa.attname::text order by k.ord) as pcols
+      from pg_constraint c
+      cross join lateral unnest(c.conkey, c.confkey) with ordinality as k(ck, pk, ord)
+      join pg_attribute ca on ca.attrelid = c.conrelid and ca.attnum = k.ck
+      join pg_attribute pa on pa.attrelid = c.confrelid and pa.attnum = k.pk
+     where c.contype = 'f' and c.conrelid = p_rel
+     group by c.oid, c.confrelid
+  loop
+    continue when not (v_fk.cols <@ p_cols);
+    continue when (select r.dry_run and coalesce(r.detail -> 'unchecked_parents' @> to_jsonb(v_fk.parent::oid), false)
+                     from sync.run r where r.id = p_run_id);
+    v_parent_on := (select string_agg(format('p.%I = s.%I', pc, c), ' and ') from unnest(v_fk.pcols, v_fk.cols) x(pc, c));
+    execute format($q$
+      with bad as (
+        update %1$s s set _sl_quarantined = true
+         where not s._sl_quarantined and %2$s
+           and not exists (select 1 from %3$s p where %4$s) %5$s
+        returning s.*)
+      insert into sync.run_error (run_id, entity, key, category, message, payload)
+      select %6$s, %7$L, %8$s, 'integrity', format('references a row of %%s that does not exist: %%s', %9$L, %10$s),
+             to_jsonb(s.*) - '_sl_quarantined' from bad s$q$,
+      p_s,
+      (select string_agg(format('s.%I is not null', c), ' and ') from unnest(v_fk.cols) c),
+      v_fk.parent, v_parent_on,
+      case when v_fk.self then format('and not exists (select 1 from %s p where not p._sl_quarantined and %s)', p_s, v_parent_on)
+           else '' end,
+      p_run_id, p_ent.name, v_key, v_fk.parent::text,
+      (select format('jsonb_build_object(%s)', string_agg(format('%L, s.%I', c, c), ', ')) from unnest(v_fk.cols) c));
+  end loop;
+end
+$$;
+comment on function sync._quarantine(bigint, sync.entity, regclass, regclass, text[]) is 'First step of sync.merge: flags staged records that cannot be merged (null or repeated key, another tenant, missing parent) and records each in sync.run_error with its reason.';
 
 create or replace function sync.merge(p_run_id bigint) returns jsonb
   language plpgsql volatile
@@ -265,12 +376,14 @@ declare
   v_distinct text;
   v_changed text;
   v_key text;
-  v_ok text := 'not s._sl_quarantined';
   v_snapshot boolean;
+  v_deletes boolean;
+  v_empty boolean;
   v_unreferenced text := 'true';
   v_collist text;
   v_selist text;
   v_setlist text;
+  v_tkeys text;
   v_fetched bigint;
   v_quarantined bigint;
   v_ins bigint := 0;
@@ -279,9 +392,8 @@ declare
   v_missing bigint := 0;
   v_cursor text;
   v_cursor_type text;
-  v_sample jsonb := '[]';
+  v_sample jsonb;
   v_overriding text := '';
-  v_status text;
   v_result jsonb;
 begin
   select * into v_run from sync.run where id = p_run_id for update;
@@ -311,67 +423,38 @@ begin
   -- An incremental run sees only changed rows, so only a full snapshot may
   -- conclude that a missing row was deleted.
   v_snapshot := v_ent.cursor_column is null or v_run.full_refresh;
+  v_deletes := v_snapshot and v_ent.mode in ('mirror', 'soft-delete');
   if exists (select 1 from pg_attribute a where a.attrelid = v_rel and a.attidentity = 'a'
                and a.attname = any (v_cols)) then
     v_overriding := 'overriding system value';
   end if;
 
-  -- Quarantine what cannot be merged; the rows stay in staging (flagged) so a
-  -- mirror run does not delete their target rows.
-  execute format($q$
-    with bad as (
-      update %1$s s set _sl_quarantined = true
-       where %2$s
-      returning s.*)
-    insert into sync.run_error (run_id, entity, key, category, message, payload)
-    select %3$s, %4$L, %5$s, 'validation', 'a key column is null', to_jsonb(s) - '_sl_quarantined' from bad s$q$,
-    v_s, (select string_agg(format('s.%I is null', k), ' or ') from unnest(v_ent.key_columns) k),
-    p_run_id, v_ent.name, v_key);
-  execute format($q$
-    with dup as (
-      select %3$s as k, count(*) as n from %1$s s where %2$s group by 1 having count(*) > 1),
-    bad as (
-      update %1$s s set _sl_quarantined = true from dup d where %3$s = d.k
-      returning s.*, d.n)
-    insert into sync.run_error (run_id, entity, key, category, message, payload)
-    select %4$s, %5$L, %3$s, 'integrity', format('the source has %%s records with this key; none of them was merged', s.n),
-           to_jsonb(s) - '_sl_quarantined' - 'n' from bad s$q$,
-    v_s, v_ok, v_key, p_run_id, v_ent.name);
-  if v_ent.tenant_column is not null and v_ent.tenant_column = any (v_cols) then
-    execute format($q$
-      with bad as (
-        update %1$s s set _sl_quarantined = true
-         where %2$s and s.%3$I is distinct from %4$L
-        returning s.*)
-      insert into sync.run_error (run_id, entity, key, category, message, payload)
-      select %5$s, %6$L, %7$s, 'integrity',
-             format('the record belongs to tenant %%s but the entity is scoped to tenant %%s', s.%3$I, %4$L),
-             to_jsonb(s) - '_sl_quarantined' from bad s$q$,
-      v_s, v_ok, v_ent.tenant_column, v_ent.tenant_value, p_run_id, v_ent.name, v_key);
-  end if;
-
+  perform sync._quarantine(p_run_id, v_ent, v_s::regclass, v_rel, v_cols);
   execute format('select count(*), count(*) filter (where _sl_quarantined) from %s', v_s)
     into v_fetched, v_quarantined;
 
   v_collist := (select string_agg(format('%I', c), ', ') from unnest(v_cols) c);
   v_selist := (select string_agg(format('s.%I', c), ', ') from unnest(v_cols) c);
   v_setlist := (select string_agg(format('%1$I = s.%1$I', c), ', ') from unnest(v_vals) c);
-  v_distinct := (select format('(%s) is distinct from (%s)',
+  v_distinct := (select case when count(*) > 0 then format('(%s) is distinct from (%s)',
                         string_agg(sync._cmp_expr(v_rel, c, 't'), ', '),
-                        string_agg(sync._cmp_expr(v_s::regclass, c, 's'), ', '))
+                        string_agg(sync._cmp_expr(v_s::regclass, c, 's'), ', ')) end
                    from unnest(v_vals) c);
-  v_changed := (select format('array_remove(array[%s], null)',
+  v_changed := (select case when count(*) > 0 then format('array_remove(array[%s], null)',
                         string_agg(format('case when %s is distinct from %s then %L end',
-                                          sync._cmp_expr(v_rel, c, 't'), sync._cmp_expr(v_s::regclass, c, 's'), c), ', '))
+                                          sync._cmp_expr(v_rel, c, 't'), sync._cmp_expr(v_s::regclass, c, 's'), c), ', ')) end
                   from unnest(v_vals) c);
   if v_ent.mode = 'soft-delete' and v_ent.soft_delete_column <> all (v_cols) then
     -- A record back in the source is live again.
-    v_distinct := concat_ws(' or ', v_distinct, format('t.%I is not null', v_ent.soft_delete_column));
+    v_distinct := format('(%s)', concat_ws(' or ', v_distinct, format('t.%I is not null', v_ent.soft_delete_column)));
     v_changed := format('array_remove(%s || array[case when t.%I is not null then %L end], null)',
                         coalesce(v_changed, 'array[]::text[]'), v_ent.soft_delete_column, v_ent.soft_delete_column);
     v_setlist := concat_ws(', ', v_setlist, format('%I = null', v_ent.soft_delete_column));
   end if;
-  if v_snapshot and v_ent.mode = 'mirror' then
+  if v_ent.mode = 'append' then
+    v_distinct := null;
+  end if;
+  if v_deletes and v_ent.mode = 'mirror' then
     -- Rows another table still references (with a restricting foreign key)
     -- wait until that table's own sync has let go of them.
     select coalesce(string_agg(format('not exists (select 1 from %s c where %s)', c.conrelid::regclass,
@@ -384,79 +467,111 @@ begin
      where c.contype = 'f' and c.confrelid = v_rel and c.conrelid <> v_rel and c.confdeltype in ('a', 'r');
   end if;
 
+  -- The diff: what to insert, update and delete, computed in one pass over
+  -- staging and target before anything is written. Writing first and
+  -- anti-joining against the table being filled goes quadratic when the
+  -- planner believes the target small. An empty target (the initial load)
+  -- needs no join at all.
+  execute format('select not exists (select 1 from %s t where %s)', v_t, v_scope) into v_empty;
+  if v_empty then
+    -- Nothing to compare with: the diff is every mergeable staged row, and a
+    -- view of them saves copying the whole load once more.
+    execute format($q$
+      create temp view _sl_diff as
+      select 'insert'::text as _sl_action, null::text[] as _sl_changed, s.*, %s from %s s where not s._sl_quarantined$q$,
+      (select string_agg(format('null::text as _sl_tk%s', i), ', ') from generate_series(1, cardinality(v_ent.key_columns)) i),
+      v_s);
+  else
+    v_tkeys := (select string_agg(format('t.%I as _sl_tk%s', k, i), ', ') from unnest(v_ent.key_columns) with ordinality x(k, i));
+    execute format($q$
+      create temp table _sl_diff on commit drop as
+      select case when t._sl_present is null then 'insert' when s._sl_quarantined is null then 'delete' else 'update' end as _sl_action,
+             case when t._sl_present and s._sl_quarantined is not null then %1$s end as _sl_changed,
+             s.*, %2$s
+        from %3$s s
+        %4$s join (select true as _sl_present, t.* from %5$s t where %6$s) t on %7$s
+       where (t._sl_present is null and not s._sl_quarantined)
+          or (s._sl_quarantined is null %8$s)
+          or (t._sl_present and not s._sl_quarantined and (%9$s))$q$,
+      coalesce(v_changed, 'null::text[]'), v_tkeys, v_s,
+      case when v_deletes then 'full' else 'left' end, v_t, v_scope, v_on,
+      case when v_ent.mode = 'soft-delete' then format('and t.%I is null', v_ent.soft_delete_column) else '' end,
+      coalesce(v_distinct, 'false'));
+  end if;
+
+  if v_deletes and v_unreferenced <> 'true' then
+    execute format('select count(*) from _sl_diff where _sl_action = %L', 'delete') into v_missing;
+  end if;
   if v_run.dry_run then
-    v_result := sync._merge_preview(v_t, v_s, v_ent, v_on, v_scope, v_ok, v_key, v_distinct, v_changed,
-                                    v_snapshot, v_unreferenced);
-    v_ins := (v_result ->> 'inserted')::bigint;
-    v_upd := (v_result ->> 'updated')::bigint;
-    v_del := (v_result ->> 'deleted')::bigint;
-    v_missing := (v_result ->> 'deferred')::bigint;
-    v_sample := v_result -> 'sample';
+    execute 'select count(*) filter (where _sl_action = ''insert''), count(*) filter (where _sl_action = ''update''),
+                    count(*) filter (where _sl_action = ''delete'') from _sl_diff'
+      into v_ins, v_upd, v_del;
+    if v_del > 0 and v_unreferenced <> 'true' then
+      execute format('select count(*) from %s t join _sl_diff s on %s where s._sl_action = %L and %s',
+                     v_t, sync._join_tk(v_ent.key_columns), 'delete', v_unreferenced)
+        into v_del;
+    end if;
   else
     -- Inserts first, then updates, then deletes: a new parent exists before a
     -- row is pointed at it, and a row stops pointing at an old parent before
     -- that parent goes. Foreign keys are checked per statement, so a table
     -- that references itself converges in one run.
-    if v_ent.mode <> 'append' and v_vals <> '{}' then
-      execute format($q$
-        with c as (
-          select s.*, %7$s as _sl_changed from %2$s s join %1$s t on %3$s
-           where %4$s and %5$s and (%6$s)),
-        u as (
-          update %1$s t set %8$s from c s where %3$s
-          returning %9$s as k, s._sl_changed)
-        insert into sync.run_change (run_id, action, key, changed)
-        select %10$s, 'update', k, _sl_changed from u$q$,
-        v_t, v_s, v_on, v_ok, v_scope, v_distinct, v_changed, v_setlist, v_key, p_run_id);
-      get diagnostics v_upd = row_count;
-    end if;
     execute format($q$
       with i as (
-        insert into %1$s as t (%2$s) %8$s
-        select %3$s from %4$s s where %5$s and not exists (select 1 from %1$s t where %6$s)
-        returning %7$s as k)
-      insert into sync.run_change (run_id, action, key)
-      select %9$s, 'insert', k from i$q$,
-      v_t, v_collist, v_selist, v_s, v_ok, v_on, sync._key_json(v_ent.key_columns, 't'), v_overriding, p_run_id);
+        insert into %1$s as t (%2$s) %3$s
+        select %4$s from _sl_diff s where s._sl_action = 'insert'
+        returning %5$s as k)
+      insert into sync.run_change (run_id, action, key) select %6$s, 'insert', k from i$q$,
+      v_t, v_collist, v_overriding, v_selist, sync._key_json(v_ent.key_columns, 't'), p_run_id);
     get diagnostics v_ins = row_count;
-    if v_snapshot and v_ent.mode = 'mirror' then
+    if not v_empty and v_distinct is not null then
+      execute format($q$
+        with u as (
+          update %1$s t set %2$s from _sl_diff s
+           where s._sl_action = 'update' and %3$s and %4$s
+          returning %5$s as k, s._sl_changed)
+        insert into sync.run_change (run_id, action, key, changed) select %6$s, 'update', k, _sl_changed from u$q$,
+        v_t, v_setlist, v_on, v_scope, v_key, p_run_id);
+      get diagnostics v_upd = row_count;
+    end if;
+    if not v_empty and v_deletes then
       execute format($q$
         with d as (
-          delete from %1$s t where %3$s and not exists (select 1 from %2$s s where %4$s) and %5$s
-          returning %6$s as k)
-        insert into sync.run_change (run_id, action, key)
-        select %7$s, 'delete', k from d$q$,
-        v_t, v_s, v_scope, v_on, v_unreferenced, sync._key_json(v_ent.key_columns, 't'), p_run_id);
-      get diagnostics v_del = row_count;
-      if v_unreferenced <> 'true' then
-        execute format('select count(*) from %s t where %s and not exists (select 1 from %s s where %s)',
-                       v_t, v_scope, v_s, v_on) into v_missing;
-      end if;
-    elsif v_snapshot and v_ent.mode = 'soft-delete' then
-      execute format($q$
-        with d as (
-          update %1$s t set %5$I = now()
-           where %3$s and t.%5$I is null and not exists (select 1 from %2$s s where %4$s)
-          returning %6$s as k)
-        insert into sync.run_change (run_id, action, key, changed)
-        select %7$s, 'delete', k, array[%8$L] from d$q$,
-        v_t, v_s, v_scope, v_on, v_ent.soft_delete_column, sync._key_json(v_ent.key_columns, 't'), p_run_id,
-        v_ent.soft_delete_column);
+          %1$s
+          returning %2$s as k)
+        insert into sync.run_change (run_id, action, key, changed) select %3$s, 'delete', k, %4$s from d$q$,
+        case when v_ent.mode = 'mirror'
+          then format('delete from %s t using _sl_diff s where s._sl_action = %L and %s and %s and %s',
+                      v_t, 'delete', sync._join_tk(v_ent.key_columns), v_scope, v_unreferenced)
+          else format('update %s t set %I = now() from _sl_diff s where s._sl_action = %L and %s and %s',
+                      v_t, v_ent.soft_delete_column, 'delete', sync._join_tk(v_ent.key_columns), v_scope) end,
+        sync._key_json(v_ent.key_columns, 't'), p_run_id,
+        case when v_ent.mode = 'soft-delete' then format('array[%L]', v_ent.soft_delete_column) else 'null' end);
       get diagnostics v_del = row_count;
     end if;
   end if;
+  execute format($q$
+    select coalesce(jsonb_agg(x order by x.action, x.key), '[]') from (
+      (select 'insert' as action, %1$s as key, null::text[] as changed from _sl_diff s where _sl_action = 'insert' order by 2 limit 10)
+      union all
+      (select 'update', %1$s, _sl_changed from _sl_diff s where _sl_action = 'update' order by 2 limit 10)
+      union all
+      (select 'delete', %2$s, null from _sl_diff s where _sl_action = 'delete' order by 2 limit 10)) x$q$,
+    v_key, (select format('jsonb_build_object(%s)', string_agg(format('%L, s._sl_tk%s', k, i), ', '))
+              from unnest(v_ent.key_columns) with ordinality x(k, i)))
+    into v_sample;
+  execute case when v_empty then 'drop view pg_temp._sl_diff' else 'drop table pg_temp._sl_diff' end;
 
   if v_ent.cursor_column is not null then
     select format_type(a.atttypid, a.atttypmod) into v_cursor_type
       from pg_attribute a where a.attrelid = v_s::regclass and a.attname = v_ent.cursor_column;
-    execute format('select greatest(max(s.%I), %L::%s)::text from %s s where %s',
-                   v_ent.cursor_column, v_run.cursor_before, v_cursor_type, v_s, v_ok)
+    execute format('select greatest(max(s.%I), %L::%s)::text from %s s where not s._sl_quarantined',
+                   v_ent.cursor_column, v_run.cursor_before, v_cursor_type, v_s)
       into v_cursor;
   end if;
 
-  v_status := case when v_quarantined > 0 then 'partial' else 'succeeded' end;
   update sync.run
-     set status = v_status, finished_at = now(),
+     set status = case when v_quarantined > 0 then 'partial' else 'succeeded' end, finished_at = now(),
          fetched = v_fetched, inserted = v_ins, updated = v_upd, deleted = v_del,
          unchanged = v_fetched - v_quarantined - v_ins - v_upd,
          quarantined = v_quarantined, deferred = greatest(v_missing - v_del, 0),
@@ -476,55 +591,7 @@ begin
   return v_result;
 end
 $$;
-comment on function sync.merge(bigint) is 'Merges a run''s staged rows into the target in the caller''s transaction: quarantines null and duplicate keys, inserts, updates only rows that differ, deletes (mirror) or stamps (soft-delete) rows missing from a full snapshot within the tenant, logs every change, advances the cursor. A dry run computes the same counts and a sample and writes nothing to the target.';
-
-create or replace function sync._merge_preview(
-  p_t text, p_s text, p_ent sync.entity, p_on text, p_scope text, p_ok text, p_key text,
-  p_distinct text, p_changed text, p_snapshot boolean, p_unreferenced text
-) returns jsonb
-  language plpgsql stable
-  set search_path to pg_catalog, public, pg_temp
-as $$
-declare
-  v_ins bigint := 0;
-  v_upd bigint := 0;
-  v_del bigint := 0;
-  v_missing bigint := 0;
-  v_sample jsonb;
-  v_tkey text := sync._key_json(p_ent.key_columns, 't');
-  v_deletes boolean := p_snapshot and p_ent.mode in ('mirror', 'soft-delete');
-begin
-  execute format('select count(*) from %s s where %s and not exists (select 1 from %s t where %s)', p_s, p_ok, p_t, p_on)
-    into v_ins;
-  if p_ent.mode <> 'append' and p_distinct is not null then
-    execute format('select count(*) from %s s join %s t on %s where %s and %s and (%s)', p_s, p_t, p_on, p_ok, p_scope, p_distinct)
-      into v_upd;
-  end if;
-  if v_deletes then
-    execute format('select count(*) filter (where %s), count(*) from %s t where %s %s and not exists (select 1 from %s s where %s)',
-                   case when p_ent.mode = 'mirror' then p_unreferenced else 'true' end, p_t, p_scope,
-                   case when p_ent.mode = 'soft-delete' then format('and t.%I is null', p_ent.soft_delete_column) else '' end,
-                   p_s, p_on)
-      into v_del, v_missing;
-  end if;
-  execute format($q$
-    select coalesce(jsonb_agg(x), '[]') from (
-      (select 'insert' as action, %1$s as key, null::text[] as changed
-         from %2$s s where %3$s and not exists (select 1 from %4$s t where %5$s) limit 10)
-      union all
-      (select 'update', %1$s, %6$s from %2$s s join %4$s t on %5$s
-        where %3$s and %7$s and %8$s and (%9$s) limit 10)
-      union all
-      (select 'delete', %10$s, null from %4$s t
-        where %11$s and %7$s and not exists (select 1 from %2$s s where %5$s) limit 10)) x$q$,
-    p_key, p_s, p_ok, p_t, p_on, coalesce(p_changed, 'null::text[]'), p_scope,
-    (p_ent.mode <> 'append' and p_distinct is not null)::text, coalesce(p_distinct, 'false'),
-    v_tkey, v_deletes::text)
-    into v_sample;
-  return jsonb_build_object('inserted', v_ins, 'updated', v_upd, 'deleted', v_del, 'deferred', v_missing, 'sample', v_sample);
-end
-$$;
-comment on function sync._merge_preview(text, text, sync.entity, text, text, text, text, text, text, boolean, text) is 'Dry-run half of sync.merge: the same predicates as counts and a sample of up to 10 inserts, updates and deletes.';
+comment on function sync.merge(bigint) is 'Merges a run''s staged rows into the target in the caller''s transaction: quarantines records that cannot be merged (null or repeated key, another tenant, missing parent), computes the diff in one pass, then inserts, updates only rows that differ, deletes (mirror) or stamps (soft-delete) rows missing from a full snapshot within the tenant, logs every change, advances the cursor. A dry run computes the same counts and a sample and writes nothing to the target.';
 
 create or replace function sync.request(p_entity text, p_full boolean default false)
   returns bigint
@@ -625,3 +692,36 @@ select e.name as entity,
                       where r2.entity = e.name and not r2.dry_run and r2.status in ('succeeded', 'partial')
                       order by r2.started_at desc, r2.id desc limit 1) ok on true;
 comment on view sync.status is 'One row an entity: state (ok, failing, running, never run, disabled), the last run and its counts, the last success and the lag since it, open alerts.';
+
+create or replace function sync.cleanup() returns jsonb
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_run record;
+  v_closed integer := 0;
+  v_dropped integer := 0;
+begin
+  for v_run in select id, entity from sync.run where status = 'running' order by id loop
+    -- Every live run holds its entity's advisory lock: a free lock means a dead run.
+    if pg_try_advisory_lock(sync.entity_lock_key(v_run.entity)) then
+      update sync.run
+         set status = 'failed', finished_at = now(),
+             error = 'abandoned: the process running it stopped before it finished'
+       where id = v_run.id and status = 'running';
+      v_closed := v_closed + 1;
+      perform pg_advisory_unlock(sync.entity_lock_key(v_run.entity));
+    end if;
+  end loop;
+  for v_run in
+    select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where n.nspname = 'sync_staging' and c.relkind = 'r'
+       and not exists (select 1 from sync.run r where r.status = 'running' and 'run_' || r.id = c.relname)
+  loop
+    execute format('drop table if exists sync_staging.%I', v_run.relname);
+    v_dropped := v_dropped + 1;
+  end loop;
+  return jsonb_build_object('runs_closed', v_closed, 'staging_dropped', v_dropped);
+end
+$$;
+comment on function sync.cleanup() is 'Closes runs left running by a process that died (their entity lock is free) and drops staging tables no running run owns. Runs every 10 minutes from the crontab.';
