@@ -1,5 +1,5 @@
 --! Previous: -
---! Hash: sha1:b57a7fe3d70a92a684d7e88383cce9e5876352c8
+--! Hash: sha1:332d3de0955cacd7ceec6fe8ab579dabe58424b8
 --! Message: sync schema
 
 /*
@@ -282,7 +282,10 @@ begin
     p_s, (select string_agg(format('s.%I is null', k), ' or ') from unnest(p_ent.key_columns) k),
     p_run_id, p_ent.name, v_key);
 
-  -- Grouped on the key columns themselves: a jsonb of them costs twice as much.
+  -- A source that guarantees unique keys (a table with a unique index on
+  -- them; the runner checks) needs no search for repeats. Otherwise group on
+  -- the key columns themselves: a jsonb of them costs twice as much.
+  if not coalesce((select (r.detail ->> 'source_unique_key')::boolean from sync.run r where r.id = p_run_id), false) then
   execute format($q$
     with dup as (
       select %3$s, count(*) as _sl_n from %1$s s where not s._sl_quarantined group by %3$s having count(*) > 1),
@@ -292,6 +295,7 @@ begin
     select %4$s, %5$L, %6$s, 'integrity', format('the source has %%s records with this key; none of them was merged', s._sl_n),
            to_jsonb(s.*) - '_sl_quarantined' - '_sl_n' from bad s$q$,
     p_s, sync._join(p_ent.key_columns, 's', 'd'), v_keys, p_run_id, p_ent.name, v_key);
+  end if;
 
   if p_ent.tenant_column is not null and p_ent.tenant_column = any (p_cols) then
     execute format($q$
@@ -561,6 +565,10 @@ begin
               from unnest(v_ent.key_columns) with ordinality x(k, i)))
     into v_sample;
   execute case when v_empty then 'drop view pg_temp._sl_diff' else 'drop table pg_temp._sl_diff' end;
+  if v_empty and v_ins > 0 then
+    -- Fresh statistics for the next run's plans: the table went from nothing to everything.
+    execute format('analyze %s', v_t);
+  end if;
 
   if v_ent.cursor_column is not null then
     select format_type(a.atttypid, a.atttypmod) into v_cursor_type
@@ -592,6 +600,95 @@ begin
 end
 $$;
 comment on function sync.merge(bigint) is 'Merges a run''s staged rows into the target in the caller''s transaction: quarantines records that cannot be merged (null or repeated key, another tenant, missing parent), computes the diff in one pass, then inserts, updates only rows that differ, deletes (mirror) or stamps (soft-delete) rows missing from a full snapshot within the tenant, logs every change, advances the cursor. A dry run computes the same counts and a sample and writes nothing to the target.';
+
+create or replace function sync.can_load_direct(p_entity text) returns boolean
+  language plpgsql stable
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_ent sync.entity;
+  v_rel regclass;
+  v_empty boolean;
+begin
+  select * into v_ent from sync.entity where name = p_entity;
+  v_rel := to_regclass(format('%I.%I', v_ent.target_schema, v_ent.target_table));
+  if v_rel is null then
+    return false;
+  end if;
+  -- The target itself must reject what the staging path would quarantine:
+  -- a null key (NOT NULL) and a repeated key (a unique index within the key).
+  if exists (select 1 from unnest(v_ent.key_columns) k
+              where not exists (select 1 from pg_attribute a where a.attrelid = v_rel and a.attname = k and a.attnotnull))
+     or not exists (select 1 from pg_index i
+                     where i.indrelid = v_rel and i.indisunique and i.indpred is null and i.indexprs is null
+                       and (select array_agg(a.attname::text) from pg_attribute a
+                             where a.attrelid = v_rel and a.attnum = any (i.indkey::int2[])) <@ v_ent.key_columns) then
+    return false;
+  end if;
+  execute format('select not exists (select 1 from %s t where %s)', v_rel,
+                 case when v_ent.tenant_column is null then 'true' else format('t.%I = %L', v_ent.tenant_column, v_ent.tenant_value) end)
+    into v_empty;
+  return v_empty;
+end
+$$;
+comment on function sync.can_load_direct(text) is 'Whether a run may COPY straight into the target: nothing of the tenant there yet, and the target''s own NOT NULL and unique constraints on the key catch what staging would quarantine.';
+
+create or replace function sync.merge_direct(p_run_id bigint, p_copied bigint) returns jsonb
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_run sync.run;
+  v_ent sync.entity;
+  v_started timestamptz := clock_timestamp();
+  v_t text;
+  v_scope text := 'true';
+  v_logged bigint;
+  v_cursor text;
+  v_cursor_type text;
+  v_result jsonb;
+begin
+  select * into v_run from sync.run where id = p_run_id for update;
+  if not found or v_run.status <> 'running' or v_run.dry_run then
+    raise exception 'sync.merge_direct: run % is not a running, real run', p_run_id;
+  end if;
+  select * into strict v_ent from sync.entity where name = v_run.entity;
+  perform pg_advisory_xact_lock(sync.entity_lock_key(v_ent.name));
+  v_t := format('%I.%I', v_ent.target_schema, v_ent.target_table);
+  if v_ent.tenant_column is not null then
+    v_scope := format('t.%I = %L', v_ent.tenant_column, v_ent.tenant_value);
+  end if;
+  execute format('insert into sync.run_change (run_id, action, key) select %s, %L, %s from %s t where %s',
+                 p_run_id, 'insert', sync._key_json(v_ent.key_columns, 't'), v_t, v_scope);
+  get diagnostics v_logged = row_count;
+  if v_logged <> p_copied then
+    -- Rows outside the tenant scope, or a scope that was not empty: let the
+    -- caller roll back and take the staging path, which sorts it out.
+    raise exception 'sync.merge_direct: copied % rows but % are in scope', p_copied, v_logged
+      using errcode = 'SL001';
+  end if;
+  if v_ent.cursor_column is not null then
+    select format_type(a.atttypid, a.atttypmod) into v_cursor_type
+      from pg_attribute a where a.attrelid = v_t::regclass and a.attname = v_ent.cursor_column;
+    execute format('select max(t.%I)::text from %s t where %s', v_ent.cursor_column, v_t, v_scope) into v_cursor;
+    update sync.entity set cursor_value = v_cursor where name = v_ent.name and cursor_value is distinct from v_cursor;
+  end if;
+  execute format('analyze %s', v_t);
+  update sync.run
+     set status = 'succeeded', finished_at = now(), fetched = p_copied, inserted = p_copied, updated = 0, deleted = 0,
+         unchanged = 0, quarantined = 0, deferred = 0, cursor_after = v_cursor,
+         phases = phases || jsonb_build_object('merge', round(extract(epoch from clock_timestamp() - v_started) * 1000)),
+         detail = detail || '{"direct": true}'
+   where id = p_run_id
+  returning jsonb_build_object('run_id', id, 'status', status, 'fetched', fetched, 'inserted', inserted,
+                               'updated', updated, 'deleted', deleted, 'unchanged', unchanged,
+                               'quarantined', quarantined, 'deferred', deferred, 'cursor', cursor_after, 'dry_run', false)
+    into v_result;
+  execute format('drop table if exists sync_staging.%I', 'run_' || p_run_id);
+  return v_result;
+end
+$$;
+comment on function sync.merge_direct(bigint, bigint) is 'Finishes an initial load that the runner copied straight into an empty target (in the caller''s transaction, so the load and this bookkeeping commit together): logs every inserted key, sets the cursor, records the run. Raises SL001 when the copied rows do not match the tenant scope; the runner then rolls back and takes the staging path.';
 
 create or replace function sync.request(p_entity text, p_full boolean default false)
   returns bigint

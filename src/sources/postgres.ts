@@ -103,6 +103,25 @@ export async function sourceColumns(pool: Pool, url: string, e: EntityConfig): P
   }
 }
 
+/**
+ * Whether a table source cannot repeat the key: it has a unique index (no
+ * predicate, no expressions) on some of the key's source columns. A query
+ * source promises nothing.
+ */
+export async function sourceKeyIsUnique(pool: Pool, e: EntityConfig, keySourceColumns: string[]): Promise<boolean> {
+  if (!('table' in e.from)) return false;
+  const t = e.from.table as { schema: string; table: string };
+  const { rows } = await pool.query(
+    `select exists (
+       select 1 from pg_index i
+        where i.indrelid = to_regclass(format('%I.%I', $1::text, $2::text))
+          and i.indisunique and i.indpred is null and i.indexprs is null
+          and (select array_agg(a.attname::text) from pg_attribute a
+                where a.attrelid = i.indrelid and a.attnum = any (i.indkey::int2[])) <@ $3::text[]) as ok`,
+    [t.schema, t.table, keySourceColumns]);
+  return rows[0].ok;
+}
+
 /** Counts rows by counting newlines: COPY text format escapes those inside values. */
 function rowCounter(onRows: (rows: number, bytes: number) => void): Transform {
   let rows = 0;
@@ -119,17 +138,18 @@ function rowCounter(onRows: (rows: number, bytes: number) => void): Transform {
 }
 
 /**
- * Streams the source SELECT into the staging table with COPY, inside a
+ * Streams the source SELECT into a table with COPY, inside a
  * read-only repeatable-read transaction on the source: memory stays flat and
  * the source is never written to.
  */
-export async function copySourceToStaging(args: {
+export async function copyFromSource(args: {
   pool: Pool;
   url: string;
   entity: EntityConfig;
   select: string;
   target: pg.ClientBase;
-  staging: string;
+  /** The table to COPY into: a run's staging table, or the target itself for a direct load. */
+  into: string;
   columns: string[];
   signal: AbortSignal;
   onRows: (rows: number, bytes: number) => void;
@@ -142,7 +162,7 @@ export async function copySourceToStaging(args: {
     let rows = 0;
     const from: Readable = client.query(copyTo(`copy (${args.select}) to stdout`));
     const into: Writable = args.target.query(copyFrom(
-      `copy ${args.staging} (${args.columns.map(quoteIdent).join(', ')}) from stdin`));
+      `copy ${args.into} (${args.columns.map(quoteIdent).join(', ')}) from stdin`));
     await pipeline(from, rowCounter((r, b) => { rows = r; args.onRows(r, b); }), into, { signal: args.signal });
     await client.query('commit');
     return rows;

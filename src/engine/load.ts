@@ -1,0 +1,93 @@
+import type { PoolClient } from '../db/pool.js';
+import { quoteIdent } from '../db/database.js';
+import { log } from '../log.js';
+import { copyFromSource, sourceSelect } from '../sources/postgres.js';
+import type { EntityConfig } from '../config/schema.js';
+import type { Plan } from './columns.js';
+import { cancelWatch, CancelledError, throwIfCancelRequested } from './guards.js';
+import type { Engine, RunOptions } from './run.js';
+
+export interface LoadContext {
+  engine: Engine;
+  /** The connection holding the entity lock; stages and merges. */
+  target: PoolClient;
+  name: string;
+  runId: number;
+  def: EntityConfig;
+  plan: Plan;
+  opts: RunOptions;
+}
+
+/** The result of sync.merge or sync.merge_direct. */
+export type MergeResult = Record<string, unknown> & { status: string; fetched: number };
+
+/** COPY from the source into `into`, stoppable by sync.cancel and by shutdown. Returns the rows copied. */
+async function fetchInto(ctx: LoadContext, into: string): Promise<number> {
+  const { engine, plan, def, name, runId, opts } = ctx;
+  const { pool, url } = engine.sources.get(def.source, engine.config.sources[def.source]);
+  const select = sourceSelect(def, plan.sourceColumns, { tenantSourceColumn: plan.tenantSourceColumn, cursor: plan.cursor });
+  const watch = cancelWatch(engine.pool, runId, opts.signal);
+  const started = Date.now();
+  try {
+    const rows = await copyFromSource({
+      pool, url, entity: def, select, target: ctx.target, into, columns: plan.targetColumns, signal: watch.signal,
+      onRows: (r, bytes) => opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: r, bytes }),
+    });
+    await ctx.target.query(`update sync.run set phases = phases || jsonb_build_object('fetch', $2::int) where id = $1`,
+      [runId, Date.now() - started]);
+    return rows;
+  } catch (err) {
+    if (watch.signal.aborted) throw new CancelledError(watch.reason());
+    throw err;
+  } finally {
+    watch.stop();
+  }
+}
+
+/**
+ * The initial load of an empty target: COPY straight into it and record the
+ * run, in one transaction; the data is written once instead of twice. Returns
+ * null, having rolled back, when the target's own constraints reject the
+ * data (a null or repeated key, a missing parent): the staging path then
+ * quarantines those records and merges the rest.
+ */
+export async function loadDirect(ctx: LoadContext): Promise<MergeResult | null> {
+  const { target, def, runId } = ctx;
+  const t = def.target as { schema: string; table: string };
+  await target.query('begin');
+  try {
+    const copied = await fetchInto(ctx, `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`);
+    await throwIfCancelRequested(ctx.engine.pool, runId);
+    ctx.opts.onProgress?.({ entity: ctx.name, runId, phase: 'merge', rows: copied, bytes: 0 });
+    const { rows } = await target.query('select sync.merge_direct($1, $2) as r', [runId, copied]);
+    await target.query('commit');
+    return rows[0].r;
+  } catch (err) {
+    await target.query('rollback').catch(() => {});
+    const code = String((err as { code?: string }).code ?? '');
+    if (code.startsWith('23') || code === 'SL001') {
+      log.info({ entity: ctx.name, runId, reason: (err as Error).message }, 'direct load rejected; loading through staging');
+      return null;
+    }
+    throw err;
+  }
+}
+
+/** The general path: COPY into the run's staging table, then sync.merge in one transaction. */
+export async function loadStaged(ctx: LoadContext): Promise<MergeResult> {
+  const { target, runId, opts, plan, engine } = ctx;
+  const staging = `sync_staging.${quoteIdent(`run_${runId}`)}`;
+  await fetchInto(ctx, staging);
+  await target.query(`analyze ${staging}`);
+  await throwIfCancelRequested(engine.pool, runId);
+  await target.query(
+    `update sync.run set detail = detail || jsonb_strip_nulls(jsonb_build_object(
+        'source_unique_key', $2::boolean,
+        'unchecked_parents', (select jsonb_agg(to_regclass(format('%I.%I', target_schema, target_table))::oid)
+                                from sync.entity where name = any($3::text[]))))
+      where id = $1`,
+    [runId, plan.sourceKeyUnique || null, opts.dryRun ? opts.previewedParents ?? [] : []]);
+  opts.onProgress?.({ entity: ctx.name, runId, phase: 'merge', rows: 0, bytes: 0 });
+  const { rows } = await target.query('select sync.merge($1) as r', [runId]);
+  return rows[0].r;
+}
