@@ -10,13 +10,14 @@ select id, entity, trigger, status, dry_run, started_at, finished_at - started_a
        phases, error
   from sync.run order by id desc limit 20;
 
--- What changed in a run (replace 42)?
-select action, key, changed from sync.run_change where run_id = 42 order by action, key;
+-- What changed in a run (replace 42)? sync.change shows keys as objects.
+select action, key, changed from sync.change where run_id = 42 order by action, key;
 
--- Every change to one record, across runs (replace the key).
+-- Every change to one record, across runs: run_change.key holds the values
+-- of the entity's key_columns, in order, as text.
 select r.started_at, c.action, c.changed
   from sync.run_change c join sync.run r on r.id = c.run_id
- where r.entity = 'meters' and c.key = '{"tenant_id": "acme", "meter_id": 17}'
+ where r.entity = 'meters' and c.key = array['acme', '17']
  order by r.id;
 
 -- Quarantined records of the last day, by reason.

@@ -38,9 +38,9 @@ describe('mirror merge', () => {
     ]);
     const changes = await sync.pool.query('select action, key from sync.run_change where run_id = $1 order by action, key', [r.runId]);
     expect(changes.rows).toEqual([
-      { action: 'delete', key: { tenant: 'a', id: 99 } },
-      { action: 'insert', key: { tenant: 'a', id: 1 } },
-      { action: 'insert', key: { tenant: 'a', id: 2 } },
+      { action: 'delete', key: ['a', '99'] },
+      { action: 'insert', key: ['a', '1'] },
+      { action: 'insert', key: ['a', '2'] },
     ]);
   });
 

@@ -152,7 +152,7 @@ describe('soft-delete lifecycle', () => {
     const stamped = (await sync.pool.query(`select id, deleted_at is not null as deleted from items_sd order by id`)).rows;
     expect(stamped).toEqual([{ id: 1, deleted: false }, { id: 2, deleted: true }]);
     const log = await sync.pool.query(`select action, key, changed from sync.run_change where run_id = $1`, [gone.runId]);
-    expect(log.rows).toEqual([{ action: 'delete', key: { tenant: 'a', id: 2 }, changed: ['deleted_at'] }]);
+    expect(log.rows).toEqual([{ action: 'delete', key: ['a', '2'], changed: ['deleted_at'] }]);
     await source.pool.query(`insert into items (tenant, id, name) values ('a', 2, 'two again')`);
     const back = await engine.run('soft_a', { trigger: 'manual' });
     expect(back).toMatchObject({ status: 'succeeded', updated: 1, deleted: 0, inserted: 0 });

@@ -154,7 +154,7 @@ describe('runMany', () => {
     expect((await sync.pool.query('select id from meters order by id')).rows).toEqual([{ id: 2 }]);
     const log = await sync.pool.query(`select c.action, c.key from sync.run_change c join sync.run r on r.id = c.run_id
       where r.entity = 'meters' and r.id > $1`, [alone.runId]);
-    expect(log.rows).toEqual([{ action: 'delete', key: { tenant: 'x', id: 1 } }]);
+    expect(log.rows).toEqual([{ action: 'delete', key: ['x', '1'] }]);
   });
 
   it('a run that deletes some unreferenced rows and defers referenced ones reports every deferred row, and runMany deletes them', async () => {

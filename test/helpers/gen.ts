@@ -155,11 +155,13 @@ export function diff(before: Map<string, RowState>, after: Map<string, RowState>
 
 /** The rows sync.run_change holds for a run, in the shape of a Diff. */
 export async function runChanges(pool: Pool, runId: number | null, key: string[]): Promise<Diff> {
-  const { rows } = await pool.query<{ action: string; key: Record<string, unknown>; changed: string[] | null }>(
+  // run_change.key holds the key columns' values as text, in key order.
+  const { rows } = await pool.query<{ action: string; key: string[]; changed: string[] | null }>(
     'select action, key, changed from sync.run_change where run_id = $1', [runId]);
   const d: Diff = { inserted: [], deleted: [], updated: new Map() };
   for (const r of rows) {
-    const k = keyOf(key.map((c) => r.key[c]));
+    if (r.key.length !== key.length) throw new Error(`run_change key ${JSON.stringify(r.key)} does not have ${key.length} values`);
+    const k = keyOf(r.key);
     if (r.action === 'insert') d.inserted.push(k);
     if (r.action === 'delete') d.deleted.push(k);
     if (r.action === 'update') {
