@@ -87,10 +87,10 @@ describe('the CLI', () => {
     expect(r.err).toMatch(/unknown entity "itemz" — sync.entity has: items/);
   });
 
-  it('a failed run exits 1 and says why', () => {
+  it('sync applies entities new to the config; a failed run exits 1 and says why', () => {
     const cfg = config({ broken: { source: 'src', from: { table: 'items' }, target: 'missing_table', key: ['id'] } });
-    cli(['config', 'apply'], cfg, { SRC_PASSWORD: password() });
     const r = cli(['sync', '--tables', 'broken,items'], cfg, { SRC_PASSWORD: password() });
+    expect(r.err).toContain('applied new entities from the config:\n  + broken');
     expect(r.code).toBe(1);
     expect(r.out).toMatch(/✗ broken: failed \(run \d+\) — target table public.missing_table/);
     expect(r.out).toMatch(/✓ items/);

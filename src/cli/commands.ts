@@ -4,6 +4,7 @@ import { maskSecrets } from '../config/load.js';
 import { connectionHint, describeUrl } from '../db/pool.js';
 import { runMany, exitCode } from '../engine/plan.js';
 import { sourceColumns, sourceUrl } from '../sources/postgres.js';
+import { prepareDemo } from '../demo/seed.js';
 import { EXIT, openSession, readConfig, UsageError, type GlobalOptions, type Session } from './context.js';
 import { makeReporter } from './progress.js';
 import { printTable } from './table.js';
@@ -42,6 +43,7 @@ export async function configApply(opts: GlobalOptions & { dryRun?: boolean }): P
 /** Database, every source, every entity's source relation and target table. */
 export async function check(opts: GlobalOptions): Promise<number> {
   return withSession(opts, async (s) => {
+    await prepareDemo(s.db.url, s.config);
     let ok = true;
     const line = (good: boolean, text: string) => {
       ok &&= good;
@@ -94,10 +96,15 @@ export interface SyncOptions extends GlobalOptions {
 export async function sync(entities: string[], opts: SyncOptions): Promise<number> {
   const selected = [...entities, ...(opts.tables ? opts.tables.split(',').map((t) => t.trim()).filter(Boolean) : [])];
   return withSession(opts, async (s) => {
+    await prepareDemo(s.db.url, s.config);
+    // New entities are applied on the way; changes to existing ones are the
+    // DBA's to apply (sync.entity may hold tunables edited in SQL).
+    const added = await applyConfig(s.pool, s.config, { onlyAdd: true });
+    if (added.length) process.stderr.write(`applied new entities from the config:\n${formatDiff(added).replace(/^/gm, '  ')}\n`);
     const pending = await diffConfig(s.pool, s.config);
     if (pending.length) {
-      process.stderr.write(`note: sync.entity differs from the config file; runs use sync.entity. `
-        + `Run \`config apply\` to apply:\n${formatDiff(pending).replace(/^/gm, '  ')}\n`);
+      process.stderr.write(`note: sync.entity differs from the config file and runs use sync.entity; `
+        + `\`config apply\` would change:\n${formatDiff(pending).replace(/^/gm, '  ')}\n`);
     }
     const { rows } = await s.pool.query<{ name: string; fetched: number | null }>(
       `select e.name, (select r.fetched from sync.run r where r.entity = e.name and r.fetched is not null

@@ -34,6 +34,7 @@ function barReporter(): Reporter {
     format: ' {bar} {entity} | {phase} | {value} rows{of} | {rate} rows/s',
     barCompleteChar: '█', barIncompleteChar: '░', hideCursor: true, clearOnComplete: false,
     stream: process.stderr, fps: 8,
+    formatValue: (v: number, _o: unknown, type: string) => (type === 'value' ? n(v) : String(v)),
   });
   const bars = new Map<string, { bar: cliProgress.SingleBar; started: number; expected: number | null }>();
   const lines: string[] = [];

@@ -3,7 +3,7 @@ import { applyConfig, formatDiff } from '../config/apply.js';
 import { PROJECT_ROOT } from '../db/database.js';
 import { describeUrl } from '../db/pool.js';
 import { log } from '../log.js';
-import { sourceUrl } from '../sources/postgres.js';
+import { mutateDemo, prepareDemo } from '../demo/seed.js';
 import { startWorker } from '../worker/worker.js';
 import { EXIT, openSession, type GlobalOptions } from './context.js';
 
@@ -25,12 +25,11 @@ export async function worker(opts: WorkerOptions): Promise<number> {
   const s = await openSession(opts);
   let timer: NodeJS.Timeout | undefined;
   try {
-    const demo = Object.values(s.config.sources).find((src) => src.kind === 'postgres' && src.demo && src.database);
-    if (demo) {
-      const { seedDemo, mutateDemo } = await import('../demo/seed.js');
-      await seedDemo(s.db.url, demo.database!);
-      const url = sourceUrl(demo, s.db.url);
-      timer = setInterval(() => { mutateDemo(url).catch((err) => log.warn({ err: String(err) }, 'demo mutation failed')); }, DEMO_MUTATE_MS);
+    const demoUrls = await prepareDemo(s.db.url, s.config);
+    if (demoUrls.length) {
+      timer = setInterval(() => {
+        for (const url of demoUrls) mutateDemo(url).catch((err) => log.warn({ err: String(err) }, 'demo mutation failed'));
+      }, DEMO_MUTATE_MS);
     }
     const diffs = await applyConfig(s.pool, s.config);
     log.info({ changes: diffs.length }, diffs.length ? `config applied:\n${formatDiff(diffs)}` : 'config unchanged');

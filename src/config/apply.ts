@@ -102,12 +102,13 @@ export function formatDiff(diffs: EntityDiff[]): string {
 /**
  * Writes the config's entities into sync.entity in one transaction and
  * returns what changed. Unchanged rows are not touched, so re-applying is a
- * no-op; a changed cursor column resets the stored cursor.
+ * no-op; a changed cursor column resets the stored cursor. `onlyAdd` writes
+ * only entities sync.entity does not have yet.
  */
-export async function applyConfig(pool: Pool, cfg: Config): Promise<EntityDiff[]> {
+export async function applyConfig(pool: Pool, cfg: Config, opts: { onlyAdd?: boolean } = {}): Promise<EntityDiff[]> {
   return inTransaction(pool, async (c) => {
     await c.query('lock table sync.entity in share row exclusive mode');
-    const diffs = await diffConfig(c, cfg);
+    const diffs = (await diffConfig(c, cfg)).filter((d) => !opts.onlyAdd || d.action === 'add');
     for (const d of diffs) {
       if (d.action === 'remove') {
         await c.query('delete from sync.entity where name = $1', [d.name]);

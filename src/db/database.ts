@@ -2,6 +2,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runMigrations } from 'graphile-worker';
 import { migrate as graphileMigrate } from 'graphile-migrate';
+import { clearAllPools } from 'graphile-migrate/dist/pg.js';
 import { startEmbedded, type EmbeddedServer } from './embedded.js';
 import { connectionHint, makePool, type Pool } from './pool.js';
 import { log } from '../log.js';
@@ -57,11 +58,18 @@ export async function migrateDatabase(url: string): Promise<void> {
   } finally {
     await pool.end();
   }
-  await graphileMigrate({
-    connectionString: url,
-    migrationsFolder: MIGRATIONS_FOLDER,
-    logger: migrateLogger(),
-  });
+  try {
+    await graphileMigrate({
+      connectionString: url,
+      migrationsFolder: MIGRATIONS_FOLDER,
+      logger: migrateLogger(),
+    });
+  } finally {
+    // graphile-migrate keeps its pool open for a moment after use and calls
+    // process.exit(1) if an idle connection of it fails: close it now, before
+    // anything (the CLI stopping the embedded server) can cut it.
+    clearAllPools();
+  }
 }
 
 import { Logger as GraphileLogger } from 'graphile-worker';
