@@ -379,29 +379,32 @@ describe('the npm start demo', () => {
   });
 });
 
+/** Seeded remote and local databases for the example, with one sync done. */
+async function syncedExample(prefix: string): Promise<{ sync: TestDatabase; source: TestDatabase; engine: Engine }> {
+  const { sync, source } = await testDatabases(prefix);
+  await source.pool.query(file('remote.sql'));
+  await source.pool.query(file('seed.sql'));
+  await sync.pool.query(file('local.sql'));
+  const cfg = parseConfig(json('syncline.config.json'), { REMOTE_DATABASE_URL: source.url });
+  await applyConfig(sync.pool, cfg);
+  const engine = new Engine(sync.pool, sync.url, cfg);
+  await syncChecked(engine, source.pool, sync.pool);
+  return { sync, source, engine };
+}
+
 describe('a tenant removed on the remote', () => {
   let sync: TestDatabase;
   let source: TestDatabase;
   let engine: Engine;
 
   beforeAll(async () => {
-    ({ sync, source } = await testDatabases('remote_pg_offboard'));
-    await source.pool.query(file('remote.sql'));
-    await source.pool.query(file('seed.sql'));
-    await sync.pool.query(file('local.sql'));
-    const cfg = parseConfig(json('syncline.config.json'), { REMOTE_DATABASE_URL: source.url });
-    await applyConfig(sync.pool, cfg);
-    engine = new Engine(sync.pool, sync.url, cfg);
-    await syncChecked(engine, source.pool, sync.pool);
+    ({ sync, source, engine } = await syncedExample('remote_pg_offboard'));
   });
   afterAll(() => engine?.close());
 
   // Every level of the local hierarchy defers its deletes until the level
-  // below lets go: one full `sync` must still converge. Fails today:
-  // runMany re-runs deferred entities in dependency order (tenants before
-  // meters), so tenants is re-run while meters still references it; re-running
-  // them in reverse dependency order (children first) converges.
-  // See the report of the remote-postgres example (src/engine/plan.ts).
+  // below lets go: one full `sync` still converges, because runMany re-runs
+  // deferred entities children first.
   it('leaves the local tables empty after one full sync, parents included', async () => {
     await source.pool.query(`delete from tenants where tenant_id = 'acme'`);
     const results = await syncChecked(engine, source.pool, sync.pool, ENTITIES, { full: true });
@@ -417,14 +420,7 @@ describe('a child row whose parent the incremental entity did not fetch', () => 
   let engine: Engine;
 
   beforeAll(async () => {
-    ({ sync, source } = await testDatabases('remote_pg_orphan'));
-    await source.pool.query(file('remote.sql'));
-    await source.pool.query(file('seed.sql'));
-    await sync.pool.query(file('local.sql'));
-    const cfg = parseConfig(json('syncline.config.json'), { REMOTE_DATABASE_URL: source.url });
-    await applyConfig(sync.pool, cfg);
-    engine = new Engine(sync.pool, sync.url, cfg);
-    await syncChecked(engine, source.pool, sync.pool);
+    ({ sync, source, engine } = await syncedExample('remote_pg_orphan'));
   });
   afterAll(() => engine?.close());
 
@@ -432,8 +428,7 @@ describe('a child row whose parent the incremental entity did not fetch', () => 
   // overlap (a backdated import, a long transaction) is not fetched by the
   // incremental meters run, so its device_register rows have no local parent.
   // "Every fetched record is accounted for: merged, unchanged, or quarantined
-  // with a reason" — fails today: the foreign key violation fails the whole
-  // device_register run, every run, until `sync meters --full`.
+  // with a reason": the rows are quarantined, not a failed run.
   it('quarantines the rows without a local parent and merges the rest', async () => {
     await source.pool.query(`
       insert into meters (tenant_id, meter_id, serial_no, manufacturer, model, updated_at)
