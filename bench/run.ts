@@ -7,8 +7,7 @@
  *   BENCH_ROWS=100000 npm run bench           quick check
  *   BENCH_DATABASE_URL=postgres://…/postgres  another server (admin URL) instead of a throwaway embedded one
  *   BENCH_KEEP=1                               keep the bench databases afterwards
- *   BENCH_SQL=my-merge.sql  (a changed sync.merge, applied after the migrations)
- *                                              SQL applied after the migrations (a changed
+ *   BENCH_SQL=my-merge.sql                     SQL applied after the migrations (a changed
  *                                              sync.merge, say): measure a proposal without
  *                                              editing them; the report says so
  *
