@@ -1,0 +1,212 @@
+import { log as rootLog, type Logger } from '../../log.js';
+import { CriticalError, TransientError, type ErrorCategory } from './errors.js';
+import { parseJson } from './json.js';
+import type { HttpSourceConfig } from './schema.js';
+import { makeMasker } from './secrets.js';
+import { backoffMs, parseRetryAfter, sleep } from './timing.js';
+
+// A Retry-After beyond this is not waited out inside a run: the run fails as
+// transient and the next scheduled run starts after the vendor's block ends,
+// instead of holding a worker (and the entity's lock) for hours.
+const MAX_RETRY_AFTER_MS = 15 * 60_000;
+
+// Without Retry-After a 429 still needs a pause: this long, doubled for each
+// consecutive 429 (full jitter is not used: the vendor asked us to slow down).
+const RATE_LIMIT_FALLBACK_MS = 1_000;
+
+// How much of an error body goes into a message: enough to show the vendor's
+// explanation, not a whole HTML page.
+const ERROR_SNIPPET_CHARS = 300;
+
+/** Where the client takes a turn before each attempt and reports what the vendor said. */
+export interface RequestBudget {
+  take(signal?: AbortSignal): Promise<void>;
+  feedback(f: { remaining?: number; retryAfterMs?: number }): Promise<void>;
+}
+
+export interface HttpResponse {
+  /** The URL requested (with credentials; use client.describe() for messages). */
+  url: URL;
+  status: number;
+  headers: Headers;
+  body: unknown;
+}
+
+export interface HttpClientOptions {
+  /** The source's name in the config, for messages ("sources.<name>.auth"). */
+  name: string;
+  budget?: RequestBudget;
+  logger?: Logger;
+  /** Replaceable for tests: a number in [0, 1). */
+  random?: () => number;
+}
+
+type Attempt =
+  | { kind: 'ok'; response: HttpResponse }
+  | { kind: 'retry'; what: string; category: ErrorCategory; cause?: unknown }
+  | { kind: 'rate-limited'; what: string; retryAfterMs?: number };
+
+/**
+ * GETs JSON from one http source: auth, timeouts, retries with backoff,
+ * 429 handling and the shared request budget. Every message it produces has
+ * the source's secrets masked.
+ *
+ * Retry policy: 5xx, 408, connection failures, timeouts and truncated bodies
+ * count toward `retries.max`. A 429 waits exactly as long as Retry-After says
+ * and counts only toward `retries.rateLimited`: a vendor saying "later" is
+ * not a failure, but a vendor saying it forever must still end the run.
+ */
+export class HttpClient {
+  readonly mask: (text: string) => string;
+  private readonly base: URL;
+  private readonly log: Logger;
+  private readonly random: () => number;
+
+  constructor(readonly source: HttpSourceConfig, private readonly opts: HttpClientOptions) {
+    this.mask = makeMasker(source.auth);
+    this.base = new URL(source.baseUrl);
+    this.log = opts.logger ?? rootLog;
+    this.random = opts.random ?? Math.random;
+  }
+
+  /** A path under baseUrl, or an absolute URL on baseUrl's origin, with query parameters set. */
+  resolve(pathOrUrl: string, params: Record<string, string> = {}): URL {
+    const absolute = /^https?:\/\//i.test(pathOrUrl);
+    const url = absolute ? new URL(pathOrUrl)
+      : new URL(`${this.source.baseUrl.replace(/\/+$/, '')}/${pathOrUrl.replace(/^\/+/, '')}`);
+    if (url.origin !== this.base.origin) {
+      // Following it would send this source's credentials to another host.
+      throw new CriticalError(`${this.describe(url)} is not on ${this.base.origin}, the origin of sources.${this.opts.name}.baseUrl; `
+        + 'Syncline does not send credentials to another host — check the API\'s next links or the baseUrl', 'validation', this.describe(url));
+    }
+    for (const [k, v] of Object.entries(params)) url.searchParams.set(k, v);
+    return url;
+  }
+
+  /** A URL as it may appear in logs and messages: secrets masked. */
+  describe(url: URL | string): string {
+    return this.mask(String(url));
+  }
+
+  async getJson(pathOrUrl: string, params: Record<string, string> = {}, signal?: AbortSignal): Promise<HttpResponse> {
+    const url = this.resolve(pathOrUrl, params);
+    const { retries } = this.source;
+    let failures = 0;
+    let limited = 0;
+    for (;;) {
+      await this.opts.budget?.take(signal);
+      const a = await this.attempt(url, signal);
+      if (a.kind === 'ok') return a.response;
+      let waitMs: number;
+      if (a.kind === 'rate-limited') {
+        limited++;
+        // Other workers must hold off too; without Retry-After, treat the vendor's window as spent.
+        await this.opts.budget?.feedback(a.retryAfterMs === undefined ? { remaining: 0 } : { retryAfterMs: a.retryAfterMs });
+        waitMs = a.retryAfterMs ?? RATE_LIMIT_FALLBACK_MS * 2 ** Math.min(limited - 1, 6);
+        if (limited > retries.rateLimited || waitMs > MAX_RETRY_AFTER_MS) {
+          throw new TransientError(`GET ${this.describe(url)} was rate limited ${limited} times (last: ${a.what}); `
+            + `the request budget of sources.${this.opts.name} is spent — the next run will continue, or lower rateLimit.requests so Syncline paces itself`,
+          'rate_limit', this.describe(url));
+        }
+      } else {
+        failures++;
+        if (failures > retries.max) {
+          throw new TransientError(`GET ${this.describe(url)} failed ${failures} times (last: ${a.what}); `
+            + `the API or the network is having trouble — the run can be retried later, or raise sources.${this.opts.name}.retries.max`,
+          a.category, this.describe(url), { cause: a.cause });
+        }
+        waitMs = backoffMs(failures - 1, retries.baseMs, retries.maxMs, this.random);
+      }
+      this.log.warn({ source: this.opts.name, target: this.describe(url), problem: a.what, waitMs }, 'retrying HTTP request');
+      await sleep(waitMs, signal);
+    }
+  }
+
+  private headers(): Record<string, string> {
+    const h: Record<string, string> = { accept: 'application/json', 'user-agent': 'syncline', ...this.source.headers };
+    const auth = this.source.auth;
+    if (auth && 'bearer' in auth) h.authorization = `Bearer ${auth.bearer}`;
+    if (auth && 'basic' in auth) h.authorization = `Basic ${Buffer.from(`${auth.basic.username}:${auth.basic.password}`).toString('base64')}`;
+    if (auth && 'header' in auth) h[auth.header.name] = auth.header.value;
+    return h;
+  }
+
+  private authorized(url: URL): URL {
+    const auth = this.source.auth;
+    if (!auth || !('query' in auth)) return url;
+    const u = new URL(url);
+    u.searchParams.set(auth.query.name, auth.query.value);
+    return u;
+  }
+
+  /** One request: never throws for a retryable problem, only for a caller abort or a critical answer. */
+  private async attempt(url: URL, signal?: AbortSignal): Promise<Attempt> {
+    const timeout = AbortSignal.timeout(this.source.timeoutMs);
+    const both = signal ? AbortSignal.any([signal, timeout]) : timeout;
+    let res: Response;
+    let text: string;
+    try {
+      res = await fetch(this.authorized(url), { headers: this.headers(), signal: both, redirect: 'follow' });
+      text = await res.text();
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason;
+      if (timeout.aborted) return { kind: 'retry', what: `no complete answer within ${this.source.timeoutMs} ms`, category: 'network', cause: err };
+      return { kind: 'retry', what: this.mask(networkProblem(err)), category: 'network', cause: err };
+    }
+    const remaining = Number.parseInt(res.headers.get('x-ratelimit-remaining') ?? '', 10);
+    if (Number.isFinite(remaining) && res.status !== 429) await this.opts.budget?.feedback({ remaining });
+    return this.judge(url, res, text);
+  }
+
+  private judge(url: URL, res: Response, text: string): Attempt {
+    const status = `HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ''}`;
+    if (res.status === 429) return { kind: 'rate-limited', what: status, retryAfterMs: parseRetryAfter(res.headers.get('retry-after')) };
+    if (res.status >= 500 || res.status === 408) return { kind: 'retry', what: status, category: 'network' };
+    if (res.status >= 200 && res.status < 300) {
+      const parsed = parseJson(text);
+      if (parsed.ok) return { kind: 'ok', response: { url, status: res.status, headers: res.headers, body: parsed.value } };
+      if (parsed.truncated) return { kind: 'retry', what: `${status} with a truncated JSON body (${text.length} characters)`, category: 'network' };
+      throw new CriticalError(`GET ${this.describe(url)} answered ${status} with a body that is not JSON (${this.snippet(text)}); `
+        + `check sources.${this.opts.name}.baseUrl and the entity's path point at the JSON API`, 'validation', this.describe(url), res.status);
+    }
+    throw this.critical(url, res.status, status, text);
+  }
+
+  private critical(url: URL, code: number, status: string, text: string): CriticalError {
+    const where = this.describe(url);
+    const said = text.trim() ? ` (${this.snippet(text)})` : '';
+    if (code === 401 || code === 403) {
+      return new CriticalError(`GET ${where} answered ${status}${said}: check the token in sources.${this.opts.name}.auth — `
+        + 'the environment variable it comes from may be unset, expired, or lack access to this endpoint', 'auth', where, code);
+    }
+    if (code === 404) {
+      return new CriticalError(`GET ${where} answered ${status}: check the path of the entity and sources.${this.opts.name}.baseUrl — `
+        + 'this endpoint does not exist', 'validation', where, code);
+    }
+    return new CriticalError(`GET ${where} answered ${status}${said}: the API refused the request — `
+      + 'check the entity\'s params and pagination settings against the API documentation', 'validation', where, code);
+  }
+
+  private snippet(text: string): string {
+    const t = text.replace(/\s+/g, ' ').trim();
+    return this.mask(t.length > ERROR_SNIPPET_CHARS ? `${t.slice(0, ERROR_SNIPPET_CHARS)}…` : t);
+  }
+}
+
+/** A failed fetch as a sentence: undici hides the socket error in `cause`. */
+function networkProblem(err: unknown): string {
+  const e = err as { message?: string; cause?: { code?: string; message?: string } };
+  const code = e.cause?.code;
+  const known: Record<string, string> = {
+    ECONNRESET: 'the connection was reset',
+    ECONNREFUSED: 'the connection was refused (is the host and port right, is the API up?)',
+    ENOTFOUND: 'the host name does not resolve',
+    EAI_AGAIN: 'the host name could not be resolved right now',
+    ETIMEDOUT: 'the connection timed out',
+    UND_ERR_SOCKET: 'the server closed the connection',
+    UND_ERR_CONNECT_TIMEOUT: 'the connection timed out',
+  };
+  if (code && known[code]) return known[code];
+  if (e.message === 'terminated') return 'the connection closed before the body was complete';
+  return e.cause?.message ?? e.message ?? String(err);
+}

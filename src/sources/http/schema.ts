@@ -1,0 +1,98 @@
+import { z } from 'zod';
+
+// Secrets arrive here already substituted from ${ENV} by the config loader;
+// to this module they are plain strings that must never be logged.
+
+const nonEmpty = z.string().min(1, 'must not be empty');
+
+/** A dotted path into a JSON body: `data.items`, `meta.next`, `lines.0.sku`. */
+export const dottedPath = z.string().regex(/^[^.\s]+(\.[^.\s]+)*$/,
+  'must be a dotted path such as "data.items" (no spaces, no empty segments)');
+
+const headerName = z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'must be a valid HTTP header name such as "X-Api-Key"');
+
+export const httpAuth = z.union([
+  z.object({ bearer: nonEmpty.describe('Token sent as "Authorization: Bearer …"; write "${MY_TOKEN}".') }).strict(),
+  z.object({ basic: z.object({ username: nonEmpty, password: z.string() }).strict() }).strict(),
+  z.object({ header: z.object({ name: headerName, value: nonEmpty }).strict() }).strict(),
+  z.object({ query: z.object({ name: nonEmpty, value: nonEmpty }).strict() }).strict(),
+], { error: 'auth must be one of {"bearer": …}, {"basic": {"username", "password"}}, {"header": {"name", "value"}} or {"query": {"name", "value"}}' });
+export type HttpAuth = z.infer<typeof httpAuth>;
+
+export const rateLimit = z.object({
+  requests: z.number().int().positive().describe('Requests allowed per window, for every job and worker together.'),
+  perSeconds: z.number().int().positive().max(86_400).describe('Window length in seconds (sliding).'),
+}).strict();
+export type RateLimit = z.infer<typeof rateLimit>;
+
+export const retries = z.object({
+  max: z.number().int().min(0).max(20).default(5).describe('Retries after a failed attempt (5xx, 408, reset, timeout, truncated body).'),
+  baseMs: z.number().int().positive().default(500).describe('First backoff ceiling; doubles each attempt (full jitter).'),
+  maxMs: z.number().int().positive().default(30_000).describe('Largest backoff between two attempts.'),
+  rateLimited: z.number().int().min(0).max(1000).default(20)
+    .describe('429 answers waited out (per Retry-After) before giving up; they do not use up "max".'),
+}).strict();
+export type Retries = z.infer<typeof retries>;
+
+export const httpSource = z.object({
+  kind: z.literal('http'),
+  baseUrl: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL such as "https://shop.retail.lightspeed.app/api/2.0"' }),
+  auth: httpAuth.optional(),
+  rateLimit: rateLimit.optional(),
+  timeoutMs: z.number().int().positive().max(600_000).default(30_000).describe('Per attempt, body included.'),
+  retries: retries.default({ max: 5, baseMs: 500, maxMs: 30_000, rateLimited: 20 }),
+  headers: z.record(headerName, z.string()).default({}),
+  preset: z.string().min(1).optional().describe('Name of a preset whose defaults this source builds on (e.g. "lightspeed-x").'),
+}).strict();
+export type HttpSourceConfig = z.infer<typeof httpSource>;
+export type HttpSourceInput = z.input<typeof httpSource>;
+
+const paramName = nonEmpty;
+
+export const pagination = z.discriminatedUnion('style', [
+  z.object({
+    style: z.literal('page'),
+    param: paramName.default('page'),
+    sizeParam: paramName.default('per_page'),
+    size: z.number().int().positive().default(100),
+    start: z.number().int().min(0).default(1).describe('Number of the first page (0 or 1 usually).'),
+  }).strict(),
+  z.object({
+    style: z.literal('offset'),
+    offsetParam: paramName.default('offset'),
+    limitParam: paramName.default('limit'),
+    limit: z.number().int().positive().default(100),
+  }).strict(),
+  z.object({
+    style: z.literal('cursor'),
+    param: paramName.describe('Query parameter that carries the token, e.g. "offset" for Airtable.'),
+    cursorPath: dottedPath.describe('Where the next token is in the body; absent or null ends the crawl.'),
+    sizeParam: paramName.optional(),
+    size: z.number().int().positive().optional(),
+  }).strict(),
+  z.object({
+    style: z.literal('next-link'),
+    from: z.enum(['body', 'header']).describe('"header" reads the Link header\'s rel="next".'),
+    path: dottedPath.optional().describe('Where the next URL is in the body (from: "body").'),
+  }).strict().refine((p) => p.from === 'header' || p.path !== undefined,
+    { message: 'next-link from "body" needs "path", the dotted path to the next URL such as "links.next"', path: ['path'] }),
+  z.object({
+    style: z.literal('version'),
+    param: paramName.default('after'),
+    versionPath: dottedPath.default('version.max'),
+    sizeParam: paramName.optional(),
+    size: z.number().int().positive().optional(),
+  }).strict(),
+  z.object({ style: z.literal('none') }).strict(),
+], { error: 'pagination.style must be one of "page", "offset", "cursor", "next-link", "version" or "none"' });
+export type Pagination = z.infer<typeof pagination>;
+
+export const httpEntityOptions = z.object({
+  path: nonEmpty.describe('Path under baseUrl, e.g. "products".'),
+  params: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()]).transform(String)).default({}),
+  recordsPath: dottedPath.optional().describe('Where the record array is in the body; default: the body itself (or "data" for the version style).'),
+  pagination: pagination.default({ style: 'none' }),
+  fields: z.record(nonEmpty, dottedPath).optional().describe('{targetColumn: "path.in.record"}; unlisted columns map by the same name.'),
+}).strict();
+export type HttpEntityOptions = z.infer<typeof httpEntityOptions>;
+export type HttpEntityInput = z.input<typeof httpEntityOptions>;
