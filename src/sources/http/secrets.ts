@@ -27,8 +27,10 @@ export function makeMasker(auth: HttpAuth | undefined): (text: string) => string
     let out = text;
     for (const s of secrets) out = out.split(s).join(MASK);
     if (queryName) {
-      const name = escapeRegExp(encodeURIComponent(queryName));
-      out = out.replace(new RegExp(`([?&]${name}=)[^&#\\s]*`, 'g'), `$1${MASK}`);
+      // The name as encodeURIComponent and as URLSearchParams spell it.
+      for (const spelling of new Set([encodeURIComponent(queryName), new URLSearchParams({ [queryName]: '' }).toString().slice(0, -1)])) {
+        out = out.replace(new RegExp(`([?&]${escapeRegExp(spelling)}=)[^&#\\s]*`, 'g'), `$1${MASK}`);
+      }
     }
     return out;
   };

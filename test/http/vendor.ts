@@ -1,0 +1,182 @@
+import http from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+
+/**
+ * A vendor API on 127.0.0.1 for tests, one endpoint a pagination style, each
+ * following the contract of the APIs Syncline targets:
+ *
+ * - GET /pages?page=&per_page=       → {"data": {"items": […]}} (1-based pages)
+ * - GET /offsets?offset=&limit=      → […] (a bare array)
+ * - GET /cursor?offset=&pageSize=    → {"records": […], "offset": "<token>"} (Airtable:
+ *                                      the token is absent on the last page)
+ * - GET /link-body?p=                → {"results": […], "links": {"next": "/link-body?p=2"}}
+ * - GET /link-header?p=              → […] with `Link: <http://…/link-header?p=2>; rel="next"`
+ * - GET /version?after=&page_size=   → {"data": […], "version": {"min", "max"}} (Lightspeed
+ *                                      X-Series 2.0: records with version > after, by version;
+ *                                      an empty page ends)
+ *
+ * Faults queued with `inject` are served one a request, before the answer.
+ * The server closes itself after `lifetimeMs` whatever the test does.
+ */
+export type Fault = '500' | '503' | '408' | 'reset' | 'timeout' | 'truncated' | 'cut' | '429';
+
+export interface Rec { id: number; name: string; version: number; tags?: string[] }
+
+export interface Hit { path: string; query: URLSearchParams; headers: http.IncomingHttpHeaders; at: number }
+
+export const PAGE_SIZE = 3;
+
+export class Vendor {
+  records: Rec[] = [];
+  readonly hits: Hit[] = [];
+  private faults: Fault[] = [];
+  private version = 0;
+  private server = http.createServer((req, res) => this.handle(req, res));
+  private sockets = new Set<Socket>();
+  private closed = false;
+  /** Called before each /version answer: the place to change records mid-crawl. */
+  beforeVersionPage?: () => void;
+  /** Answered instead of the normal handler when set (for one-off contracts). */
+  override?: (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => boolean;
+  retryAfter = '0';
+  url = '';
+
+  constructor(count = 0) {
+    for (let i = 1; i <= count; i++) this.add(`r${i}`);
+  }
+
+  add(name: string): Rec {
+    const r = { id: this.records.length + 1, name, version: ++this.version, tags: [name] };
+    this.records.push(r);
+    return r;
+  }
+
+  /** A new version of a record, as a vendor does on every change. */
+  touch(id: number): void {
+    const r = this.records.find((x) => x.id === id);
+    if (r) Object.assign(r, { version: ++this.version, name: `${r.name}'` });
+  }
+
+  inject(...faults: Fault[]): void {
+    this.faults.push(...faults);
+  }
+
+  async start(lifetimeMs = 55_000): Promise<string> {
+    this.server.on('connection', (s) => {
+      this.sockets.add(s);
+      s.on('close', () => this.sockets.delete(s));
+    });
+    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
+    setTimeout(() => void this.close(), lifetimeMs).unref();
+    this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+    return this.url;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const s of this.sockets) s.destroy(); // also the requests left unanswered on purpose
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const url = new URL(req.url ?? '/', this.url);
+    this.hits.push({ path: url.pathname, query: url.searchParams, headers: req.headers, at: performance.now() });
+    if (this.override?.(req, res, url)) return;
+    const fault = this.faults.shift();
+    if (fault && this.fail(fault, req, res, url)) return;
+    const body = this.answer(url, res);
+    if (body === undefined) return;
+    if (fault === 'truncated') return this.truncate(res, body);
+    if (fault === 'cut') return this.cut(res, body);
+    res.writeHead(200, { 'content-type': 'application/json' }).end(body);
+  }
+
+  /** Serves a fault; false for the faults that need the real body (truncated, cut). */
+  private fail(fault: Fault, req: http.IncomingMessage, res: http.ServerResponse, _url: URL): boolean {
+    switch (fault) {
+      case '500': case '503': case '408':
+        res.writeHead(Number(fault), { 'content-type': 'application/json' }).end('{"error":"try again"}');
+        return true;
+      case '429':
+        res.writeHead(429, { 'retry-after': this.retryAfter }).end('{"error":"slow down"}');
+        return true;
+      case 'reset':
+        req.socket.destroy();
+        return true;
+      case 'timeout':
+        return true; // never answer; close() destroys the socket
+      default:
+        return false;
+    }
+  }
+
+  /** A chunked body that ends cleanly half way: what a crashing proxy sends. */
+  private truncate(res: http.ServerResponse, body: string): void {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(body.slice(0, Math.max(1, Math.floor(body.length / 2))));
+  }
+
+  /** A body shorter than its Content-Length, then the connection drops. */
+  private cut(res: http.ServerResponse, body: string): void {
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+    res.write(body.slice(0, Math.max(1, Math.floor(body.length / 2))), () => res.socket?.destroy());
+  }
+
+  private answer(url: URL, res: http.ServerResponse): string | undefined {
+    const q = url.searchParams;
+    const num = (name: string, dflt: number) => (q.has(name) ? Number(q.get(name)) : dflt);
+    switch (url.pathname) {
+      case '/pages': {
+        const size = num('per_page', PAGE_SIZE);
+        const from = (num('page', 1) - 1) * size;
+        return JSON.stringify({ data: { items: this.records.slice(from, from + size) } });
+      }
+      case '/offsets': {
+        const from = num('offset', 0);
+        return JSON.stringify(this.records.slice(from, from + num('limit', PAGE_SIZE)));
+      }
+      case '/cursor': {
+        const from = q.has('offset') ? Number(Buffer.from(q.get('offset')!, 'base64url').toString()) : 0;
+        const to = from + num('pageSize', PAGE_SIZE);
+        const more = to < this.records.length;
+        return JSON.stringify({ records: this.records.slice(from, to), ...(more ? { offset: Buffer.from(String(to)).toString('base64url') } : {}) });
+      }
+      case '/link-body': {
+        const p = num('p', 1);
+        const more = p * PAGE_SIZE < this.records.length;
+        return JSON.stringify({ results: this.records.slice((p - 1) * PAGE_SIZE, p * PAGE_SIZE), links: { next: more ? `/link-body?p=${p + 1}` : null } });
+      }
+      case '/link-header': {
+        const p = num('p', 1);
+        if (p * PAGE_SIZE < this.records.length) {
+          res.setHeader('link', `<${this.url}/link-header?p=1>; rel="first", <${this.url}/link-header?p=${p + 1}>; rel="next"`);
+        }
+        return JSON.stringify(this.records.slice((p - 1) * PAGE_SIZE, p * PAGE_SIZE));
+      }
+      case '/version': {
+        this.beforeVersionPage?.();
+        const after = num('after', 0);
+        const page = this.records.filter((r) => r.version > after).sort((a, b) => a.version - b.version)
+          .slice(0, num('page_size', PAGE_SIZE)).map((r) => ({ ...r }));
+        const version = page.length ? { min: page[0].version, max: page[page.length - 1].version } : null;
+        return JSON.stringify({ data: page, version });
+      }
+      default:
+        res.writeHead(404, { 'content-type': 'application/json' }).end('{"error":"no such endpoint"}');
+        return undefined;
+    }
+  }
+}
+
+/** Entity options (input form) for each vendor endpoint. */
+export const ENDPOINTS = {
+  page: { path: 'pages', recordsPath: 'data.items', pagination: { style: 'page', param: 'page', sizeParam: 'per_page', size: PAGE_SIZE, start: 1 } },
+  offset: { path: 'offsets', pagination: { style: 'offset', offsetParam: 'offset', limitParam: 'limit', limit: PAGE_SIZE } },
+  cursor: { path: 'cursor', recordsPath: 'records', pagination: { style: 'cursor', param: 'offset', cursorPath: 'offset', sizeParam: 'pageSize', size: PAGE_SIZE } },
+  'next-link-body': { path: 'link-body', recordsPath: 'results', pagination: { style: 'next-link', from: 'body', path: 'links.next' } },
+  'next-link-header': { path: 'link-header', pagination: { style: 'next-link', from: 'header' } },
+  version: { path: 'version', pagination: { style: 'version', param: 'after', versionPath: 'version.max', sizeParam: 'page_size', size: PAGE_SIZE } },
+} as const;
+export type EndpointName = keyof typeof ENDPOINTS;
+export const ENDPOINT_NAMES = Object.keys(ENDPOINTS) as EndpointName[];
