@@ -221,6 +221,141 @@ as $$
 $$;
 comment on function sync.record_outcome(text, text, text, text) is 'Records a run that ended before staging began, and why: skipped for a failed dependency, failed for a missing table.';
 
+create or replace function sync.create_raw_staging(p_run_id bigint) returns text
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_cols text;
+begin
+  select string_agg(format('%I text', a.attname), ', ' order by a.attnum) into v_cols
+    from pg_attribute a
+   where a.attrelid = format('sync_staging.%I', 'run_' || p_run_id)::regclass
+     and a.attnum > 0 and not a.attisdropped and a.attname <> '_sl_quarantined';
+  execute format('create unlogged table sync_staging.%I (_sl_line bigint not null, %s, _sl_raw jsonb)',
+                 'run_' || p_run_id || '_raw', v_cols);
+  return format('sync_staging.%I', 'run_' || p_run_id || '_raw');
+end
+$$;
+comment on function sync.create_raw_staging(bigint) is 'For sources whose values arrive as text (CSV, HTTP): creates sync_staging.run_<id>_raw with a text column for every column of the run''s staging table, the record''s line (or ordinal) and its raw form.';
+
+create or replace function sync.cast_raw(p_run_id bigint, p_time_zone text default null) returns jsonb
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_ent sync.entity;
+  v_raw text := format('sync_staging.%I', 'run_' || p_run_id || '_raw');
+  v_typed text := format('sync_staging.%I', 'run_' || p_run_id);
+  v_cols text[];
+  v_types text[];
+  v_keys text[];
+  v_key text;
+  v_collist text;
+  v_casts text;
+  v_keycasts text;
+  v_row record;
+  v_reason text;
+  v_i integer;
+  v_bad bigint := 0;
+  v_unkeyed bigint := 0;
+  v_loaded bigint;
+begin
+  select e.* into strict v_ent from sync.entity e join sync.run r on r.entity = e.name where r.id = p_run_id;
+  -- Text without an offset means the source's local time; text with one keeps it.
+  if p_time_zone is not null then
+    perform set_config('timezone', p_time_zone, true);
+  end if;
+  select array_agg(a.attname::text order by a.attnum), array_agg(format_type(a.atttypid, a.atttypmod) order by a.attnum)
+    into v_cols, v_types
+    from pg_attribute a
+   where a.attrelid = v_typed::regclass and a.attnum > 0 and not a.attisdropped and a.attname <> '_sl_quarantined';
+  v_keys := v_ent.key_columns;
+  v_key := format('array[%s]', (select string_agg(format('r.%I', k), ', ') from unnest(v_keys) k));
+  v_collist := (select string_agg(format('%I', c), ', ') from unnest(v_cols) c);
+  v_casts := (select string_agg(format('r.%I::%s', c, t), ', ') from unnest(v_cols, v_types) x(c, t));
+  v_keycasts := (select string_agg(format('r.%I::%s', c, t), ', ') from unnest(v_cols, v_types) x(c, t) where c = any (v_keys));
+
+  if current_setting('server_version_num')::int >= 160000 then
+    -- Set-based: find every value its column's type rejects, quarantine
+    -- those records with the reason, load the rest in one statement.
+    execute format($q$
+      create temp table _sl_rejects on commit drop as
+      select r._sl_line, min(format('line %%s, column %%s: %%s', r._sl_line, c.name, (pg_input_error_info(c.value, c.type)).message)) as reason
+        from %1$s r
+        cross join lateral (values %2$s) as c(name, value, type)
+       where c.value is not null and not pg_input_is_valid(c.value, c.type)
+       group by r._sl_line$q$,
+      v_raw,
+      (select string_agg(format('(%L, r.%I, %L)', c, c, t), ', ') from unnest(v_cols, v_types) x(c, t)));
+    execute format($q$
+      insert into sync.run_error (run_id, entity, key, category, message, payload)
+      select %1$s, %2$L, %3$s, 'validation', j.reason, r._sl_raw
+        from %4$s r join _sl_rejects j using (_sl_line)$q$,
+      p_run_id, v_ent.name, v_key, v_raw);
+    get diagnostics v_bad = row_count;
+    -- A rejected record whose key is valid stays in staging, flagged, so a
+    -- mirror run does not delete the target row it would have replaced.
+    execute format($q$
+      insert into %1$s (%2$s, _sl_quarantined)
+      select %3$s, true from %4$s r join _sl_rejects j using (_sl_line)
+       where %5$s$q$,
+      v_typed, (select string_agg(format('%I', k), ', ') from unnest(v_keys) k), v_keycasts, v_raw,
+      (select string_agg(format('r.%1$I is not null and pg_input_is_valid(r.%1$I, %2$L)', c, t), ' and ')
+         from unnest(v_cols, v_types) x(c, t) where c = any (v_keys)));
+    get diagnostics v_loaded = row_count;
+    v_unkeyed := v_bad - v_loaded;
+    execute format('insert into %s (%s) select %s from %s r where not exists (select 1 from _sl_rejects j where j._sl_line = r._sl_line)',
+                   v_typed, v_collist, v_casts, v_raw);
+    drop table _sl_rejects;
+  else
+    -- PostgreSQL 15 has no pg_input_is_valid: try the whole load, and only
+    -- when a value is rejected go record by record to find which.
+    begin
+      execute format('insert into %s (%s) select %s from %s r', v_typed, v_collist, v_casts, v_raw);
+    exception when data_exception then
+      for v_row in execute format('select r._sl_line from %s r order by r._sl_line', v_raw) loop
+        begin
+          execute format('insert into %s (%s) select %s from %s r where r._sl_line = $1', v_typed, v_collist, v_casts, v_raw)
+            using v_row._sl_line;
+        exception when data_exception then
+          v_reason := sqlerrm;
+          -- Name the column, as the set-based path does: try each value alone.
+          for v_i in 1 .. cardinality(v_cols) loop
+            begin
+              execute format('select r.%I::%s from %s r where r._sl_line = $1', v_cols[v_i], v_types[v_i], v_raw)
+                using v_row._sl_line;
+            exception when data_exception then
+              v_reason := format('column %s: %s', v_cols[v_i], sqlerrm);
+              exit;
+            end;
+          end loop;
+          execute format($q$
+            insert into sync.run_error (run_id, entity, key, category, message, payload)
+            select %1$s, %2$L, %3$s, 'validation', format('line %%s, %%s', r._sl_line, %4$L), r._sl_raw
+              from %5$s r where r._sl_line = $1$q$,
+            p_run_id, v_ent.name, v_key, v_reason, v_raw) using v_row._sl_line;
+          v_bad := v_bad + 1;
+          begin
+            execute format('insert into %s (%s, _sl_quarantined) select %s, true from %s r where r._sl_line = $1',
+                           v_typed, (select string_agg(format('%I', k), ', ') from unnest(v_keys) k), v_keycasts, v_raw)
+              using v_row._sl_line;
+          exception when data_exception or not_null_violation then
+            v_unkeyed := v_unkeyed + 1;
+          end;
+        end;
+      end loop;
+    end;
+  end if;
+  update sync.run set detail = detail || jsonb_build_object('unkeyed_rejects',
+           coalesce((detail ->> 'unkeyed_rejects')::bigint, 0) + v_unkeyed)
+   where id = p_run_id;
+  execute format('drop table %s', v_raw);
+  return jsonb_build_object('rejected', v_bad, 'unkeyed', v_unkeyed);
+end
+$$;
+comment on function sync.cast_raw(bigint, text) is 'Moves a run''s text staging (run_<id>_raw) into its typed staging: each value is cast to its target column''s type (text without an offset read in p_time_zone); a record with a value its type rejects is quarantined with the line, the column and the reason, and kept, flagged, by its key so a mirror run does not delete it.';
+
 -- Builds "a = b and …" joins and column lists once, so every statement of the
 -- merge (and its dry-run twin) uses exactly the same predicates.
 create or replace function sync._join(p_keys text[], p_left text, p_right text) returns text
@@ -445,6 +580,10 @@ begin
   perform sync._quarantine(p_run_id, v_ent, v_s::regclass, v_rel, v_cols);
   execute format('select count(*), count(*) filter (where _sl_quarantined) from %s', v_s)
     into v_fetched, v_quarantined;
+  -- Records rejected before staging with no usable key (a malformed CSV
+  -- line, a key its type rejects) count as fetched and quarantined too.
+  v_fetched := v_fetched + coalesce((v_run.detail ->> 'unkeyed_rejects')::bigint, 0);
+  v_quarantined := v_quarantined + coalesce((v_run.detail ->> 'unkeyed_rejects')::bigint, 0);
 
   v_collist := (select string_agg(format('%I', c), ', ') from unnest(v_cols) c);
   v_selist := (select string_agg(format('s.%I', c), ', ') from unnest(v_cols) c);

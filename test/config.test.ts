@@ -64,7 +64,7 @@ describe('config validation', () => {
   it('substitutes ${ENV} and ${ENV:-default}, and names a missing variable with its path', () => {
     const raw = structuredClone(base) as any;
     raw.sources.remote.url = 'postgres://u:${PW}@${HOST:-localhost}/app';
-    expect(parseConfig(raw, { PW: 's3cret' }).sources.remote.url).toBe('postgres://u:s3cret@localhost/app');
+    expect((parseConfig(raw, { PW: 's3cret' }).sources.remote as { url: string }).url).toBe('postgres://u:s3cret@localhost/app');
     expect(problems(raw, {})).toEqual([
       'sources.remote.url: environment variable PW is not set — export it or put it in .env',
     ]);

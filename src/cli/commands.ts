@@ -5,6 +5,8 @@ import { connectionHint, describeUrl } from '../db/pool.js';
 import { runMany, exitCode } from '../engine/plan.js';
 import { sourceColumns, sourceUrl } from '../sources/postgres.js';
 import { prepareDemo } from '../demo/seed.js';
+import { openCsv } from '../sources/csv.js';
+import type { EntityConfig } from '../config/schema.js';
 import { EXIT, openSession, readConfig, UsageError, type GlobalOptions, type Session } from './context.js';
 import { makeReporter } from './progress.js';
 import { printTable } from './table.js';
@@ -52,6 +54,7 @@ export async function check(opts: GlobalOptions): Promise<number> {
     const v = await s.pool.query('select current_setting($1) as v', ['server_version']);
     line(true, `database ${describeUrl(s.db.url)} (PostgreSQL ${v.rows[0].v}), sync schema migrated`);
     for (const [name, src] of Object.entries(s.config.sources)) {
+      if (src.kind !== 'postgres') continue; // a file source is checked through its entities below
       const url = sourceUrl(src, s.db.url);
       const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
       try {
@@ -73,17 +76,29 @@ export async function check(opts: GlobalOptions): Promise<number> {
         line(false, `entity ${name}: target table ${target.schema}.${target.table} does not exist — create it with your migrations`);
         continue;
       }
+      const note = appliedNames.has(name) ? '' : ' (not applied yet: run `config apply`)';
       try {
-        const { pool, url } = s.engine.sources.get(e.source, s.config.sources[e.source]);
-        const cols = await sourceColumns(pool, url, e);
-        const note = appliedNames.has(name) ? '' : ' (not applied yet: run `config apply`)';
-        line(true, `entity ${name}: source yields ${cols.length} columns, target ${target.schema}.${target.table} exists${note}`);
+        const cols = await sourceColumnCount(s, e);
+        line(true, `entity ${name}: source yields ${cols} columns, target ${target.schema}.${target.table} exists${note}`);
       } catch (err) {
-        line(false, `entity ${name}: the source query fails: ${(err as Error).message} — check "from" in the config`);
+        line(false, `entity ${name}: the source cannot be read: ${(err as Error).message} — check "from" in the config`);
       }
     }
     return ok ? EXIT.ok : EXIT.failed;
   });
+}
+
+/** Columns the entity's source yields: a query's result columns, or a CSV file's header fields (read, then closed). */
+async function sourceColumnCount(s: Session, e: EntityConfig): Promise<number> {
+  const src = s.config.sources[e.source];
+  if (src.kind === 'postgres') {
+    const { pool, url } = s.engine.pgSource(e.source);
+    return (await sourceColumns(pool, url, e)).length;
+  }
+  const ctl = new AbortController();
+  const reader = await openCsv(src, e, e.key, s.engine.configDir, ctl.signal);
+  ctl.abort(new Error('checked'));
+  return reader.header.length;
 }
 
 export interface SyncOptions extends GlobalOptions {

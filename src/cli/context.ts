@@ -1,4 +1,5 @@
-import { loadConfig, ConfigError } from '../config/load.js';
+import path from 'node:path';
+import { loadConfig, ConfigError, DEFAULT_CONFIG_FILE } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { openDatabase, migrateDatabase, type Database } from '../db/database.js';
 import { makePool, type Pool } from '../db/pool.js';
@@ -39,7 +40,8 @@ export async function openSession(opts: GlobalOptions): Promise<Session> {
     throw err;
   }
   const pool = makePool(db.url);
-  const engine = new Engine(pool, db.url, config);
+  const configFile = path.resolve(opts.config ?? process.env.SYNCLINE_CONFIG ?? DEFAULT_CONFIG_FILE);
+  const engine = new Engine(pool, db.url, config, path.dirname(configFile));
   return {
     config, db, pool, engine,
     async close() {

@@ -33,8 +33,23 @@ export const postgresSource = z.object({
   message: 'give exactly one of "url" (another server) or "database" (a database on Syncline\'s own server)',
 });
 
-export const source = z.discriminatedUnion('kind', [postgresSource]);
+export const csvSource = z.object({
+  kind: z.literal('csv'),
+  location: z.string().min(1).optional()
+    .describe('Directory or base URL the entities\' files are relative to (default: the config file\'s directory). A published Google Sheet: its CSV export URL.'),
+  delimiter: z.string().length(1, 'must be one character').default(','),
+  quote: z.string().length(1, 'must be one character').default('"'),
+  encoding: z.string().default('utf-8').refine((enc) => { try { new TextDecoder(enc); return true; } catch { return false; } },
+    'is not an encoding this Node.js knows — use e.g. "utf-8", "windows-1252", "latin1"'),
+  timeZone: z.string().optional()
+    .describe('Time zone of timestamps written without an offset, e.g. "Europe/Berlin" (default: UTC).'),
+  headers: z.record(z.string(), z.string()).optional().describe('HTTP headers for a URL (put tokens in ${ENV}).'),
+}).strict();
+
+export const source = z.discriminatedUnion('kind', [postgresSource, csvSource]);
 export type SourceConfig = z.infer<typeof source>;
+export type PostgresSourceConfig = z.infer<typeof postgresSource>;
+export type CsvSourceConfig = z.infer<typeof csvSource>;
 
 const overlap = z.union([
   z.number().nonnegative(),
@@ -47,6 +62,7 @@ export const entity = z.object({
   direction: z.enum(['pull', 'push']).default('pull'),
   from: z.union([
     z.object({ table: tableRef }).strict(),
+    z.object({ file: z.string().min(1).describe('A csv source\'s file: a path relative to the source\'s location, or a URL.') }).strict(),
     z.object({ query: z.string().min(1).describe('A SELECT. {{tenant}} becomes the tenant value and {{cursor}} the cursor lower bound, as quoted literals; {{cursor}} is null on a first or --full run, so write ({{cursor}} is null or updated_at > {{cursor}}). Tenant and cursor filters are also applied around the query.') }).strict(),
   ]).describe('What to read on the source: a table, or a query template.'),
   target: tableRef.describe('The target table (yours; Syncline never creates it).'),
@@ -92,6 +108,16 @@ export const config = z.object({
     if (!(e.source in c.sources)) {
       ctx.addIssue({ code: 'custom', path: ['entities', name, 'source'],
         message: `source "${e.source}" is not defined — add it under "sources" or use one of: ${Object.keys(c.sources).join(', ') || '(none)'}` });
+    }
+    const src = c.sources[e.source];
+    if (src?.kind === 'csv' && !('file' in e.from)) {
+      ctx.addIssue({ code: 'custom', path: ['entities', name, 'from'], message: `source "${e.source}" is a csv source: use "from": {"file": "name.csv"}` });
+    }
+    if (src?.kind === 'postgres' && 'file' in e.from) {
+      ctx.addIssue({ code: 'custom', path: ['entities', name, 'from'], message: `source "${e.source}" is a postgres source: use "from": {"table": …} or {"query": …}` });
+    }
+    if (src?.kind === 'csv' && e.cursor) {
+      ctx.addIssue({ code: 'custom', path: ['entities', name, 'cursor'], message: 'a csv file is read whole on every run: remove "cursor"' });
     }
     e.dependsOn.forEach((d, i) => {
       if (!(d in c.entities)) {

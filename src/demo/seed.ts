@@ -76,9 +76,8 @@ export async function mutateDemo(sourceUrl: string): Promise<void> {
 
 /** The config's demo sources (postgres, `database` on Syncline's server, `demo: true`). */
 export function demoSources(cfg: Config): { name: string; database: string }[] {
-  return Object.entries(cfg.sources)
-    .filter(([, s]) => s.kind === 'postgres' && s.demo === true && s.database !== undefined)
-    .map(([name, s]) => ({ name, database: s.database! }));
+  return Object.entries(cfg.sources).flatMap(([name, s]) =>
+    (s.kind === 'postgres' && s.demo === true && s.database !== undefined ? [{ name, database: s.database }] : []));
 }
 
 /**

@@ -32,12 +32,12 @@ export async function planColumns(engine: Engine, name: string, def: EntityConfi
   if (Array.isArray(def.columns)) mapping = def.columns.map((c) => [c, c]);
   else if (def.columns) mapping = Object.entries(def.columns);
   else {
-    const { pool, url } = engine.sources.get(def.source, src);
+    const { pool, url } = engine.pgSource(def.source);
     const available = new Set(await sourceColumns(pool, url, def));
     mapping = rows.map((r) => r.attname).filter((c) => available.has(c)).map((c) => [c, c]);
   }
   const sourceOf = (col: string) => mapping.find((m) => m[0] === col)?.[1] ?? col;
-  const { pool: srcPool } = engine.sources.get(def.source, src);
+  const { pool: srcPool } = engine.pgSource(def.source);
   const plan: Plan = {
     targetColumns: mapping.map((m) => m[0]),
     sourceColumns: mapping.map((m) => m[1]),

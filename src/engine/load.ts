@@ -24,7 +24,7 @@ export type MergeResult = Record<string, unknown> & { status: string; fetched: n
 /** COPY from the source into `into`, stoppable by sync.cancel and by shutdown. Returns the rows copied. */
 async function fetchInto(ctx: LoadContext, into: string): Promise<number> {
   const { engine, plan, def, name, runId, opts } = ctx;
-  const { pool, url } = engine.sources.get(def.source, engine.config.sources[def.source]);
+  const { pool, url } = engine.pgSource(def.source);
   const select = sourceSelect(def, plan.sourceColumns, { tenantSourceColumn: plan.tenantSourceColumn, cursor: plan.cursor });
   const watch = cancelWatch(engine.pool, runId, opts.signal);
   const started = Date.now();
@@ -75,10 +75,18 @@ export async function loadDirect(ctx: LoadContext): Promise<MergeResult | null> 
 
 /** The general path: COPY into the run's staging table, then sync.merge in one transaction. */
 export async function loadStaged(ctx: LoadContext): Promise<MergeResult> {
+  await fetchInto(ctx, stagingTable(ctx.runId));
+  return mergeStaging(ctx);
+}
+
+export function stagingTable(runId: number): string {
+  return `sync_staging.${quoteIdent(`run_${runId}`)}`;
+}
+
+/** sync.merge of a filled staging table, with what the source guarantees and what a dry run may trust. */
+export async function mergeStaging(ctx: LoadContext): Promise<MergeResult> {
   const { target, runId, opts, plan, engine } = ctx;
-  const staging = `sync_staging.${quoteIdent(`run_${runId}`)}`;
-  await fetchInto(ctx, staging);
-  await target.query(`analyze ${staging}`);
+  await target.query(`analyze ${stagingTable(runId)}`);
   await throwIfCancelRequested(engine.pool, runId);
   await target.query(
     `update sync.run set detail = detail || jsonb_strip_nulls(jsonb_build_object(

@@ -4,7 +4,8 @@ import { log, maskUrls } from '../log.js';
 import { SourcePools } from '../sources/postgres.js';
 import { planColumns } from './columns.js';
 import { blockingDependency, CancelledError, waitForDependencies } from './guards.js';
-import { loadDirect, loadStaged, type LoadContext } from './load.js';
+import { loadDirect, loadStaged, type LoadContext, type MergeResult } from './load.js';
+import { loadCsvRun } from './records.js';
 
 export type Trigger = 'cron' | 'manual' | 'backfill' | 'resync' | 'dependency' | 'api';
 export type RunStatus = 'succeeded' | 'partial' | 'failed' | 'cancelled' | 'skipped' | 'already-running';
@@ -52,8 +53,17 @@ export interface RunResult {
 /** The engine's shared parts: the Syncline database, the config's sources, their pools. */
 export class Engine {
   readonly sources: SourcePools;
-  constructor(readonly pool: Pool, readonly syncUrl: string, public config: Config) {
+  /** `configDir`: where relative file paths in the config (csv sources) start. */
+  constructor(readonly pool: Pool, readonly syncUrl: string, public config: Config, readonly configDir = process.cwd()) {
     this.sources = new SourcePools(syncUrl);
+  }
+
+  /** The pool and URL of a postgres source; a clear error for anything else. */
+  pgSource(name: string): { pool: Pool; url: string } {
+    const src = this.config.sources[name];
+    if (!src) throw new Error(`source "${name}" is not defined in the config file — add it under "sources"`);
+    if (src.kind !== 'postgres') throw new Error(`source "${name}" is a ${src.kind} source, not postgres`);
+    return this.sources.get(name, src);
   }
 
   async close(): Promise<void> {
@@ -123,16 +133,25 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
       }
     }
     const full = Boolean(opts.full);
-    const plan = await planColumns(engine, name, ent.def, ent.cursor, full);
-    const started = await target.query('select sync.start_run($1, $2, $3, $4, $5, $6) as id',
-      [name, opts.trigger, Boolean(opts.dryRun), full, plan.targetColumns, opts.jobId ?? null]);
-    runId = started.rows[0].id as number;
-    const ctx: LoadContext = { engine, target, name, runId, def: ent.def, plan, opts };
-    const direct = !opts.dryRun && (await target.query('select sync.can_load_direct($1) as ok', [name])).rows[0].ok;
-    const r = (direct ? await loadDirect(ctx) : null) ?? await loadStaged(ctx);
-    opts.onProgress?.({ entity: name, runId, phase: 'done', rows: r.fetched, bytes: 0 });
+    const start = async (columns: string[]) => {
+      const started = await target.query('select sync.start_run($1, $2, $3, $4, $5, $6) as id',
+        [name, opts.trigger, Boolean(opts.dryRun), full, columns, opts.jobId ?? null]);
+      runId = started.rows[0].id as number;
+      return runId;
+    };
+    let r: MergeResult;
+    if (engine.config.sources[ent.def.source]?.kind === 'csv') {
+      r = await loadCsvRun({ engine, target, name, def: ent.def, opts, start });
+    } else {
+      const plan = await planColumns(engine, name, ent.def, ent.cursor, full);
+      const ctx: LoadContext = { engine, target, name, runId: await start(plan.targetColumns), def: ent.def, plan, opts };
+      const direct = !opts.dryRun && (await target.query('select sync.can_load_direct($1) as ok', [name])).rows[0].ok;
+      r = (direct ? await loadDirect(ctx) : null) ?? await loadStaged(ctx);
+    }
+    const id = Number(r.run_id);
+    opts.onProgress?.({ entity: name, runId: id, phase: 'done', rows: r.fetched, bytes: 0 });
     return {
-      entity: name, runId, status: r.status as RunStatus, fetched: r.fetched, inserted: r.inserted as number,
+      entity: name, runId: id, status: r.status as RunStatus, fetched: r.fetched, inserted: r.inserted as number,
       updated: r.updated as number, deleted: r.deleted as number, unchanged: r.unchanged as number,
       quarantined: r.quarantined as number, deferred: r.deferred as number, cursor: r.cursor as string | null,
       sample: (r.sample as RunResult['sample']) ?? undefined,

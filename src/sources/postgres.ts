@@ -2,7 +2,7 @@ import { Transform, type Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { to as copyTo, from as copyFrom } from 'pg-copy-streams';
-import type { EntityConfig, SourceConfig } from '../config/schema.js';
+import type { EntityConfig, PostgresSourceConfig } from '../config/schema.js';
 import { quoteIdent } from '../db/database.js';
 import { connectionHint, makePool, type Pool } from '../db/pool.js';
 
@@ -23,7 +23,7 @@ export interface CursorFilter {
 }
 
 /** Connection string of a postgres source: its own URL, or a database beside Syncline's. */
-export function sourceUrl(src: SourceConfig, syncUrl: string): string {
+export function sourceUrl(src: PostgresSourceConfig, syncUrl: string): string {
   if (src.url) return src.url;
   const u = new URL(syncUrl);
   u.pathname = `/${encodeURIComponent(src.database!)}`;
@@ -35,7 +35,7 @@ export class SourcePools {
   private pools = new Map<string, Pool>();
   constructor(private syncUrl: string) {}
 
-  get(name: string, src: SourceConfig): { pool: Pool; url: string } {
+  get(name: string, src: PostgresSourceConfig): { pool: Pool; url: string } {
     const url = sourceUrl(src, this.syncUrl);
     let pool = this.pools.get(name);
     if (!pool) {
@@ -56,6 +56,7 @@ function baseQuery(e: EntityConfig, tenant: string | undefined, cursorLiteral: s
     const t = e.from.table as { schema: string; table: string };
     return `select * from ${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
   }
+  if (!('query' in e.from)) throw new Error('a postgres source reads a table or a query, not a file');
   return e.from.query
     .replaceAll('{{tenant}}', tenant === undefined ? 'null' : lit(tenant))
     .replaceAll('{{cursor}}', cursorLiteral);

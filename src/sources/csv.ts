@@ -1,0 +1,147 @@
+import { createReadStream } from 'node:fs';
+import path from 'node:path';
+import { Readable, Transform } from 'node:stream';
+import { parse } from 'csv-parse';
+import type { CsvSourceConfig, EntityConfig } from '../config/schema.js';
+
+// A header row longer than this is not a header: refuse rather than guess.
+const MAX_HEADER_COLUMNS = 1000;
+
+export interface CsvRecord {
+  /** Line of the file where the record starts (1 = the header). */
+  line: number;
+  /** Values in the order of the mapping's target columns. */
+  values: (string | null)[];
+  /** The record as read, header → value, for the quarantine. */
+  raw: Record<string, string>;
+}
+
+export interface CsvReject {
+  line: number;
+  message: string;
+  raw: string | undefined;
+}
+
+export interface CsvReader {
+  /** The file's header row. */
+  header: string[];
+  /** Target column → header, as resolved against the file's header row. */
+  mapping: [string, string][];
+  records: AsyncIterable<CsvRecord>;
+  /** Lines the parser could not read (filled while records are consumed). */
+  rejects: CsvReject[];
+}
+
+/** A header as a column name: "Seller Number" → seller_number. */
+export function normalizeHeader(h: string): string {
+  return h.trim().toLowerCase().replace(/[^a-z0-9]+/g, '_').replace(/^_+|_+$/g, '');
+}
+
+/** Where an entity's file lives: a URL, or a path relative to the source's location (or the config's directory). */
+export function csvLocation(src: CsvSourceConfig, file: string, configDir: string): string {
+  if (/^https?:\/\//.test(file)) return file;
+  const base = src.location ?? configDir;
+  if (/^https?:\/\//.test(base)) return new URL(file, base.endsWith('/') ? base : `${base}/`).toString();
+  return path.resolve(configDir, base, file);
+}
+
+async function openBytes(location: string, headers: Record<string, string> | undefined, signal: AbortSignal): Promise<Readable> {
+  if (!/^https?:\/\//.test(location)) {
+    const stream = createReadStream(location);
+    await new Promise<void>((resolve, reject) => {
+      stream.once('open', () => resolve());
+      stream.once('error', (err) => reject(new Error(`cannot read ${location}: ${(err as Error).message} — check the path`, { cause: err })));
+    });
+    return stream;
+  }
+  const res = await fetch(location, { headers, signal, redirect: 'follow' }).catch((err) => {
+    throw new Error(`cannot fetch ${new URL(location).origin}: ${(err as Error).message} — check the URL and the network`, { cause: err });
+  });
+  if (!res.ok || !res.body) {
+    const hint = res.status === 404 ? 'check the URL (for a Google Sheet: File → Share → Publish to web → CSV)'
+      : res.status === 401 || res.status === 403 ? 'the file is not public or the credentials are wrong' : 'the server refused the request';
+    throw new Error(`fetching ${new URL(location).pathname} answered ${res.status}: ${hint}`);
+  }
+  return Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
+}
+
+/** Bytes in the source's encoding → UTF-8 text (a UTF-8 byte-order mark is dropped by the parser). */
+function decoder(encoding: string): Transform {
+  const d = new TextDecoder(encoding, { fatal: false });
+  return new Transform({
+    transform(chunk: Buffer, _e, done) { done(null, d.decode(chunk, { stream: true })); },
+    flush(done) { done(null, d.decode()); },
+  });
+}
+
+/**
+ * Opens an entity's CSV file and reads its header. Records stream one at a
+ * time (memory stays flat); a line the parser cannot read is collected in
+ * `rejects` with its line number and the rest go on.
+ */
+export async function openCsv(src: CsvSourceConfig, e: EntityConfig, targetColumns: string[], configDir: string,
+  signal: AbortSignal): Promise<CsvReader> {
+  const file = (e.from as { file: string }).file;
+  const location = csvLocation(src, file, configDir);
+  const bytes = await openBytes(location, src.headers, signal);
+  const rejects: CsvReject[] = [];
+  const parser = bytes.pipe(decoder(src.encoding)).pipe(parse({
+    bom: true, delimiter: src.delimiter, quote: src.quote, relax_quotes: true, info: true, raw: true,
+    skip_empty_lines: true, skip_records_with_error: true,
+    on_skip: (err, raw) => { rejects.push({ line: Number(err?.lines ?? 0), message: err?.message ?? 'unreadable line', raw }); },
+  }));
+  signal.addEventListener('abort', () => parser.destroy(signal.reason as Error), { once: true });
+  const it = parser[Symbol.asyncIterator]() as AsyncIterator<{ record: string[]; info: { lines: number }; raw: string }>;
+  const first = await it.next();
+  if (first.done) throw new Error(`${file} is empty: it needs a header row`);
+  const header = first.value.record;
+  if (header.length > MAX_HEADER_COLUMNS) throw new Error(`${file}: the first line has ${header.length} fields; is it a header row?`);
+  const mapping = resolveMapping(e, header, targetColumns, file);
+  const index = mapping.map(([, h]) => header.indexOf(h));
+  const tenant = e.tenant ? { at: header.indexOf(mapping.find(([t]) => t === e.tenant!.column)?.[1] ?? ''), value: e.tenant.value } : null;
+  async function* records(): AsyncGenerator<CsvRecord> {
+    for (;;) {
+      const next = await it.next();
+      if (next.done) return;
+      const { record, info, raw } = next.value;
+      // info.lines is where the record ends; a quoted value may span lines.
+      const line = info.lines - (raw.replace(/\r?\n$/, '').match(/\n/g)?.length ?? 0);
+      // A sheet holding several tenants: only this entity's rows are its records.
+      if (tenant && tenant.at >= 0 && record[tenant.at] !== tenant.value) continue;
+      yield {
+        line,
+        values: index.map((i) => (record[i] === undefined || record[i] === '' ? null : record[i])),
+        raw: Object.fromEntries(header.map((h, i) => [h, record[i]])),
+      };
+    }
+  }
+  return { header, mapping, records: records(), rejects };
+}
+
+/**
+ * Target column → header. An explicit `columns` map names headers; a list or
+ * no `columns` matches headers by name, also after normalizing them
+ * ("Seller Number" feeds seller_number).
+ */
+function resolveMapping(e: EntityConfig, header: string[], targetColumns: string[], file: string): [string, string][] {
+  const byNormal = new Map(header.map((h) => [normalizeHeader(h), h]));
+  const find = (name: string) => (header.includes(name) ? name : byNormal.get(normalizeHeader(name)));
+  let wanted: [string, string | undefined][];
+  if (e.columns && !Array.isArray(e.columns)) wanted = Object.entries(e.columns).map(([t, h]) => [t, find(h)]);
+  else if (Array.isArray(e.columns)) wanted = e.columns.map((c) => [c, find(c)]);
+  else wanted = targetColumns.map((c): [string, string | undefined] => [c, find(c)]).filter(([, h]) => h !== undefined);
+  const missing = wanted.filter(([, h]) => h === undefined).map(([t]) => t);
+  if (missing.length) {
+    throw new Error(`${file} has no header for ${missing.map((m) => `"${m}"`).join(', ')} — its headers are: ${header.join(', ')}; map them in "columns": {"target": "Header"}`);
+  }
+  for (const k of e.key) {
+    if (!wanted.some(([t]) => t === k)) throw new Error(`${file} has no header for the key column "${k}" — map it in "columns"`);
+  }
+  return wanted as [string, string][];
+}
+
+/** One record as a line of COPY text format (tab-separated, \N for null). */
+export function copyLine(values: (string | number | null)[]): string {
+  return `${values.map((v) => (v === null ? '\\N' : String(v).replace(/\\/g, '\\\\').replace(/\t/g, '\\t')
+    .replace(/\n/g, '\\n').replace(/\r/g, '\\r'))).join('\t')}\n`;
+}
