@@ -15,10 +15,11 @@ import type { AddressInfo, Socket } from 'node:net';
  *                                      X-Series 2.0: records with version > after, by version;
  *                                      an empty page ends)
  *
- * Faults queued with `inject` are served one a request, before the answer.
+ * Faults queued with `inject` are served one a request, before the answer
+ * ('ok' serves that request normally).
  * The server closes itself after `lifetimeMs` whatever the test does.
  */
-export type Fault = '500' | '503' | '408' | 'reset' | 'timeout' | 'truncated' | 'cut' | '429';
+export type Fault = 'ok' | '500' | '503' | '408' | 'reset' | 'timeout' | 'truncated' | 'cut' | '429';
 
 export interface Rec { id: number; name: string; version: number; tags?: string[] }
 
@@ -57,6 +58,12 @@ export class Vendor {
     if (r) Object.assign(r, { version: ++this.version, name: `${r.name}'` });
   }
 
+  /** Forgets every fault still queued. */
+  reset(): void {
+    this.faults.length = 0;
+    this.hits.length = 0;
+  }
+
   inject(...faults: Fault[]): void {
     this.faults.push(...faults);
   }
@@ -84,7 +91,7 @@ export class Vendor {
     this.hits.push({ path: url.pathname, query: url.searchParams, headers: req.headers, at: performance.now() });
     if (this.override?.(req, res, url)) return;
     const fault = this.faults.shift();
-    if (fault && this.fail(fault, req, res, url)) return;
+    if (fault && fault !== 'ok' && this.fail(fault, req, res, url)) return;
     const body = this.answer(url, res);
     if (body === undefined) return;
     if (fault === 'truncated') return this.truncate(res, body);
