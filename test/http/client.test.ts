@@ -16,7 +16,7 @@ beforeAll(async () => {
 });
 afterAll(() => vendor.close());
 beforeEach(() => {
-  vendor.hits.length = 0;
+  vendor.reset(); // a failed test must not leave faults for the next
   vendor.override = undefined;
   vendor.retryAfter = '0';
 });

@@ -5,7 +5,7 @@ import { CriticalError } from '../../src/sources/http/errors.js';
 import { compareVersions, nextFromLinkHeader, paginate, type Page, type PageState } from '../../src/sources/http/paginate.js';
 import type { HttpEntityOptions } from '../../src/sources/http/schema.js';
 import { endpoint, testClient } from './clients.js';
-import { ENDPOINT_NAMES, PAGE_SIZE, Vendor, type EndpointName, type Fault, type Rec } from './vendor.js';
+import { ENDPOINT_NAMES, PAGE_SIZE, Vendor, type Fault, type Rec } from './vendor.js';
 
 // Every crawl in this file is bounded in pages and time: a paginator that
 // loops must fail the test, not hang it.
