@@ -1,5 +1,5 @@
 --! Previous: -
---! Hash: sha1:157d4629fbe11cdb4b8922129211ef5e294fda2f
+--! Hash: sha1:770a3e3dbb94ab2d005e4c51194fa00a9749884c
 --! Message: sync schema
 
 /*
@@ -831,6 +831,44 @@ begin
 end
 $$;
 comment on function sync.merge_direct(bigint, bigint) is 'Finishes an initial load that the runner copied straight into an empty target (in the caller''s transaction, so the load and this bookkeeping commit together): logs every inserted key, sets the cursor, records the run. Raises SL001 when the copied rows do not match the tenant scope; the runner then rolls back and takes the staging path.';
+
+create or replace function sync.backfill_chunks(p_entity text, p_from text, p_to text, p_chunk text default null)
+  returns table (chunk_from text, chunk_to text, done boolean)
+  language plpgsql stable
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_ent sync.entity;
+  v_type text;
+  v_numeric boolean;
+begin
+  select * into v_ent from sync.entity where name = p_entity;
+  if not found then
+    raise exception 'unknown entity %', p_entity using hint = 'select name from sync.entity lists the entities';
+  end if;
+  if v_ent.cursor_column is null then
+    raise exception 'entity % has no cursor column: a backfill needs one to split the range by', p_entity
+      using hint = 'add "cursor": {"column": …} to the entity';
+  end if;
+  select format_type(a.atttypid, a.atttypmod), t.typcategory = 'N' into v_type, v_numeric
+    from pg_attribute a join pg_type t on t.oid = a.atttypid
+   where a.attrelid = to_regclass(format('%I.%I', v_ent.target_schema, v_ent.target_table)) and a.attname = v_ent.cursor_column;
+  -- Chunks are half-open [from, to): each value falls in exactly one.
+  return query execute format($q$
+    select g::text, least(g + %3$s, %2$L::%4$s)::text,
+           exists (select 1 from sync.run r
+                    where r.entity = %5$L and r.trigger = 'backfill' and not r.dry_run and r.status in ('succeeded', 'partial')
+                      and r.detail -> 'window' = jsonb_build_object('from', g::text, 'to', least(g + %3$s, %2$L::%4$s)::text))
+      from generate_series(%1$L::%4$s, %2$L::%4$s, %3$s) g
+     where g < %2$L::%4$s
+     order by g$q$,
+    p_from, p_to,
+    case when v_numeric then format('%L::%s', coalesce(p_chunk, '100000'), v_type)
+         else format('%L::interval', coalesce(p_chunk, '1 day')) end,
+    v_type, p_entity);
+end
+$$;
+comment on function sync.backfill_chunks(text, text, text, text) is 'The chunks of a backfill of [p_from, p_to) by the entity''s cursor column (p_chunk: an interval such as ''1 day'' for time cursors, a number for numeric ones), and which of them a backfill run already completed: re-running a backfill skips those.';
 
 create or replace function sync.request(p_entity text, p_full boolean default false)
   returns bigint

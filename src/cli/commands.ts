@@ -8,7 +8,9 @@ import { prepareDemo } from '../demo/seed.js';
 import { openCsv } from '../sources/csv.js';
 import type { EntityConfig } from '../config/schema.js';
 import { EXIT, openSession, readConfig, UsageError, type GlobalOptions, type Session } from './context.js';
-import { makeReporter } from './progress.js';
+import { makeChunkReporter, makeReporter } from './progress.js';
+import { enqueueBackfill, runBackfill } from '../engine/backfill.js';
+import { summary } from '../engine/summary.js';
 import { printTable } from './table.js';
 
 async function withSession<T>(opts: GlobalOptions, fn: (s: Session) => Promise<T>): Promise<T> {
@@ -186,3 +188,37 @@ export async function status(opts: GlobalOptions & { json?: boolean }): Promise<
   });
 }
 
+
+export interface BackfillCliOptions extends GlobalOptions {
+  from: string;
+  to: string;
+  chunk?: string;
+  enqueue?: boolean;
+}
+
+/** `backfill <entity> --from --to`: chunk runs now with a progress bar, or handed to the worker with --enqueue. */
+export async function backfill(entity: string, opts: BackfillCliOptions): Promise<number> {
+  return withSession(opts, async (s) => {
+    await applyConfig(s.pool, s.config, { onlyAdd: true });
+    const o = { from: opts.from, to: opts.to, chunk: opts.chunk };
+    if (opts.enqueue) {
+      const n = await enqueueBackfill(s.engine, entity, o);
+      process.stdout.write(`enqueued ${n} chunk job(s) for ${entity} on queue sync:${entity}; \`status\` shows progress\n`);
+      return EXIT.ok;
+    }
+    const reporter = makeChunkReporter(entity);
+    let results;
+    try {
+      results = await runBackfill(s.engine, entity, { ...o, onChunk: reporter.chunk });
+    } finally {
+      reporter.close();
+    }
+    for (const r of results) process.stdout.write(`${summary(r)}\n`);
+    const cursor = (await s.pool.query('select cursor_value from sync.entity where name = $1', [entity])).rows[0]?.cursor_value;
+    const code = exitCode(results);
+    if (code === EXIT.ok || code === EXIT.partial) {
+      process.stdout.write(`backfill of ${entity} done: incremental runs continue from ${cursor ?? '(no rows loaded)'}\n`);
+    }
+    return code;
+  });
+}

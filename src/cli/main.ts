@@ -42,6 +42,14 @@ program.command('sync').description('sync entities now (all enabled ones by defa
   .option('--verbose', 'also print phase timings and cursors')
   .action(run((entities: string[], o: cmd.SyncOptions) => cmd.sync(entities, { ...globals(), ...o })));
 
+program.command('backfill').description('historical import of a cursor range in chunks, one run a chunk; re-running skips finished chunks')
+  .argument('<entity>', 'an entity with a cursor')
+  .requiredOption('--from <value>', 'start of the range (inclusive), in the cursor column\'s type')
+  .requiredOption('--to <value>', 'end of the range (exclusive)')
+  .option('--chunk <size>', 'chunk size: an interval such as "1 day" (default) or a number for numeric cursors')
+  .option('--enqueue', 'hand the chunks to the worker as jobs instead of running them here')
+  .action(run((entity: string, o: Omit<cmd.BackfillCliOptions, 'config'>) => cmd.backfill(entity, { ...globals(), ...o })));
+
 program.command('status').description('one line an entity from the sync.status view')
   .option('--json', 'print JSON')
   .action(run((o: { json?: boolean }) => cmd.status({ ...globals(), ...o })));

@@ -10,6 +10,29 @@ export interface Reporter {
   close(): void;
 }
 
+/** Chunks of a backfill: a bar on a terminal, a line a chunk otherwise. */
+export function makeChunkReporter(entity: string, tty = Boolean(process.stderr.isTTY)) {
+  if (!tty) {
+    return {
+      chunk: (c: { from: string; to: string; done: boolean }, i: number, total: number) =>
+        process.stderr.write(`${entity}: chunk ${i + 1}/${total} [${c.from}, ${c.to})${c.done ? ' already done' : ''}\n`),
+      close: () => {},
+    };
+  }
+  const bar = new cliProgress.SingleBar({
+    format: ' {bar} {entity} backfill | chunk {value}/{total} | {range}', barCompleteChar: '█', barIncompleteChar: '░',
+    hideCursor: true, stream: process.stderr,
+  });
+  let started = false;
+  return {
+    chunk: (c: { from: string; to: string }, i: number, total: number) => {
+      if (!started) { bar.start(total, 0, { entity, range: '' }); started = true; }
+      bar.update(i + 1, { range: `[${c.from}, ${c.to})` });
+    },
+    close: () => bar.stop(),
+  };
+}
+
 /** Bars on a terminal; one plain line a phase otherwise (logs, CI, cron mail). */
 export function makeReporter(tty = Boolean(process.stderr.isTTY)): Reporter {
   return tty ? barReporter() : lineReporter();

@@ -12,7 +12,8 @@ export interface Plan {
   sourceKeyUnique: boolean;
 }
 
-export async function planColumns(engine: Engine, name: string, def: EntityConfig, cursor: string | null, full: boolean): Promise<Plan> {
+export async function planColumns(engine: Engine, name: string, def: EntityConfig, cursor: string | null, full: boolean,
+  window?: { from: string; to: string }): Promise<Plan> {
   const src = engine.config.sources[def.source];
   if (!src) {
     throw new Error(`entity "${name}" reads from source "${def.source}", which the config file does not define — add it under "sources"`);
@@ -44,10 +45,11 @@ export async function planColumns(engine: Engine, name: string, def: EntityConfi
     sourceKeyUnique: await sourceKeyIsUnique(srcPool, def, def.key.map(sourceOf)),
   };
   if (def.tenant) plan.tenantSourceColumn = sourceOf(def.tenant.column);
-  if (def.cursor && !full) {
+  if (window && !def.cursor) throw new Error(`entity "${name}" has no cursor column: a backfill needs one to split the range by`);
+  if (def.cursor && (!full || window)) {
     const type = types.get(def.cursor.column);
     if (!type) throw new Error(`entity "${name}": cursor column "${def.cursor.column}" is not a column of the target table`);
-    plan.cursor = { column: def.cursor.column, sourceColumn: sourceOf(def.cursor.column), value: cursor, overlap: def.cursor.overlap, type };
+    plan.cursor = { column: def.cursor.column, sourceColumn: sourceOf(def.cursor.column), value: cursor, overlap: def.cursor.overlap, type, window };
   }
   if (def.cursor && !plan.targetColumns.includes(def.cursor.column)) {
     throw new Error(`entity "${name}": cursor column "${def.cursor.column}" must be one of the synced columns`);

@@ -18,6 +18,8 @@ export interface RunOptions {
   /** Aborts the fetch (worker shutdown); the run ends cancelled. */
   signal?: AbortSignal;
   onProgress?: (p: Progress) => void;
+  /** A backfill chunk: the half-open cursor range to read (no deletes; the cursor only moves forward). */
+  window?: { from: string; to: string };
   /**
    * Dry runs only: entities previewed in the same batch before this one. Their
    * target tables count as filled, so rows referencing them are not
@@ -137,13 +139,17 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
       const started = await target.query('select sync.start_run($1, $2, $3, $4, $5, $6) as id',
         [name, opts.trigger, Boolean(opts.dryRun), full, columns, opts.jobId ?? null]);
       runId = started.rows[0].id as number;
+      if (opts.window) {
+        await target.query(`update sync.run set detail = detail || jsonb_build_object('window', $2::jsonb) where id = $1`,
+          [runId, JSON.stringify(opts.window)]);
+      }
       return runId;
     };
     let r: MergeResult;
     if (engine.config.sources[ent.def.source]?.kind === 'csv') {
       r = await loadCsvRun({ engine, target, name, def: ent.def, opts, start });
     } else {
-      const plan = await planColumns(engine, name, ent.def, ent.cursor, full);
+      const plan = await planColumns(engine, name, ent.def, ent.cursor, full, opts.window);
       const ctx: LoadContext = { engine, target, name, runId: await start(plan.targetColumns), def: ent.def, plan, opts };
       const direct = !opts.dryRun && (await target.query('select sync.can_load_direct($1) as ok', [name])).rows[0].ok;
       r = (direct ? await loadDirect(ctx) : null) ?? await loadStaged(ctx);

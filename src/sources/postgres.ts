@@ -20,6 +20,8 @@ export interface CursorFilter {
   overlap: string | number | undefined;
   /** Type of the cursor column, as format_type prints it on the target. */
   type: string;
+  /** A backfill reads this half-open range of the cursor instead of "past the stored value". */
+  window?: { from: string; to: string };
 }
 
 /** Connection string of a postgres source: its own URL, or a database beside Syncline's. */
@@ -79,11 +81,16 @@ export function sourceSelect(
   sourceColumns: string[] | '*',
   opts: { tenantSourceColumn?: string; cursor?: CursorFilter & { sourceColumn: string } },
 ): string {
-  const bound = opts.cursor ? cursorBound(opts.cursor) : null;
+  const window = opts.cursor?.window;
+  const bound = opts.cursor && !window ? cursorBound(opts.cursor) : null;
   const base = baseQuery(e, e.tenant?.value, bound ?? 'null');
   const where: string[] = [];
   if (e.tenant && opts.tenantSourceColumn) where.push(`q.${quoteIdent(opts.tenantSourceColumn)} = ${lit(e.tenant.value)}`);
   if (opts.cursor && bound) where.push(`q.${quoteIdent(opts.cursor.sourceColumn)} > ${bound}`);
+  if (opts.cursor && window) {
+    const col = `q.${quoteIdent(opts.cursor.sourceColumn)}`;
+    where.push(`${col} >= ${lit(window.from)}::${opts.cursor.type} and ${col} < ${lit(window.to)}::${opts.cursor.type}`);
+  }
   const list = sourceColumns === '*' ? '*' : sourceColumns.map((c) => `q.${quoteIdent(c)}`).join(', ');
   return `select ${list} from (${base}) q${where.length ? ` where ${where.join(' and ')}` : ''}`;
 }
