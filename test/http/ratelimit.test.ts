@@ -2,6 +2,8 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { makePool, type Pool } from '../../src/db/pool.js';
 import { HttpBudget, RATELIMIT_SQL } from '../../src/sources/http/ratelimit.js';
+import { httpSource } from '../../src/sources/http/schema.js';
+import { httpSourceClient } from '../../src/sources/http/source.js';
 import { testDatabase, type TestDatabase } from '../helpers/db.js';
 import { testClient } from './clients.js';
 import { Vendor } from './vendor.js';
@@ -85,6 +87,15 @@ describe('sync.take_http_request', () => {
 });
 
 describe('HttpBudget', () => {
+  test('a source with a rateLimit gets a client paced through the database; one without does not', async () => {
+    const limited = httpSourceClient('paced', httpSource.parse({ kind: 'http', baseUrl: vendor.url, rateLimit: { requests: 9, perSeconds: 1 } }), pools[0]);
+    const free = httpSourceClient('free', httpSource.parse({ kind: 'http', baseUrl: vendor.url }), pools[0]);
+    await limited.getJson('offsets');
+    await free.getJson('offsets');
+    const { rows } = await db.pool.query('select source, cardinality(started) as n from sync.http_budget where source in ($1, $2)', ['paced', 'free']);
+    expect(rows).toEqual([{ source: 'paced', n: 1 }]);
+  });
+
   test('take() waits out a full window and can be aborted', async () => {
     const budget = new HttpBudget(pools[0], freshSource(), { requests: 1, perSeconds: 2 });
     await budget.take();
