@@ -239,7 +239,7 @@ end
 $$;
 comment on function sync.create_raw_staging(bigint) is 'For sources whose values arrive as text (CSV, HTTP): creates sync_staging.run_<id>_raw with a text column for every column of the run''s staging table, the record''s line (or ordinal) and its raw form.';
 
-create or replace function sync.cast_raw(p_run_id bigint, p_time_zone text default null) returns jsonb
+create or replace function sync.cast_raw(p_run_id bigint, p_time_zone text default null, p_keep_last boolean default false) returns jsonb
   language plpgsql volatile
   set search_path to pg_catalog, public, pg_temp
 as $$
@@ -275,6 +275,12 @@ begin
   v_collist := (select string_agg(format('%I', c), ', ') from unnest(v_cols) c);
   v_casts := (select string_agg(format('r.%I::%s', c, t), ', ') from unnest(v_cols, v_types) x(c, t));
   v_keycasts := (select string_agg(format('r.%I::%s', c, t), ', ') from unnest(v_cols, v_types) x(c, t) where c = any (v_keys));
+  if p_keep_last then
+    -- An API that pages by version sends a record again when it changes
+    -- during the crawl: the later copy is the current one.
+    execute format('delete from %1$s r using %1$s n where %2$s and n._sl_line > r._sl_line',
+                   v_raw, (select string_agg(format('n.%1$I is not distinct from r.%1$I', k), ' and ') from unnest(v_keys) k));
+  end if;
 
   if current_setting('server_version_num')::int >= 160000 then
     -- Set-based: find every value its column's type rejects, quarantine
@@ -354,7 +360,7 @@ begin
   return jsonb_build_object('rejected', v_bad, 'unkeyed', v_unkeyed);
 end
 $$;
-comment on function sync.cast_raw(bigint, text) is 'Moves a run''s text staging (run_<id>_raw) into its typed staging: each value is cast to its target column''s type (text without an offset read in p_time_zone); a record with a value its type rejects is quarantined with the line, the column and the reason, and kept, flagged, by its key so a mirror run does not delete it.';
+comment on function sync.cast_raw(bigint, text, boolean) is 'Moves a run''s text staging (run_<id>_raw) into its typed staging: each value is cast to its target column''s type (text without an offset read in p_time_zone); a record with a value its type rejects is quarantined with the line, the column and the reason, and kept, flagged, by its key so a mirror run does not delete it. p_keep_last keeps only the last record of a key (an API that sends a changed record again).';
 
 -- Builds "a = b and …" joins and column lists once, so every statement of the
 -- merge (and its dry-run twin) uses exactly the same predicates.
@@ -466,6 +472,32 @@ begin
     end if;
   end if;
 
+  -- The target's own rules on synced columns: a required (NOT NULL) column
+  -- left empty, a CHECK constraint broken. Either would fail the whole merge.
+  for v_fk in
+    select c.name as col from unnest(p_cols) c(name)
+      join pg_attribute a on a.attrelid = p_rel and a.attname = c.name
+     where a.attnotnull and c.name <> all (p_ent.key_columns)
+  loop
+    execute format($q$
+      with bad as (update %1$s s set _sl_quarantined = true where not s._sl_quarantined and s.%2$I is null returning s.*)
+      insert into sync.run_error (run_id, entity, key, category, message, payload)
+      select %3$s, %4$L, %5$s, 'validation', %6$L, to_jsonb(s.*) - '_sl_quarantined' from bad s$q$,
+      p_s, v_fk.col, p_run_id, p_ent.name, v_key, format('%s is required but empty', v_fk.col));
+  end loop;
+  for v_fk in
+    select c.conname, pg_get_expr(c.conbin, c.conrelid) as expr
+      from pg_constraint c
+     where c.conrelid = p_rel and c.contype = 'c'
+       and (select array_agg(a.attname::text) from pg_attribute a where a.attrelid = p_rel and a.attnum = any (c.conkey)) <@ p_cols
+  loop
+    execute format($q$
+      with bad as (update %1$s s set _sl_quarantined = true where not s._sl_quarantined and (%2$s) is false returning s.*)
+      insert into sync.run_error (run_id, entity, key, category, message, payload)
+      select %3$s, %4$L, %5$s, 'validation', %6$L, to_jsonb(s.*) - '_sl_quarantined' from bad s$q$,
+      p_s, v_fk.expr, p_run_id, p_ent.name, v_key, format('breaks the check %s: %s', v_fk.conname, v_fk.expr));
+  end loop;
+
   -- A record whose parent row (a foreign key of the target, on synced
   -- columns) is missing would fail the whole merge. A table referencing
   -- itself may find the parent among the staged rows. A dry run of several
@@ -504,7 +536,7 @@ begin
   end loop;
 end
 $$;
-comment on function sync._quarantine(bigint, sync.entity, regclass, regclass, text[]) is 'First step of sync.merge: flags staged records that cannot be merged (null or repeated key, another tenant, missing parent) and records each in sync.run_error with its reason.';
+comment on function sync._quarantine(bigint, sync.entity, regclass, regclass, text[]) is 'First step of sync.merge: flags staged records that cannot be merged (null or repeated key, another tenant, an empty required column, a broken check, a missing parent) and records each in sync.run_error with its reason.';
 
 create or replace function sync.merge(p_run_id bigint) returns jsonb
   language plpgsql volatile
@@ -979,6 +1011,105 @@ select c.run_id, r.entity, r.started_at, c.action,
   join sync.run r on r.id = c.run_id
   left join sync.entity e on e.name = r.entity and cardinality(e.key_columns) = cardinality(c.key);
 comment on view sync.change is 'sync.run_change for people: the entity, when the run started, and the key as {"column": "value"}.';
+
+/*
+ * HTTP sources. The request budget of each http source, shared by every job and worker
+ * process: a vendor counts requests per token, not per process, so the count
+ * lives here rather than in memory. A sliding window: a request may start
+ * when fewer than request_limit requests started in the last window_seconds.
+ * The vendor's own view (X-RateLimit-Remaining, Retry-After) tightens it.
+ * Safe to run again and again.
+ */
+create table if not exists sync.http_budget (
+  source text primary key,
+  request_limit int not null check (request_limit > 0),
+  window_seconds int not null check (window_seconds > 0),
+  started timestamptz[] not null default '{}',
+  blocked_until timestamptz,
+  updated_at timestamptz not null default now()
+);
+comment on table sync.http_budget is 'One row an http source: the requests started in its current rate-limit window, shared by all workers. Delete a row to reset its budget.';
+comment on column sync.http_budget.request_limit is 'Requests allowed per window (sources.<name>.rateLimit.requests); the latest caller''s value wins.';
+comment on column sync.http_budget.window_seconds is 'Length of the sliding window in seconds (sources.<name>.rateLimit.perSeconds).';
+comment on column sync.http_budget.started is 'Start times of the requests granted within the last window_seconds, oldest first (at most request_limit).';
+comment on column sync.http_budget.blocked_until is 'No request starts before this time: set from a 429''s Retry-After or an X-RateLimit-Remaining of 0.';
+
+create or replace function sync.take_http_request(p_source text, p_limit int, p_window_seconds int)
+  returns interval
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_now timestamptz := clock_timestamp();
+  v_window interval := make_interval(secs => p_window_seconds);
+  v_row sync.http_budget;
+  v_recent timestamptz[];
+begin
+  insert into sync.http_budget (source, request_limit, window_seconds)
+  values (p_source, p_limit, p_window_seconds)
+  on conflict (source) do nothing;
+  -- The row lock serialises every caller of this source; it is held only
+  -- for this short transaction.
+  select * into v_row from sync.http_budget where source = p_source for update;
+  -- The clock is read again after the lock: a caller that waited for it
+  -- must not grant itself a slot at the time it started waiting.
+  v_now := clock_timestamp();
+  if v_row.blocked_until > v_now then
+    return v_row.blocked_until - v_now;
+  end if;
+  select coalesce(array_agg(s order by s), '{}') into v_recent
+    from unnest(v_row.started) s where s > v_now - v_window;
+  if cardinality(v_recent) >= p_limit then
+    -- Full: the slot frees when the request p_limit places back leaves the window.
+    update sync.http_budget
+       set started = v_recent, request_limit = p_limit, window_seconds = p_window_seconds, updated_at = v_now
+     where source = p_source;
+    return v_recent[cardinality(v_recent) - p_limit + 1] + v_window - v_now;
+  end if;
+  update sync.http_budget
+     set started = v_recent || v_now, request_limit = p_limit, window_seconds = p_window_seconds,
+         blocked_until = null, updated_at = v_now
+   where source = p_source;
+  return interval '0';
+end
+$$;
+comment on function sync.take_http_request(text, int, int) is 'Asks to start one request to an http source: returns 0 and records the start when the budget allows, else how long to wait before asking again. Atomic across processes.';
+
+create or replace function sync.http_feedback(p_source text, p_remaining int, p_retry_after interval)
+  returns void
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_now timestamptz := clock_timestamp();
+  v_row sync.http_budget;
+  v_recent timestamptz[];
+  v_missing int;
+begin
+  select * into v_row from sync.http_budget where source = p_source for update;
+  if not found then
+    return; -- no configured limit for this source: nothing to pace
+  end if;
+  v_now := clock_timestamp();
+  select coalesce(array_agg(s order by s), '{}') into v_recent
+    from unnest(v_row.started) s where s > v_now - make_interval(secs => v_row.window_seconds);
+  -- The vendor counts requests we do not see (another client on the same
+  -- token): count the difference as started now, so pacing slows down.
+  v_missing := case when p_remaining is null then 0
+                    else least(v_row.request_limit, greatest(0, v_row.request_limit - p_remaining - cardinality(v_recent))) end;
+  if v_missing > 0 then
+    v_recent := v_recent || array_fill(v_now, array[v_missing]);
+  end if;
+  update sync.http_budget
+     set started = v_recent[greatest(1, cardinality(v_recent) - v_row.request_limit + 1):],
+         blocked_until = case when p_retry_after is not null
+                              then greatest(blocked_until, v_now + p_retry_after)
+                              else blocked_until end,
+         updated_at = v_now
+   where source = p_source;
+end
+$$;
+comment on function sync.http_feedback(text, int, interval) is 'Records what an http source said about its budget: X-RateLimit-Remaining (requests the vendor still allows in its window) and a 429''s Retry-After (no request starts before it ends).';
 
 create or replace function sync.cleanup() returns jsonb
   language plpgsql volatile

@@ -18,7 +18,10 @@ beforeAll(async () => {
   ({ sync, source } = await testDatabases('incremental'));
   await source.pool.query(ddl('events'));
   await sync.pool.query(`${ddl('by_version')}; ${ddl('by_time')};
-    alter table by_version add constraint name_is_not_bad check (name is distinct from 'bad')`);
+    -- A trigger, not a CHECK (which the merge quarantines): the merge itself must fail.
+    create function refuse_bad() returns trigger language plpgsql as $$
+      begin if new.name = 'bad' then raise exception 'name_is_not_bad'; end if; return new; end $$;
+    create trigger name_is_not_bad before insert or update on by_version for each row execute function refuse_bad()`);
   engine = await engineFor(sync, source, {
     by_version: { source: 'src', from: { table: 'events' }, target: 'by_version', key: KEY, mode: 'mirror',
       tenant: { column: 'tenant', value: 't' }, cursor: { column: 'version', overlap: OVERLAP } },

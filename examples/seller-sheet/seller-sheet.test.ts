@@ -324,11 +324,8 @@ describe('the CSV files beside the config', () => {
 
 // DESIGN.md, scenario 2: integrity rules (required fields, formats, references)
 // quarantine the records that break them, and "every fetched record is
-// accounted for". References do (above). A line breaking the target's own
-// NOT NULL or CHECK constraint instead fails the whole run: sync._quarantine
-// checks null keys, repeated keys, tenants and foreign keys, but not these.
-// These tests document the gap; drop `.fails` once the engine quarantines them.
-describe('required fields and formats of your own table (engine gap)', () => {
+// accounted for": the target's own NOT NULL and CHECK constraints included.
+describe('required fields and formats of your own table', () => {
   const HEADER = 'Seller Number,Name,E-mail,Commission %,Region,Joined On,Active,Last Updated';
   const sheetWith = async (prefix: string, bad: string) => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'seller-sheet-'));
@@ -339,7 +336,7 @@ describe('required fields and formats of your own table (engine gap)', () => {
     return ex;
   };
 
-  it.fails('a line without a Name (NOT NULL) is quarantined, not a failed run', async () => {
+  it('a line without a Name (NOT NULL) is quarantined, not a failed run', async () => {
     const { engine } = await sheetWith('seller_sheet_notnull', 'S-0002,,,10.00,NORTH,2020-09-15,TRUE,2024-05-02 14:31:00');
     try {
       const r = await engine.run('sellers', { trigger: 'manual' });
@@ -349,7 +346,7 @@ describe('required fields and formats of your own table (engine gap)', () => {
     }
   });
 
-  it.fails('a seller number that breaks the CHECK format is quarantined, not a failed run', async () => {
+  it('a seller number that breaks the CHECK format is quarantined, not a failed run', async () => {
     const { engine } = await sheetWith('seller_sheet_check', 'S-42,Jonas Weber,,10.00,NORTH,2020-09-15,TRUE,2024-05-02 14:31:00');
     try {
       const r = await engine.run('sellers', { trigger: 'manual' });
@@ -359,13 +356,14 @@ describe('required fields and formats of your own table (engine gap)', () => {
     }
   });
 
-  it('today such a line fails the run with the constraint in the message, and nothing is written', async () => {
-    const { db, engine } = await sheetWith('seller_sheet_check_now', 'S-0002,Jonas Weber,,150,NORTH,2020-09-15,TRUE,2024-05-02 14:31:00');
+  it('a commission out of range is quarantined with the broken check named, and the rest is written', async () => {
+    const { db, engine } = await sheetWith('seller_sheet_check_range', 'S-0002,Jonas Weber,,150,NORTH,2020-09-15,TRUE,2024-05-02 14:31:00');
     try {
       const r = await engine.run('sellers', { trigger: 'manual' });
-      expect(r.status).toBe('failed');
-      expect(r.error).toMatch(/violates check constraint "sellers_commission_pct_check"/);
-      expect((await db.pool.query('select count(*)::int as n from sales.sellers')).rows[0].n).toBe(0);
+      expect(r).toMatchObject({ status: 'partial', inserted: 1, quarantined: 1 });
+      const { rows } = await db.pool.query('select message from sync.run_error where run_id = $1', [r.runId]);
+      expect(rows[0].message).toMatch(/^breaks the check sellers_commission_pct_check: /);
+      expect((await db.pool.query('select count(*)::int as n from sales.sellers')).rows[0].n).toBe(1);
     } finally {
       await engine.close();
     }

@@ -41,7 +41,10 @@ export function normalizeHeader(h: string): string {
 export function csvLocation(src: CsvSourceConfig, file: string, configDir: string): string {
   if (/^https?:\/\//.test(file)) return file;
   const base = src.location ?? configDir;
-  if (/^https?:\/\//.test(base)) return new URL(file, base.endsWith('/') ? base : `${base}/`).toString();
+  if (/^https?:\/\//.test(base)) {
+    // "?gid=0" belongs to the base's own path (a published sheet's /pub); a name goes below it.
+    return new URL(file, file.startsWith('?') || base.endsWith('/') ? base : `${base}/`).toString();
+  }
   return path.resolve(configDir, base, file);
 }
 

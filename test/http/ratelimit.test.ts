@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { makePool, type Pool } from '../../src/db/pool.js';
-import { HttpBudget, RATELIMIT_SQL } from '../../src/sources/http/ratelimit.js';
+import { HttpBudget } from '../../src/sources/http/ratelimit.js';
 import { httpSource } from '../../src/sources/http/schema.js';
 import { httpSourceClient } from '../../src/sources/http/source.js';
 import { testDatabase, type TestDatabase } from '../helpers/db.js';
@@ -20,8 +20,6 @@ const freshSource = () => `shop${++sources}`;
 
 beforeAll(async () => {
   db = await testDatabase('http_budget');
-  await db.pool.query(RATELIMIT_SQL);
-  await db.pool.query(RATELIMIT_SQL); // idempotent: the lead's migration may run it again
   // Two "worker processes": separate pools, so nothing is shared in memory.
   pools = [makePool(db.url, { max: 3 }), makePool(db.url, { max: 3 })];
   vendor = new Vendor(3);

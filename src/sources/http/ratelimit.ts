@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import type { Pool } from '../../db/pool.js';
 import type { RequestBudget } from './client.js';
 import type { RateLimit } from './schema.js';
@@ -7,9 +6,6 @@ import { sleep } from './timing.js';
 // Asked-for waits are rounded up by this much: Postgres measures the window
 // with its own clock, and starting a hair early would just be refused again.
 const WAIT_MARGIN_MS = 5;
-
-/** The SQL behind the shared budget (table sync.http_budget and its functions). */
-export const RATELIMIT_SQL = readFileSync(new URL('./ratelimit.sql', import.meta.url), 'utf8');
 
 /**
  * One http source's request budget, kept in PostgreSQL so that every job and
