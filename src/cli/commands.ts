@@ -6,6 +6,9 @@ import { runMany, exitCode } from '../engine/plan.js';
 import { sourceColumns, sourceUrl } from '../sources/postgres.js';
 import { prepareDemo } from '../demo/seed.js';
 import { openCsv } from '../sources/csv.js';
+import { httpSourceClient } from '../sources/http/source.js';
+import { getPath } from '../sources/http/path.js';
+import type { HttpEntityOptions } from '../sources/http/schema.js';
 import type { EntityConfig } from '../config/schema.js';
 import { EXIT, openSession, readConfig, UsageError, type GlobalOptions, type Session } from './context.js';
 import { makeChunkReporter, makeReporter } from './progress.js';
@@ -96,6 +99,14 @@ async function sourceColumnCount(s: Session, e: EntityConfig): Promise<number> {
   if (src.kind === 'postgres') {
     const { pool, url } = s.engine.pgSource(e.source);
     return (await sourceColumns(pool, url, e)).length;
+  }
+  if (src.kind === 'http') {
+    const http = (e.from as { http: HttpEntityOptions }).http;
+    const client = httpSourceClient(e.source, src, s.pool);
+    const res = await client.getJson(http.path, http.params);
+    const records = getPath(res.body, http.recordsPath ?? (http.pagination.style === 'version' ? 'data' : undefined));
+    if (!Array.isArray(records)) throw new Error(`${client.describe(res.url)} answered without a record array at "${http.recordsPath ?? '(the body)'}" — check recordsPath`);
+    return Object.keys(records[0] ?? {}).length;
   }
   const ctl = new AbortController();
   const reader = await openCsv(src, e, e.key, s.engine.configDir, ctl.signal);

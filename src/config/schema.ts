@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { httpEntityOptions, httpSource, type HttpSourceConfig } from '../sources/http/schema.js';
 
 // Names reach SQL only through format('%I') or quoteIdent, so any character
 // is safe; these limits only keep them printable and within Postgres' 63 bytes.
@@ -46,10 +47,11 @@ export const csvSource = z.object({
   headers: z.record(z.string(), z.string()).optional().describe('HTTP headers for a URL (put tokens in ${ENV}).'),
 }).strict();
 
-export const source = z.discriminatedUnion('kind', [postgresSource, csvSource]);
+export const source = z.discriminatedUnion('kind', [postgresSource, csvSource, httpSource]);
 export type SourceConfig = z.infer<typeof source>;
 export type PostgresSourceConfig = z.infer<typeof postgresSource>;
 export type CsvSourceConfig = z.infer<typeof csvSource>;
+export type { HttpSourceConfig };
 
 const overlap = z.union([
   z.number().nonnegative(),
@@ -62,6 +64,7 @@ export const entity = z.object({
   direction: z.enum(['pull', 'push']).default('pull'),
   from: z.union([
     z.object({ table: tableRef }).strict(),
+    z.object({ http: httpEntityOptions.describe('An http source\'s endpoint: path, params ({{cursor}} becomes the cursor; a param whose value is only {{cursor}} is left out on a first run), recordsPath, pagination, fields.') }).strict(),
     z.object({ file: z.string().min(1).describe('A csv source\'s file: a path relative to the source\'s location, or a URL.') }).strict(),
     z.object({ query: z.string().min(1).describe('A SELECT. {{tenant}} becomes the tenant value and {{cursor}} the cursor lower bound, as quoted literals; {{cursor}} is null on a first or --full run, so write ({{cursor}} is null or updated_at > {{cursor}}). Tenant and cursor filters are also applied around the query.') }).strict(),
   ]).describe('What to read on the source: a table, or a query template.'),
@@ -115,6 +118,12 @@ export const config = z.object({
     }
     if (src?.kind === 'postgres' && 'file' in e.from) {
       ctx.addIssue({ code: 'custom', path: ['entities', name, 'from'], message: `source "${e.source}" is a postgres source: use "from": {"table": …} or {"query": …}` });
+    }
+    if (src?.kind === 'http' && !('http' in e.from)) {
+      ctx.addIssue({ code: 'custom', path: ['entities', name, 'from'], message: `source "${e.source}" is an http source: use "from": {"http": {"path": …, "pagination": …}}` });
+    }
+    if (src?.kind !== 'http' && 'http' in e.from) {
+      ctx.addIssue({ code: 'custom', path: ['entities', name, 'from'], message: `source "${e.source}" is not an http source: "from": {"http": …} needs one` });
     }
     if (src?.kind === 'csv' && e.cursor) {
       ctx.addIssue({ code: 'custom', path: ['entities', name, 'cursor'], message: 'a csv file is read whole on every run: remove "cursor"' });

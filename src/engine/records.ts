@@ -1,7 +1,11 @@
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { from as copyFrom } from 'pg-copy-streams';
-import type { CsvSourceConfig, EntityConfig } from '../config/schema.js';
+import type { CsvSourceConfig, EntityConfig, HttpSourceConfig } from '../config/schema.js';
+import type { HttpEntityOptions } from '../sources/http/schema.js';
+import { httpSourceClient } from '../sources/http/source.js';
+import { paginate } from '../sources/http/paginate.js';
+import { recordMapper } from '../sources/http/fields.js';
 import { quoteIdent } from '../db/database.js';
 import type { PoolClient } from '../db/pool.js';
 import { copyLine, openCsv } from '../sources/csv.js';
@@ -86,4 +90,83 @@ async function recordRejects(target: PoolClient, runId: number, entity: string,
   await target.query(
     `update sync.run set detail = detail || jsonb_build_object('unkeyed_rejects',
        coalesce((detail ->> 'unkeyed_rejects')::bigint, 0) + $2) where id = $1`, [runId, rejects.length]);
+}
+
+/**
+ * A run of an entity on an http source: page by page, each page's records
+ * COPYed into the run's text staging and the state to resume after it saved
+ * in sync.run.detail in the same transaction, fetching page n+1 while page n
+ * is written. Then sync.cast_raw (keeping the last copy of a record an API
+ * sent twice) and the merge, once, at the end.
+ */
+export async function loadHttpRun(args: {
+  engine: Engine;
+  target: PoolClient;
+  name: string;
+  def: EntityConfig;
+  cursor: string | null;
+  opts: RunOptions;
+  start: (columns: string[]) => Promise<number>;
+}): Promise<MergeResult> {
+  const { engine, target, name, def, opts, cursor } = args;
+  const src = engine.config.sources[def.source] as HttpSourceConfig;
+  const http = (def.from as { http: HttpEntityOptions }).http;
+  const fields = { ...(def.columns && !Array.isArray(def.columns) ? def.columns : {}), ...http.fields };
+  const columns = Array.isArray(def.columns) ? def.columns
+    : def.columns ? Object.keys(def.columns) : await writableColumns(engine, def);
+  const runId = await args.start(columns);
+  const incremental = def.cursor && !opts.full ? cursor : null;
+  const endpoint = withCursor(http, incremental);
+  const client = httpSourceClient(def.source, src, engine.pool);
+  const map = recordMapper(columns, fields);
+  const watch = cancelWatch(engine.pool, runId, opts.signal);
+  const started = Date.now();
+  try {
+    const { rows } = await target.query('select sync.create_raw_staging($1) as raw', [runId]);
+    const copySql = `copy ${rows[0].raw} (_sl_line, ${columns.map(quoteIdent).join(', ')}, _sl_raw) from stdin`;
+    const resumeFrom = endpoint.pagination.style === 'version' && incremental !== null
+      ? { style: 'version' as const, index: 0, after: incremental } : undefined;
+    let line = 0;
+    for await (const page of paginate(client, endpoint, { resumeFrom, signal: watch.signal, entity: name })) {
+      const lines = page.records.map((r) => copyLine([++line, ...map(r), JSON.stringify(r)]));
+      await target.query('begin');
+      try {
+        if (lines.length) await pipeline(Readable.from(lines), target.query(copyFrom(copySql)));
+        await target.query(
+          `update sync.run set detail = detail || jsonb_build_object('resume', $2::jsonb, 'pages', $3::int, 'records', $4::int)
+            where id = $1`, [runId, JSON.stringify(page.next), page.page, line]);
+        await target.query('commit');
+      } catch (err) {
+        await target.query('rollback').catch(() => {});
+        throw err;
+      }
+      opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: line, bytes: 0 });
+    }
+  } catch (err) {
+    if (watch.signal.aborted) throw new CancelledError(watch.reason());
+    throw err;
+  } finally {
+    watch.stop();
+  }
+  await target.query(`update sync.run set phases = phases || jsonb_build_object('fetch', $2::int) where id = $1`,
+    [runId, Date.now() - started]);
+  await target.query('select sync.cast_raw($1, $2, true)', [runId, null]);
+  return mergeStaging({
+    engine, target, name, runId, def, opts,
+    plan: { targetColumns: columns, sourceColumns: columns.map((c) => fields[c] ?? c), sourceKeyUnique: false },
+  });
+}
+
+/**
+ * {{cursor}} in an endpoint's params becomes the cursor; on a first or full
+ * run a param that is only {{cursor}} is left out (the API then sends all).
+ */
+function withCursor(http: HttpEntityOptions, cursor: string | null): HttpEntityOptions {
+  const params: Record<string, string> = {};
+  for (const [k, v] of Object.entries(http.params)) {
+    if (!v.includes('{{cursor}}')) params[k] = v;
+    else if (cursor !== null) params[k] = v.replaceAll('{{cursor}}', cursor);
+    else if (v.trim() !== '{{cursor}}') params[k] = v.replaceAll('{{cursor}}', '');
+  }
+  return { ...http, params };
 }

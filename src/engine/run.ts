@@ -5,7 +5,7 @@ import { SourcePools } from '../sources/postgres.js';
 import { planColumns } from './columns.js';
 import { blockingDependency, CancelledError, waitForDependencies } from './guards.js';
 import { loadDirect, loadStaged, type LoadContext, type MergeResult } from './load.js';
-import { loadCsvRun } from './records.js';
+import { loadCsvRun, loadHttpRun } from './records.js';
 
 export type Trigger = 'cron' | 'manual' | 'backfill' | 'resync' | 'dependency' | 'api';
 export type RunStatus = 'succeeded' | 'partial' | 'failed' | 'cancelled' | 'skipped' | 'already-running';
@@ -87,7 +87,10 @@ export class Engine {
   }
 }
 
-function classify(err: unknown): 'network' | 'auth' | 'validation' | 'integrity' | 'database' | 'internal' {
+function classify(err: unknown): string {
+  // The http client classifies its own errors (network, rate_limit, auth, validation).
+  const category = (err as { category?: string }).category;
+  if (category) return category;
   const code = String((err as { code?: string }).code ?? '');
   if (/^(08|57P0)|^E(CONN|TIMEDOUT|NOTFOUND|PIPE|HOSTUNREACH)/.test(code)) return 'network';
   if (code.startsWith('28')) return 'auth';
@@ -146,8 +149,11 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
       return runId;
     };
     let r: MergeResult;
-    if (engine.config.sources[ent.def.source]?.kind === 'csv') {
+    const kind = engine.config.sources[ent.def.source]?.kind;
+    if (kind === 'csv') {
       r = await loadCsvRun({ engine, target, name, def: ent.def, opts, start });
+    } else if (kind === 'http') {
+      r = await loadHttpRun({ engine, target, name, def: ent.def, cursor: ent.cursor, opts, start });
     } else {
       const plan = await planColumns(engine, name, ent.def, ent.cursor, full, opts.window);
       const ctx: LoadContext = { engine, target, name, runId: await start(plan.targetColumns), def: ent.def, plan, opts };

@@ -1,0 +1,86 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { testDatabase, type TestDatabase } from './helpers/db.js';
+import { parseConfig } from '../src/config/load.js';
+import { applyConfig } from '../src/config/apply.js';
+import { Engine } from '../src/engine/run.js';
+import { Vendor } from './http/vendor.js';
+
+let sync: TestDatabase;
+let engine: Engine;
+const vendor = new Vendor(10);
+
+const products = async () => (await sync.pool.query('select id, name, version, tags from products order by id')).rows;
+const expected = () => vendor.records.map((r) => ({ id: r.id, name: r.name, version: r.version, tags: r.tags }));
+
+beforeAll(async () => {
+  sync = await testDatabase('http_run');
+  await sync.pool.query('create table products (id int primary key, name text not null, version bigint, tags jsonb)');
+  const url = await vendor.start();
+  const cfg = parseConfig({
+    sources: { shop: { kind: 'http', baseUrl: url, auth: { bearer: 'sekret-token' }, retries: { max: 8, baseMs: 5, maxMs: 20 } } },
+    entities: {
+      products: { source: 'shop', from: { http: { path: 'version', pagination: { style: 'version', sizeParam: 'page_size', size: 3 } } },
+        target: 'products', key: ['id'], cursor: { column: 'version' } },
+      products_pages: { source: 'shop', from: { http: { path: 'pages', recordsPath: 'data.items', pagination: { style: 'page' } } },
+        target: 'products', key: ['id'] },
+    },
+  }, {});
+  await applyConfig(sync.pool, cfg);
+  engine = new Engine(sync.pool, sync.url, cfg);
+});
+afterAll(async () => {
+  await engine.close();
+  await vendor.close();
+});
+
+describe('an http source', () => {
+  it('crawls every page into the target, through injected faults, and sets the version cursor', async () => {
+    vendor.inject('500', 'ok', 'reset', 'truncated', 'ok', '503');
+    const r = await engine.run('products', { trigger: 'manual' });
+    expect(r).toMatchObject({ status: 'succeeded', fetched: 10, inserted: 10 });
+    expect(await products()).toEqual(expected());
+    expect(r.cursor).toBe('10');
+    const detail = (await sync.pool.query('select detail from sync.run where id = $1', [r.runId])).rows[0].detail;
+    expect(detail).toMatchObject({ records: 10 });
+  });
+
+  it('an incremental run asks only for versions after the cursor and merges the changes', async () => {
+    vendor.reset();
+    vendor.touch(3);
+    vendor.add('r11');
+    const r = await engine.run('products', { trigger: 'manual' });
+    expect(r).toMatchObject({ status: 'succeeded', fetched: 2, inserted: 1, updated: 1 });
+    expect(vendor.hits[0].query.get('after')).toBe('10');
+    expect(await products()).toEqual(expected());
+  });
+
+  it('a record changed during the crawl arrives twice; the last copy wins, nothing is quarantined', async () => {
+    // Record 1 is on the first page; changed before the second, it comes again at the end.
+    let pages = 0;
+    vendor.beforeVersionPage = () => { pages += 1; if (pages === 2) vendor.touch(1); };
+    const r = await engine.run('products', { trigger: 'manual', full: true });
+    vendor.beforeVersionPage = undefined;
+    expect(r).toMatchObject({ status: 'succeeded', quarantined: 0, updated: 1 });
+    expect(await products()).toEqual(expected());
+    const copies = vendor.hits.filter((h) => h.path === '/version').length;
+    expect(copies).toBeGreaterThan(2);
+  });
+
+  it('a mirror entity on page-number pagination deletes what the API no longer lists', async () => {
+    vendor.records.splice(4, 1);
+    const r = await engine.run('products_pages', { trigger: 'manual' });
+    expect(r).toMatchObject({ status: 'succeeded', deleted: 1 });
+    expect((await products()).map((p) => p.id)).toEqual(vendor.records.map((v) => v.id));
+  });
+
+  it('a 401 fails the run with what to fix, the token masked, and the category auth', async () => {
+    vendor.override = (_req, res) => { res.statusCode = 401; res.end('{"error":"bad token sekret-token"}'); return true; };
+    const r = await engine.run('products', { trigger: 'manual' });
+    vendor.override = undefined;
+    expect(r.status).toBe('failed');
+    expect(r.error).toMatch(/check the token/);
+    expect(r.error).not.toContain('sekret-token');
+    const { rows } = await sync.pool.query('select category from sync.run_error where run_id = $1 and key is null', [r.runId]);
+    expect(rows).toEqual([{ category: 'auth' }]);
+  });
+});
