@@ -3,6 +3,7 @@ import path from 'node:path';
 import dotenv from 'dotenv';
 import { z } from 'zod';
 import { config as configSchema, type Config } from './schema.js';
+import { expandPresets } from '../sources/http/presets.js';
 
 export const DEFAULT_CONFIG_FILE = 'syncline.config.json';
 
@@ -66,7 +67,12 @@ function describeIssue(issue: z.core.$ZodIssue): string {
 export function parseConfig(raw: unknown, env: NodeJS.ProcessEnv = process.env, file = DEFAULT_CONFIG_FILE): Config {
   const problems: string[] = [];
   const substituted = substituteEnv(raw, env, problems);
-  const result = configSchema.safeParse(substituted);
+  // Presets expand into plain http options before validation; an unknown
+  // preset or endpoint is reported alone (the schema would only add noise).
+  const before = problems.length;
+  const expanded = expandPresets(substituted, problems);
+  if (problems.length > before) throw new ConfigError(file, problems);
+  const result = configSchema.safeParse(expanded);
   if (!result.success) problems.push(...result.error.issues.map(describeIssue));
   if (problems.length) throw new ConfigError(file, problems);
   return result.data as Config;
