@@ -112,7 +112,12 @@ function expandSource(preset: Preset, src: Obj, at: string[], problems: string[]
   const optionKeys = Object.keys((preset.options as unknown as { shape: Obj }).shape);
   const given: Obj = {};
   const optionValues: Obj = {};
-  for (const [k, v] of Object.entries(src)) (optionKeys.includes(k) ? optionValues : given)[k] = v;
+  for (const [k, v] of Object.entries(src)) {
+    // An empty string is an unset "${VAR:-}": not given, so the preset's
+    // default applies ("baseUrl": "${API_URL:-}" overrides only when set).
+    if (v === '') continue;
+    (optionKeys.includes(k) ? optionValues : given)[k] = v;
+  }
   const parsed = preset.options.safeParse(optionValues);
   if (!parsed.success) {
     for (const issue of parsed.error.issues) problems.push(`${formatPath([...at, ...issue.path])}: ${issue.message}`);
