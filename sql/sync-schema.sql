@@ -239,6 +239,38 @@ end
 $$;
 comment on function sync.create_raw_staging(bigint) is 'For sources whose values arrive as text (CSV, HTTP): creates sync_staging.run_<id>_raw with a text column for every column of the run''s staging table, the record''s line (or ordinal) and its raw form.';
 
+create or replace function sync.adopt_raw(p_run_id bigint) returns jsonb
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_run sync.run;
+  v_old sync.run;
+begin
+  select * into strict v_run from sync.run where id = p_run_id;
+  -- The caller holds the entity's lock, so an earlier run still marked
+  -- running died; start_run has closed it as abandoned.
+  select r.* into v_old from sync.run r
+   where r.entity = v_run.entity and r.id < p_run_id and r.status = 'failed' and r.error like 'abandoned%'
+     and r.detail ? 'resume' and r.dry_run = v_run.dry_run and r.full_refresh = v_run.full_refresh
+     and to_regclass(format('sync_staging.%I', 'run_' || r.id || '_raw')) is not null
+     and not exists (select 1 from sync.run n where n.entity = r.entity and n.id > r.id and n.id < p_run_id)
+   order by r.id desc limit 1;
+  if not found then
+    return null;
+  end if;
+  execute format('alter table sync_staging.%I rename to %I', 'run_' || v_old.id || '_raw', 'run_' || p_run_id || '_raw');
+  execute format('drop table if exists sync_staging.%I', 'run_' || v_old.id);
+  update sync.run set detail = detail || jsonb_build_object('resumed_from_run', v_old.id, 'resume', v_old.detail -> 'resume',
+                                                            'pages', v_old.detail -> 'pages', 'records', v_old.detail -> 'records')
+   where id = p_run_id;
+  update sync.run set detail = detail || jsonb_build_object('resumed_by_run', p_run_id) where id = v_old.id;
+  return jsonb_build_object('run_id', v_old.id, 'resume', v_old.detail -> 'resume',
+                            'pages', v_old.detail -> 'pages', 'records', v_old.detail -> 'records');
+end
+$$;
+comment on function sync.adopt_raw(bigint) is 'Resume after a crash: when the entity''s previous run died mid-crawl (an http source saves the state after each page), gives its fetched pages (run_<old>_raw) to this run and returns where to go on; null when there is nothing to resume.';
+
 create or replace function sync.cast_raw(p_run_id bigint, p_time_zone text default null, p_keep_last boolean default false) returns jsonb
   language plpgsql volatile
   set search_path to pg_catalog, public, pg_temp
@@ -1134,7 +1166,10 @@ begin
   for v_run in
     select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
      where n.nspname = 'sync_staging' and c.relkind = 'r'
-       and not exists (select 1 from sync.run r where r.status = 'running' and 'run_' || r.id = c.relname)
+       and not exists (select 1 from sync.run r where r.status = 'running' and c.relname in ('run_' || r.id, 'run_' || r.id || '_raw'))
+       -- The pages an interrupted http run fetched wait a day for the next run to resume from them.
+       and not exists (select 1 from sync.run r where r.status = 'failed' and r.detail ? 'resume' and c.relname = 'run_' || r.id || '_raw'
+                         and r.finished_at > now() - interval '1 day')
   loop
     execute format('drop table if exists sync_staging.%I', v_run.relname);
     v_dropped := v_dropped + 1;

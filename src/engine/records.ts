@@ -4,7 +4,8 @@ import { from as copyFrom } from 'pg-copy-streams';
 import type { CsvSourceConfig, EntityConfig, HttpSourceConfig } from '../config/schema.js';
 import type { HttpEntityOptions } from '../sources/http/schema.js';
 import { httpSourceClient } from '../sources/http/source.js';
-import { paginate } from '../sources/http/paginate.js';
+import { paginate, type PageState } from '../sources/http/paginate.js';
+import { log } from '../log.js';
 import { recordMapper } from '../sources/http/fields.js';
 import { quoteIdent } from '../db/database.js';
 import type { PoolClient } from '../db/pool.js';
@@ -122,12 +123,17 @@ export async function loadHttpRun(args: {
   const watch = cancelWatch(engine.pool, runId, opts.signal);
   const started = Date.now();
   try {
-    const { rows } = await target.query('select sync.create_raw_staging($1) as raw', [runId]);
-    const copySql = `copy ${rows[0].raw} (_sl_line, ${columns.map(quoteIdent).join(', ')}, _sl_raw) from stdin`;
-    const resumeFrom = endpoint.pagination.style === 'version' && incremental !== null
-      ? { style: 'version' as const, index: 0, after: incremental } : undefined;
-    let line = 0;
-    for await (const page of paginate(client, endpoint, { resumeFrom, signal: watch.signal, entity: name })) {
+    const resumed = await adoptPages(target, runId, columns);
+    const raw = resumed ? rawTable(runId)
+      : (await target.query('select sync.create_raw_staging($1) as raw', [runId])).rows[0].raw as string;
+    const copySql = `copy ${raw} (_sl_line, ${columns.map(quoteIdent).join(', ')}, _sl_raw) from stdin`;
+    const resumeFrom = resumed ? resumed.resume ?? undefined
+      : endpoint.pagination.style === 'version' && incremental !== null
+        ? { style: 'version' as const, index: 0, after: incremental } : undefined;
+    let line = resumed?.records ?? 0;
+    // Resumed after the last page was saved: everything is fetched already.
+    const pages = resumed && resumed.resume === null ? [] : paginate(client, endpoint, { resumeFrom, signal: watch.signal, entity: name });
+    for await (const page of pages) {
       const lines = page.records.map((r) => copyLine([++line, ...map(r), JSON.stringify(r)]));
       await target.query('begin');
       try {
@@ -155,6 +161,32 @@ export async function loadHttpRun(args: {
     engine, target, name, runId, def, opts,
     plan: { targetColumns: columns, sourceColumns: columns.map((c) => fields[c] ?? c), sourceKeyUnique: false },
   });
+}
+
+function rawTable(runId: number): string {
+  return `sync_staging.${quoteIdent(`run_${runId}_raw`)}`;
+}
+
+/**
+ * The pages an interrupted run of the entity fetched, taken over by this run
+ * (sync.adopt_raw), with where to go on: `resume` null means every page was
+ * fetched. Pages fetched for other columns are dropped: this run starts over.
+ */
+async function adoptPages(target: PoolClient, runId: number, columns: string[]):
+  Promise<{ resume: PageState | null; records: number } | null> {
+  const { rows } = await target.query('select sync.adopt_raw($1) as a', [runId]);
+  const adopted = rows[0].a as { resume: PageState | null; records: number | null; run_id: number } | null;
+  if (!adopted) return null;
+  const { rows: cols } = await target.query<{ name: string }>(
+    `select attname as name from pg_attribute where attrelid = $1::regclass and attnum > 0 and not attisdropped order by attnum`,
+    [rawTable(runId)]);
+  const expected = ['_sl_line', ...columns, '_sl_raw'];
+  if (cols.map((c) => c.name).join('\u0000') !== expected.join('\u0000')) {
+    await target.query(`drop table ${rawTable(runId)}`);
+    return null;
+  }
+  log.info({ runId, from: adopted.run_id, records: adopted.records }, 'resuming the interrupted crawl of an earlier run');
+  return { resume: adopted.resume, records: adopted.records ?? 0 };
 }
 
 /**

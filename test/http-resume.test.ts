@@ -1,0 +1,87 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { testDatabase, type TestDatabase } from './helpers/db.js';
+import { parseConfig } from '../src/config/load.js';
+import { applyConfig } from '../src/config/apply.js';
+import { Engine } from '../src/engine/run.js';
+import { Vendor } from './http/vendor.js';
+
+let sync: TestDatabase;
+let configFile: string;
+const vendor = new Vendor(600);
+
+const config = (url: string) => ({
+  sources: { shop: { kind: 'http', baseUrl: url, retries: { max: 3, baseMs: 5, maxMs: 20 } } },
+  entities: {
+    products: { source: 'shop', from: { http: { path: 'version', pagination: { style: 'version', sizeParam: 'page_size', size: 3 } } },
+      target: 'products', key: ['id'], cursor: { column: 'version' } },
+  },
+});
+
+beforeAll(async () => {
+  sync = await testDatabase('http_resume');
+  await sync.pool.query('create table products (id int primary key, name text not null, version bigint, tags jsonb)');
+  const url = await vendor.start();
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'syncline-resume-'));
+  configFile = path.join(dir, 'syncline.config.json');
+  writeFileSync(configFile, JSON.stringify(config(url)));
+  // Slow pages, so the crawl is still going when it is killed.
+  const normal = vendor.override;
+  vendor.override = (req, res, url2) => {
+    if (url2.pathname !== '/version') return normal?.(req, res, url2) ?? false;
+    const started = Date.now();
+    while (Date.now() - started < 15) { /* a slow vendor */ }
+    return false;
+  };
+});
+afterAll(() => vendor.close());
+
+/** `sync products` in a child process, SIGKILLed once the run has saved `pages` pages. */
+function syncKilledAfterPages(pages: number): Promise<void> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'sync', 'products'], {
+      env: { ...process.env, DATABASE_URL: sync.url, SYNCLINE_CONFIG: configFile, SYNCLINE_LOG_LEVEL: 'silent' },
+      stdio: 'ignore',
+    });
+    let exited = false;
+    child.on('exit', () => { exited = true; resolve(); });
+    const watch = async () => {
+      while (!exited) {
+        const { rows } = await sync.pool.query(`select (detail ->> 'pages')::int as p from sync.run where status = 'running'`);
+        if (rows[0]?.p >= pages) { child.kill('SIGKILL'); return; }
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    };
+    void watch();
+  });
+}
+
+describe('an http crawl killed with SIGKILL', () => {
+  it('resumes from the last saved page: no page fetched twice, nothing lost or doubled', async () => {
+    await syncKilledAfterPages(20);
+    const killed = (await sync.pool.query(`select id, detail from sync.run order by id desc limit 1`)).rows[0];
+    expect(killed.detail.pages).toBeGreaterThanOrEqual(20);
+    const savedAfter = killed.detail.resume.after;
+    expect((await sync.pool.query('select count(*)::int as n from products')).rows[0].n).toBe(0);
+
+    vendor.reset();
+    const cfg = parseConfig(config(vendor.url), {});
+    await applyConfig(sync.pool, cfg);
+    const engine = new Engine(sync.pool, sync.url, cfg);
+    try {
+      const r = await engine.run('products', { trigger: 'manual' });
+      expect(r).toMatchObject({ status: 'succeeded', fetched: 600, inserted: 600 });
+      // The first request of the resumed run continues after the last saved page.
+      expect(vendor.hits[0].query.get('after')).toBe(String(savedAfter));
+      const detail = (await sync.pool.query('select detail from sync.run where id = $1', [r.runId])).rows[0].detail;
+      expect(detail.resumed_from_run).toBe(killed.id);
+      const rows = (await sync.pool.query('select id, version from products order by id')).rows;
+      expect(rows).toEqual(vendor.records.map((v) => ({ id: v.id, version: v.version })));
+    } finally {
+      await engine.close();
+    }
+  });
+});
