@@ -30,6 +30,7 @@ create table if not exists sync.entity (
   cursor_overlap text,
   cursor_value text,
   soft_delete_column text,
+  tombstone_column text,
   depends_on text[] not null default '{}',
   schedule text,
   enabled boolean not null default true,
@@ -44,6 +45,7 @@ comment on table sync.entity is 'One row an entity: what to sync from where into
 comment on column sync.entity.key_columns is 'Target columns that identify a record (composite keys allowed).';
 comment on column sync.entity.cursor_column is 'Column whose growing value marks new or changed rows; runs fetch only rows past cursor_value (less cursor_overlap).';
 comment on column sync.entity.cursor_value is 'Highest cursor_column value merged so far (text form). Set to null to make the next run fetch everything.';
+comment on column sync.entity.tombstone_column is 'A synced column that, when set on a source record (a deleted_at an API sends), makes the record a deletion: its target row is deleted (or stamped, in soft-delete mode), even by an incremental run.';
 comment on column sync.entity.definition is 'The entity as written in syncline.config.json (secrets never appear here).';
 
 create table if not exists sync.run (
@@ -590,6 +592,7 @@ declare
   v_key text;
   v_snapshot boolean;
   v_deletes boolean;
+  v_tomb text := 'false';
   v_empty boolean;
   v_unreferenced text := 'true';
   v_collist text;
@@ -636,6 +639,10 @@ begin
   -- conclude that a missing row was deleted.
   v_snapshot := v_ent.cursor_column is null or v_run.full_refresh;
   v_deletes := v_snapshot and v_ent.mode in ('mirror', 'soft-delete');
+  if v_ent.tombstone_column = any (v_cols) and v_ent.mode <> 'soft-delete' then
+    -- A record the source marks deleted deletes its row, snapshot or not.
+    v_tomb := format('s.%I is not null', v_ent.tombstone_column);
+  end if;
   if exists (select 1 from pg_attribute a where a.attrelid = v_rel and a.attidentity = 'a'
                and a.attname = any (v_cols)) then
     v_overriding := 'overriding system value';
@@ -670,7 +677,7 @@ begin
   if v_ent.mode = 'append' then
     v_distinct := null;
   end if;
-  if v_deletes and v_ent.mode = 'mirror' then
+  if (v_deletes and v_ent.mode = 'mirror') or v_tomb <> 'false' then
     -- Rows another table still references (with a restricting foreign key)
     -- wait until that table's own sync has let go of them.
     select coalesce(string_agg(format('not exists (select 1 from %s c where %s)', c.conrelid::regclass,
@@ -694,28 +701,29 @@ begin
     -- view of them saves copying the whole load once more.
     execute format($q$
       create temp view _sl_diff as
-      select 'insert'::text as _sl_action, null::text[] as _sl_changed, s.*, %s from %s s where not s._sl_quarantined$q$,
+      select 'insert'::text as _sl_action, null::text[] as _sl_changed, s.*, %s from %s s where not s._sl_quarantined and not (%s)$q$,
       (select string_agg(format('null::text as _sl_tk%s', i), ', ') from generate_series(1, cardinality(v_ent.key_columns)) i),
-      v_s);
+      v_s, v_tomb);
   else
     v_tkeys := (select string_agg(format('t.%I as _sl_tk%s', k, i), ', ') from unnest(v_ent.key_columns) with ordinality x(k, i));
     execute format($q$
       create temp table _sl_diff on commit drop as
-      select case when t._sl_present is null then 'insert' when s._sl_quarantined is null then 'delete' else 'update' end as _sl_action,
-             case when t._sl_present and s._sl_quarantined is not null then %1$s end as _sl_changed,
+      select case when t._sl_present is null then 'insert' when s._sl_quarantined is null or (%10$s) then 'delete' else 'update' end as _sl_action,
+             case when t._sl_present and s._sl_quarantined is not null and not (%10$s) then %1$s end as _sl_changed,
              s.*, %2$s
         from %3$s s
         %4$s join (select true as _sl_present, t.* from %5$s t where %6$s) t on %7$s
-       where (t._sl_present is null and not s._sl_quarantined)
+       where (t._sl_present is null and not s._sl_quarantined and not (%10$s))
           or (s._sl_quarantined is null %8$s)
-          or (t._sl_present and not s._sl_quarantined and (%9$s))$q$,
+          or (t._sl_present and not s._sl_quarantined and (%10$s))
+          or (t._sl_present and not s._sl_quarantined and not (%10$s) and (%9$s))$q$,
       coalesce(v_changed, 'null::text[]'), v_tkeys, v_s,
       case when v_deletes then 'full' else 'left' end, v_t, v_scope, v_on,
       case when v_ent.mode = 'soft-delete' then format('and t.%I is null', v_ent.soft_delete_column) else '' end,
-      coalesce(v_distinct, 'false'));
+      coalesce(v_distinct, 'false'), v_tomb);
   end if;
 
-  if v_deletes and v_unreferenced <> 'true' then
+  if v_unreferenced <> 'true' then
     execute format('select count(*) from _sl_diff where _sl_action = %L', 'delete') into v_missing;
   end if;
   if v_run.dry_run then
@@ -750,13 +758,13 @@ begin
         v_t, v_setlist, v_on, v_scope, v_key, p_run_id);
       get diagnostics v_upd = row_count;
     end if;
-    if not v_empty and v_deletes then
+    if not v_empty and (v_deletes or v_tomb <> 'false') then
       execute format($q$
         with d as (
           %1$s
           returning %2$s as k)
         insert into sync.run_change (run_id, action, key, changed) select %3$s, 'delete', k, %4$s from d$q$,
-        case when v_ent.mode = 'mirror'
+        case when v_ent.mode <> 'soft-delete'
           then format('delete from %s t using _sl_diff s where s._sl_action = %L and %s and %s and %s',
                       v_t, 'delete', sync._join_tk(v_ent.key_columns), v_scope, v_unreferenced)
           else format('update %s t set %I = now() from _sl_diff s where s._sl_action = %L and %s and %s',
@@ -820,7 +828,8 @@ declare
 begin
   select * into v_ent from sync.entity where name = p_entity;
   v_rel := to_regclass(format('%I.%I', v_ent.target_schema, v_ent.target_table));
-  if v_rel is null then
+  -- Records marked deleted must not land: they need the staging path.
+  if v_rel is null or v_ent.tombstone_column is not null then
     return false;
   end if;
   -- The target itself must reject what the staging path would quarantine:

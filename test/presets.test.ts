@@ -195,7 +195,7 @@ describe('a lightspeed-x entity parses into the http options of its endpoint', (
 describe('limits found while writing the presets', () => {
   // Expected to fail until dottedPath (src/sources/http/schema.ts) allows spaces inside a
   // segment: Airtable field names usually have them. The entity's "columns" map accepts them.
-  it.fails('from.http.fields takes an Airtable field name with a space', () => {
+  it('from.http.fields takes an Airtable field name with a space', () => {
     const cfg = parseConfig({
       sources: { base: { preset: 'airtable', baseId: 'app1', token: 'x' } },
       entities: { p: { source: 'base', from: { http: { endpoint: 'Products', fields: { unit_price: 'fields.Unit Price' } } }, target: 'p', key: ['id'] } },

@@ -28,15 +28,17 @@ beforeAll(async () => {
   await source.pool.query(`${ddl}; insert into parents select i, 'p' || i from generate_series(1, 50) i;
     insert into children select i, 1 + i % 50, 'c' || i from generate_series(1, 200) i`);
   await sync.pool.query(ddl);
-  engine = await engineFor(sync, source, {
+  engine = await engineFor(sync, source, ENTITIES);
+});
+afterAll(() => engine.close());
+
+const ENTITIES = {
     parents: { source: 'src', from: { table: 'parents' }, target: 'parents', key: ['id'], schedule: '*/5 * * * *' },
     children: { source: 'src', from: { table: 'children' }, target: 'children', key: ['id'], dependsOn: ['parents'] },
     // pg_sleep per row makes a fetch that outlives a graceful-shutdown deadline.
     slow: { source: 'src', from: { query: 'select id, name from parents where pg_sleep(0.5) is not null' },
       target: 'parents', key: ['id'], mode: 'upsert' },
-  });
-});
-afterAll(() => engine.close());
+};
 
 describe('worker', () => {
   it('sync.request enqueues one job per entity on its own queue; repeated requests collapse', async () => {
@@ -48,6 +50,20 @@ describe('worker', () => {
 
   it('sync.request rejects an unknown entity with a hint', async () => {
     await expect(sync.pool.query(`select sync.request('nope')`)).rejects.toThrow(/unknown entity nope/);
+  });
+
+  it('turns a fullSchedule into a full-run cron item on the same queue', async () => {
+    const withFull = await engineFor(sync, source, {
+      parents: { source: 'src', from: { table: 'parents' }, target: 'parents', key: ['id'], schedule: '*/5 * * * *',
+        cursor: { column: 'id' }, fullSchedule: '0 3 * * *' },
+    });
+    const items = await cronItems(withFull);
+    expect(items.map((i) => [i.identifier, i.options.queueName, i.payload])).toEqual([
+      ['sync:parents', 'sync:parents', { entity: 'parents', trigger: 'cron' }],
+      ['sync-full:parents', 'sync:parents', { entity: 'parents', trigger: 'cron', full: true }],
+    ]);
+    await withFull.close();
+    engine = await engineFor(sync, source, ENTITIES);
   });
 
   it('turns entity schedules into cron items with the entity queue', async () => {

@@ -16,6 +16,7 @@ export interface EntityRow {
   cursor_column: string | null;
   cursor_overlap: string | null;
   soft_delete_column: string | null;
+  tombstone_column: string | null;
   depends_on: string[];
   schedule: string | null;
   enabled: boolean;
@@ -24,7 +25,7 @@ export interface EntityRow {
 
 const COMPARED: (keyof EntityRow)[] = [
   'source', 'direction', 'mode', 'target_schema', 'target_table', 'key_columns', 'tenant_column', 'tenant_value',
-  'cursor_column', 'cursor_overlap', 'soft_delete_column', 'depends_on', 'schedule', 'enabled', 'definition',
+  'cursor_column', 'cursor_overlap', 'soft_delete_column', 'tombstone_column', 'depends_on', 'schedule', 'enabled', 'definition',
 ];
 
 export function entityRow(name: string, e: EntityConfig): EntityRow {
@@ -42,6 +43,7 @@ export function entityRow(name: string, e: EntityConfig): EntityRow {
     cursor_column: e.cursor?.column ?? null,
     cursor_overlap: e.cursor?.overlap === undefined ? null : String(e.cursor.overlap),
     soft_delete_column: e.softDelete?.column ?? null,
+    tombstone_column: e.deletedWhen?.column ?? null,
     depends_on: e.dependsOn,
     schedule: e.schedule ?? null,
     enabled: e.enabled,

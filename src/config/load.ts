@@ -101,6 +101,17 @@ export function maskSecrets(cfg: Config): Config {
     if (s.kind === 'postgres' && s.url) {
       return [name, { ...s, url: s.url.replace(/(\/\/[^:/@]*:)[^@]*@/, '$1***@') }];
     }
+    if (s.kind === 'http' && s.auth) {
+      const a = s.auth;
+      const auth = 'bearer' in a ? { bearer: '***' }
+        : 'basic' in a ? { basic: { username: a.basic.username, password: '***' } }
+          : 'header' in a ? { header: { name: a.header.name, value: '***' } }
+            : { query: { name: a.query.name, value: '***' } };
+      return [name, { ...s, auth }];
+    }
+    if (s.kind === 'csv' && s.headers) {
+      return [name, { ...s, headers: Object.fromEntries(Object.keys(s.headers).map((h) => [h, '***'])) }];
+    }
     return [name, s];
   }));
   return { ...cfg, sources };

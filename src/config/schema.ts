@@ -80,8 +80,12 @@ export const entity = z.object({
   cursor: z.object({ column: identifier, overlap: overlap.optional() }).strict().optional()
     .describe('Incremental sync: fetch only rows whose column is past the last merged value (less overlap, for late commits).'),
   softDelete: z.object({ column: identifier }).strict().optional(),
+  deletedWhen: z.object({ column: identifier }).strict().optional()
+    .describe('A source column that marks a record deleted (an API\'s deleted_at): such a record deletes its row, even in an incremental run.'),
   dependsOn: z.array(identifier).default([]),
   schedule: cron.optional(),
+  fullSchedule: cron.optional()
+    .describe('When to run a full snapshot of an incremental entity: a cursor never sees deletions an API does not mark, a full run finds them.'),
   enabled: z.boolean().default(true),
 }).strict().superRefine((e, ctx) => {
   if (e.mode === 'soft-delete' && !e.softDelete) {

@@ -20,16 +20,21 @@ export interface WorkerHandle {
 /** Cron items: the crontab file plus each enabled entity's schedule. */
 export async function cronItems(engine: Engine, crontabFile?: string): Promise<ParsedCronItem[]> {
   const fromFile = crontabFile && existsSync(crontabFile) ? parseCrontab(readFileSync(crontabFile, 'utf8')) : [];
-  const { rows } = await engine.pool.query<{ name: string; schedule: string }>(
-    `select name, schedule from sync.entity where enabled and schedule is not null order by name`);
-  const items: CronItem[] = rows.map((r) => ({
+  const { rows } = await engine.pool.query<{ name: string; schedule: string | null; full_schedule: string | null }>(
+    `select name, schedule, definition ->> 'fullSchedule' as full_schedule from sync.entity
+      where enabled and (schedule is not null or definition ? 'fullSchedule') order by name`);
+  // A missed tick is not replayed: the next run fetches everything missed anyway.
+  const item = (name: string, match: string, full: boolean): CronItem => ({
     task: 'sync_entity',
-    match: r.schedule,
-    identifier: `sync:${r.name}`,
-    payload: { entity: r.name, trigger: 'cron' },
-    // A missed tick is not replayed: the next run fetches everything missed anyway.
-    options: { backfillPeriod: 0, queueName: `sync:${r.name}`, jobKey: `sync:${r.name}`, maxAttempts: 5 },
-  }));
+    match,
+    identifier: `${full ? 'sync-full' : 'sync'}:${name}`,
+    payload: full ? { entity: name, trigger: 'cron', full: true } : { entity: name, trigger: 'cron' },
+    options: { backfillPeriod: 0, queueName: `sync:${name}`, jobKey: `${full ? 'sync-full' : 'sync'}:${name}`, maxAttempts: 5 },
+  });
+  const items: CronItem[] = rows.flatMap((r) => [
+    ...(r.schedule ? [item(r.name, r.schedule, false)] : []),
+    ...(r.full_schedule ? [item(r.name, r.full_schedule, true)] : []),
+  ]);
   return [...fromFile, ...parseCronItems(items)];
 }
 

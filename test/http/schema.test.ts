@@ -39,7 +39,7 @@ describe('http entity options', () => {
   test('params become strings; fields must be dotted paths', () => {
     expect(httpEntityOptions.parse({ path: 'x', params: { deleted: false, limit: 5 } }).params).toEqual({ deleted: 'false', limit: '5' });
     expect(messages(httpEntityOptions.safeParse({ path: 'x', fields: { a: 'b..c' } })))
-      .toEqual(['fields.a: must be a dotted path such as "data.items" (no spaces, no empty segments)']);
+      .toEqual(['fields.a: must be a dotted path such as "data.items" (no empty segments)']);
   });
 
   test('a body next-link needs its path; an unknown style lists the known ones', () => {

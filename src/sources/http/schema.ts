@@ -6,8 +6,9 @@ import { z } from 'zod';
 const nonEmpty = z.string().min(1, 'must not be empty');
 
 /** A dotted path into a JSON body: `data.items`, `meta.next`, `lines.0.sku`. */
-export const dottedPath = z.string().regex(/^[^.\s]+(\.[^.\s]+)*$/,
-  'must be a dotted path such as "data.items" (no spaces, no empty segments)');
+// Segments may hold spaces: Airtable field names do ("fields.Unit Price").
+export const dottedPath = z.string().regex(/^[^.]*[^.\s][^.]*(\.[^.]*[^.\s][^.]*)*$/,
+  'must be a dotted path such as "data.items" (no empty segments)');
 
 const headerName = z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'must be a valid HTTP header name such as "X-Api-Key"');
 
