@@ -262,6 +262,10 @@ begin
     return null;
   end if;
   execute format('alter table sync_staging.%I rename to %I', 'run_' || v_old.id || '_raw', 'run_' || p_run_id || '_raw');
+  if to_regclass(format('sync_staging.%I', 'run_' || v_old.id || '_parents')) is not null then
+    execute format('drop table if exists sync_staging.%I', 'run_' || p_run_id || '_parents');
+    execute format('alter table sync_staging.%I rename to %I', 'run_' || v_old.id || '_parents', 'run_' || p_run_id || '_parents');
+  end if;
   execute format('drop table if exists sync_staging.%I', 'run_' || v_old.id);
   update sync.run set detail = detail || jsonb_build_object('resumed_from_run', v_old.id, 'resume', v_old.detail -> 'resume',
                                                             'pages', v_old.detail -> 'pages', 'records', v_old.detail -> 'records')
@@ -593,6 +597,7 @@ declare
   v_snapshot boolean;
   v_deletes boolean;
   v_tomb text := 'false';
+  v_parent_scope text := 'true';
   v_empty boolean;
   v_unreferenced text := 'true';
   v_collist text;
@@ -639,6 +644,14 @@ begin
   -- conclude that a missing row was deleted.
   v_snapshot := v_ent.cursor_column is null or v_run.full_refresh;
   v_deletes := v_snapshot and v_ent.mode in ('mirror', 'soft-delete');
+  if v_run.detail ? 'parent_scope' then
+    -- Children nested in parent records: each parent seen in this run brings
+    -- its whole child set, so its missing children go, even incrementally;
+    -- children of parents not seen stay.
+    v_deletes := v_ent.mode in ('mirror', 'soft-delete');
+    v_parent_scope := format('exists (select 1 from sync_staging.%I p where %s)', 'run_' || p_run_id || '_parents',
+      (select string_agg(format('p.%1$I = t.%1$I::text', c), ' and ') from jsonb_array_elements_text(v_run.detail -> 'parent_scope') c));
+  end if;
   if v_ent.tombstone_column = any (v_cols) and v_ent.mode <> 'soft-delete' then
     -- A record the source marks deleted deletes its row, snapshot or not.
     v_tomb := format('s.%I is not null', v_ent.tombstone_column);
@@ -712,7 +725,7 @@ begin
              case when t._sl_present and s._sl_quarantined is not null and not (%10$s) then %1$s end as _sl_changed,
              s.*, %2$s
         from %3$s s
-        %4$s join (select true as _sl_present, t.* from %5$s t where %6$s) t on %7$s
+        %4$s join (select true as _sl_present, t.* from %5$s t where %6$s and %11$s) t on %7$s
        where (t._sl_present is null and not s._sl_quarantined and not (%10$s))
           or (s._sl_quarantined is null %8$s)
           or (t._sl_present and not s._sl_quarantined and (%10$s))
@@ -720,7 +733,7 @@ begin
       coalesce(v_changed, 'null::text[]'), v_tkeys, v_s,
       case when v_deletes then 'full' else 'left' end, v_t, v_scope, v_on,
       case when v_ent.mode = 'soft-delete' then format('and t.%I is null', v_ent.soft_delete_column) else '' end,
-      coalesce(v_distinct, 'false'), v_tomb);
+      coalesce(v_distinct, 'false'), v_tomb, v_parent_scope);
   end if;
 
   if v_unreferenced <> 'true' then
@@ -812,6 +825,7 @@ begin
     update sync.entity set cursor_value = v_cursor where name = v_ent.name and cursor_value is distinct from v_cursor;
   end if;
   execute format('drop table %s', v_s);
+  execute format('drop table if exists sync_staging.%I', 'run_' || p_run_id || '_parents');
   return v_result;
 end
 $$;
@@ -1175,9 +1189,11 @@ begin
   for v_run in
     select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
      where n.nspname = 'sync_staging' and c.relkind = 'r'
-       and not exists (select 1 from sync.run r where r.status = 'running' and c.relname in ('run_' || r.id, 'run_' || r.id || '_raw'))
+       and not exists (select 1 from sync.run r where r.status = 'running'
+                         and c.relname in ('run_' || r.id, 'run_' || r.id || '_raw', 'run_' || r.id || '_parents'))
        -- The pages an interrupted http run fetched wait a day for the next run to resume from them.
-       and not exists (select 1 from sync.run r where r.status = 'failed' and r.detail ? 'resume' and c.relname = 'run_' || r.id || '_raw'
+       and not exists (select 1 from sync.run r where r.status = 'failed' and r.detail ? 'resume'
+                         and c.relname in ('run_' || r.id || '_raw', 'run_' || r.id || '_parents')
                          and r.finished_at > now() - interval '1 day')
   loop
     execute format('drop table if exists sync_staging.%I', v_run.relname);

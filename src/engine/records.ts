@@ -6,7 +6,8 @@ import type { HttpEntityOptions } from '../sources/http/schema.js';
 import { httpSourceClient } from '../sources/http/source.js';
 import { paginate, type PageState } from '../sources/http/paginate.js';
 import { log } from '../log.js';
-import { recordMapper } from '../sources/http/fields.js';
+import { recordMapper, toText } from '../sources/http/fields.js';
+import { getPath } from '../sources/http/path.js';
 import { quoteIdent } from '../db/database.js';
 import type { PoolClient } from '../db/pool.js';
 import { copyLine, openCsv } from '../sources/csv.js';
@@ -111,21 +112,25 @@ export async function loadHttpRun(args: {
 }): Promise<MergeResult> {
   const { engine, target, name, def, opts, cursor } = args;
   const src = engine.config.sources[def.source] as HttpSourceConfig;
-  const http = (def.from as { http: HttpEntityOptions }).http;
+  const { http, nested } = def.from as { http: HttpEntityOptions; nested?: Nested };
   const fields = { ...(def.columns && !Array.isArray(def.columns) ? def.columns : {}), ...http.fields };
-  const columns = Array.isArray(def.columns) ? def.columns
+  const parentColumns = nested ? Object.keys(nested.parent) : [];
+  const parentKey = nested?.parentKey ?? parentColumns;
+  const listed = Array.isArray(def.columns) ? def.columns
     : def.columns ? Object.keys(def.columns) : await writableColumns(engine, def);
+  const columns = [...listed, ...parentColumns.filter((c) => !listed.includes(c))];
   const runId = await args.start(columns);
   const incremental = def.cursor && !opts.full ? cursor : null;
   const endpoint = withCursor(http, incremental);
   const client = httpSourceClient(def.source, src, engine.pool);
-  const map = recordMapper(columns, fields);
+  const map = nested ? nestedMapper(columns, fields, nested) : (r: unknown) => [{ values: recordMapper(columns, fields)(r), raw: r }];
   const watch = cancelWatch(engine.pool, runId, opts.signal);
   const started = Date.now();
   try {
     const resumed = await adoptPages(target, runId, columns);
     const raw = resumed ? rawTable(runId)
       : (await target.query('select sync.create_raw_staging($1) as raw', [runId])).rows[0].raw as string;
+    const parents = nested ? await parentsTable(target, runId, parentKey, !resumed) : null;
     const copySql = `copy ${raw} (_sl_line, ${columns.map(quoteIdent).join(', ')}, _sl_raw) from stdin`;
     const resumeFrom = resumed ? resumed.resume ?? undefined
       : endpoint.pagination.style === 'version' && incremental !== null
@@ -134,10 +139,14 @@ export async function loadHttpRun(args: {
     // Resumed after the last page was saved: everything is fetched already.
     const pages = resumed && resumed.resume === null ? [] : paginate(client, endpoint, { resumeFrom, signal: watch.signal, entity: name });
     for await (const page of pages) {
-      const lines = page.records.map((r) => copyLine([++line, ...map(r), JSON.stringify(r)]));
+      const lines = page.records.flatMap((r) => map(r).map((m) => copyLine([++line, ...m.values, JSON.stringify(m.raw)])));
       await target.query('begin');
       try {
         if (lines.length) await pipeline(Readable.from(lines), target.query(copyFrom(copySql)));
+        if (parents && nested && page.records.length) {
+          const keys = page.records.map((p) => copyLine(parentKey.map((c) => toText(getPath(p, nested.parent[c])))));
+          await pipeline(Readable.from(keys), target.query(copyFrom(`copy ${parents} from stdin`)));
+        }
         await target.query(
           `update sync.run set detail = detail || jsonb_build_object('resume', $2::jsonb, 'pages', $3::int, 'records', $4::int)
             where id = $1`, [runId, JSON.stringify(page.next), page.page, line]);
@@ -157,10 +166,42 @@ export async function loadHttpRun(args: {
   await target.query(`update sync.run set phases = phases || jsonb_build_object('fetch', $2::int) where id = $1`,
     [runId, Date.now() - started]);
   await target.query('select sync.cast_raw($1, $2, true)', [runId, null]);
+  if (nested) {
+    await target.query(`update sync.run set detail = detail || jsonb_build_object('parent_scope', $2::jsonb) where id = $1`,
+      [runId, JSON.stringify(parentKey)]);
+  }
   return mergeStaging({
     engine, target, name, runId, def, opts,
     plan: { targetColumns: columns, sourceColumns: columns.map((c) => fields[c] ?? c), sourceKeyUnique: false },
   });
+}
+
+interface Nested {
+  path: string;
+  parent: Record<string, string>;
+  parentKey?: string[];
+}
+
+/** Each parent record → its nested children, each with the parent's columns (sale_id ← the sale's id). */
+function nestedMapper(columns: string[], fields: Record<string, string>, nested: Nested) {
+  const child = recordMapper(columns, fields);
+  const fromParent = columns.map((c) => nested.parent[c]);
+  return (parent: unknown) => {
+    const items = getPath(parent, nested.path);
+    return (Array.isArray(items) ? items : []).map((item) => {
+      const values = child(item);
+      fromParent.forEach((p, i) => { if (p !== undefined) values[i] = toText(getPath(parent, p)); });
+      return { values, raw: item };
+    });
+  };
+}
+
+/** The keys of every parent record a run saw (with or without children): the scope of its child deletes. */
+async function parentsTable(target: PoolClient, runId: number, columns: string[], create: boolean): Promise<string> {
+  const name = `sync_staging.${quoteIdent(`run_${runId}_parents`)}`;
+  if (create) await target.query(`create unlogged table ${name} (${columns.map((c) => `${quoteIdent(c)} text`).join(', ')})`);
+  else await target.query(`create unlogged table if not exists ${name} (${columns.map((c) => `${quoteIdent(c)} text`).join(', ')})`);
+  return name;
 }
 
 function rawTable(runId: number): string {
