@@ -1,3 +1,5 @@
+import { httpNotes, httpOnlyReport, httpRows } from './http-report.js';
+
 export interface Target {
   name: string;
   value: string;
@@ -26,7 +28,7 @@ const lpad = (s: string, n: number) => (s.length >= n ? s : ' '.repeat(n - s.len
 const num = (x: number | undefined | null) => (x === undefined || x === null ? '' : x.toLocaleString('en'));
 const walMb = (b: number | undefined) => (b === undefined ? '' : (b / 1024 / 1024).toFixed(1));
 
-function table(head: string[], rows: string[][], right: boolean[]): string {
+export function table(head: string[], rows: string[][], right: boolean[]): string {
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (r: string[]) => r.map((c, i) => (right[i] ? lpad(c, w[i]) : pad(c, w[i]))).join('  ');
   return [line(head), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n');
@@ -34,6 +36,7 @@ function table(head: string[], rows: string[][], right: boolean[]): string {
 
 /** The readable report printed before the JSON line. */
 export function report(r: Result, targets: Target[]): string {
+  if (!r.phases && r.http) return httpOnlyReport(r, targets); // BENCH_ONLY=http
   const p = r.phases;
   const phase = (label: string, x: PhaseLike, note = ''): string[] => [
     label,
@@ -57,6 +60,7 @@ export function report(r: Result, targets: Target[]): string {
     phase('row-by-row upsert (extrapolated)', p.row_loop, `${num(p.row_loop.sample_rows)} rows in ${p.row_loop.sample_seconds.toFixed(2)} s`),
     phase('batched upsert ×1000 (extrapolated)', p.batched, `${num(p.batched.sample_rows)} rows in ${p.batched.sample_seconds.toFixed(2)} s`),
   ];
+  if (r.http) rows.push(...httpRows(r.http)); // the http source phases (bench/http.ts)
   const out: string[] = [];
   out.push('');
   out.push(`Syncline bench — ${num(r.rows)} rows, ${r.server.version}${r.server.embedded ? ' (embedded)' : ''}, ` +
@@ -76,6 +80,7 @@ export function report(r: Result, targets: Target[]): string {
   out.push(`RSS growth: peak of (a) ${r.phases.a.peak_rss_mb} MB (from ${r.phases.a.start_rss_mb}) against ` +
     `${r.phases.initial_small.peak_rss_mb} MB (from ${r.phases.initial_small.start_rss_mb}) at ${num(r.small_rows)} rows; ` +
     'judged on what each run added over its starting RSS.');
+  if (r.http) out.push(...httpNotes(r.http)); // the http source phases (bench/http.ts)
   out.push('');
   out.push(table(['target', 'value', ''], targets.map((t) => [t.name, t.value, t.pass ? 'PASS' : 'MISS']), [false, true, false]));
   out.push('');

@@ -10,6 +10,9 @@
  *   BENCH_SQL=my-merge.sql                     SQL applied after the migrations (a changed
  *                                              sync.merge, say): measure a proposal without
  *                                              editing them; the report says so
+ *   BENCH_HTTP_ROWS=200000                     records of the http source phases (bench/http.ts),
+ *                                              run after the others into the same report and JSON
+ *   BENCH_ONLY=http                            run only the http source phases
  *
  * The exit code is 0 even when a target is missed (this is a report); it is
  * non-zero only when the bench itself fails.
@@ -20,8 +23,23 @@
 process.env.SYNCLINE_LOG_LEVEL ??= 'warn';
 
 const { main } = await import('./bench.js');
+// The http source phases (bench/http*.ts) run after the Postgres ones; their
+// figures join the same report and JSON line, printed once both are done.
+const { finishWithHttp, holdReport } = await import('./http-report.js');
 try {
-  await main();
+  if (process.env.BENCH_ONLY === 'http') await finishWithHttp(null);
+  else {
+    const held = holdReport();
+    try {
+      await main();
+    } catch (err) {
+      held.stop();
+      held.flush();
+      throw err;
+    }
+    held.stop();
+    await finishWithHttp(held);
+  }
   process.exit(0);
 } catch (err) {
   console.error('bench failed:', err);
