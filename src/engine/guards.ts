@@ -70,3 +70,25 @@ export async function blockingDependency(pool: Pool, dependsOn: string[]): Promi
       order by d.name limit 1`, [dependsOn]);
   return rows.length ? `dependency "${rows[0].name}" ${rows[0].status} (run ${rows[0].id})` : null;
 }
+
+/**
+ * The fetch phase of a run: `fn` gets a signal that fires on sync.cancel and
+ * on shutdown (then the run ends cancelled), and the phase's milliseconds go
+ * into sync.run.phases.
+ */
+export async function fetchPhase<T>(pool: Pool, target: PoolClient, runId: number, signal: AbortSignal | undefined,
+  fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const watch = cancelWatch(pool, runId, signal);
+  const started = Date.now();
+  try {
+    const out = await fn(watch.signal);
+    await target.query(`update sync.run set phases = phases || jsonb_build_object('fetch', $2::int) where id = $1`,
+      [runId, Date.now() - started]);
+    return out;
+  } catch (err) {
+    if (watch.signal.aborted) throw new CancelledError(watch.reason());
+    throw err;
+  } finally {
+    watch.stop();
+  }
+}

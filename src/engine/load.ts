@@ -4,7 +4,7 @@ import { log } from '../log.js';
 import { copyFromSource, sourceSelect } from '../sources/postgres.js';
 import type { EntityConfig } from '../config/schema.js';
 import type { Plan } from './columns.js';
-import { cancelWatch, CancelledError, throwIfCancelRequested } from './guards.js';
+import { fetchPhase, throwIfCancelRequested } from './guards.js';
 import type { Engine, RunOptions } from './run.js';
 
 export interface LoadContext {
@@ -26,22 +26,10 @@ async function fetchInto(ctx: LoadContext, into: string): Promise<number> {
   const { engine, plan, def, name, runId, opts } = ctx;
   const { pool, url } = engine.pgSource(def.source);
   const select = sourceSelect(def, plan.sourceColumns, { tenantSourceColumn: plan.tenantSourceColumn, cursor: plan.cursor });
-  const watch = cancelWatch(engine.pool, runId, opts.signal);
-  const started = Date.now();
-  try {
-    const rows = await copyFromSource({
-      pool, url, entity: def, select, target: ctx.target, into, columns: plan.targetColumns, signal: watch.signal,
-      onRows: (r, bytes) => opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: r, bytes }),
-    });
-    await ctx.target.query(`update sync.run set phases = phases || jsonb_build_object('fetch', $2::int) where id = $1`,
-      [runId, Date.now() - started]);
-    return rows;
-  } catch (err) {
-    if (watch.signal.aborted) throw new CancelledError(watch.reason());
-    throw err;
-  } finally {
-    watch.stop();
-  }
+  return fetchPhase(engine.pool, ctx.target, runId, opts.signal, (signal) => copyFromSource({
+    pool, url, entity: def, select, target: ctx.target, into, columns: plan.targetColumns, signal,
+    onRows: (r, bytes) => opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: r, bytes }),
+  }));
 }
 
 /**

@@ -11,7 +11,7 @@ import { getPath } from '../sources/http/path.js';
 import { quoteIdent } from '../db/database.js';
 import type { PoolClient } from '../db/pool.js';
 import { copyLine, openCsv } from '../sources/csv.js';
-import { cancelWatch, CancelledError } from './guards.js';
+import { fetchPhase } from './guards.js';
 import { mergeStaging, type MergeResult } from './load.js';
 import type { Engine, RunOptions } from './run.js';
 
@@ -37,10 +37,8 @@ export async function loadCsvRun(args: {
   const reader = await openCsv(src, def, targetColumns, engine.configDir, reading.signal);
   const columns = reader.mapping.map(([t]) => t);
   const runId = await args.start(columns);
-  const watch = cancelWatch(engine.pool, runId, opts.signal);
-  watch.signal.addEventListener('abort', () => reading.abort(watch.signal.reason), { once: true });
-  const started = Date.now();
-  try {
+  await fetchPhase(engine.pool, target, runId, opts.signal, async (signal) => {
+    signal.addEventListener('abort', () => reading.abort(signal.reason), { once: true });
     const { rows } = await target.query('select sync.create_raw_staging($1) as raw', [runId]);
     let count = 0;
     async function* lines() {
@@ -54,14 +52,7 @@ export async function loadCsvRun(args: {
       `copy ${rows[0].raw} (_sl_line, ${columns.map(quoteIdent).join(', ')}, _sl_raw) from stdin`)));
     opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: count, bytes: 0 });
     await recordRejects(target, runId, name, reader.rejects);
-  } catch (err) {
-    if (watch.signal.aborted) throw new CancelledError(watch.reason());
-    throw err;
-  } finally {
-    watch.stop();
-  }
-  await target.query(`update sync.run set phases = phases || jsonb_build_object('fetch', $2::int) where id = $1`,
-    [runId, Date.now() - started]);
+  });
   await target.query('select sync.cast_raw($1, $2)', [runId, src.timeZone ?? null]);
   return mergeStaging({
     engine, target, name, runId, def, opts,
@@ -124,9 +115,7 @@ export async function loadHttpRun(args: {
   const endpoint = withCursor(http, incremental);
   const client = httpSourceClient(def.source, src, engine.pool);
   const map = nested ? nestedMapper(columns, fields, nested) : (r: unknown) => [{ values: recordMapper(columns, fields)(r), raw: r }];
-  const watch = cancelWatch(engine.pool, runId, opts.signal);
-  const started = Date.now();
-  try {
+  await fetchPhase(engine.pool, target, runId, opts.signal, async (signal) => {
     const resumed = await adoptPages(target, runId, columns);
     const raw = resumed ? rawTable(runId)
       : (await target.query('select sync.create_raw_staging($1) as raw', [runId])).rows[0].raw as string;
@@ -137,7 +126,7 @@ export async function loadHttpRun(args: {
         ? { style: 'version' as const, index: 0, after: incremental } : undefined;
     let line = resumed?.records ?? 0;
     // Resumed after the last page was saved: everything is fetched already.
-    const pages = resumed && resumed.resume === null ? [] : paginate(client, endpoint, { resumeFrom, signal: watch.signal, entity: name });
+    const pages = resumed && resumed.resume === null ? [] : paginate(client, endpoint, { resumeFrom, signal, entity: name });
     for await (const page of pages) {
       const lines = page.records.flatMap((r) => map(r).map((m) => copyLine([++line, ...m.values, JSON.stringify(m.raw)])));
       await target.query('begin');
@@ -157,14 +146,7 @@ export async function loadHttpRun(args: {
       }
       opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: line, bytes: 0 });
     }
-  } catch (err) {
-    if (watch.signal.aborted) throw new CancelledError(watch.reason());
-    throw err;
-  } finally {
-    watch.stop();
-  }
-  await target.query(`update sync.run set phases = phases || jsonb_build_object('fetch', $2::int) where id = $1`,
-    [runId, Date.now() - started]);
+  });
   await target.query('select sync.cast_raw($1, $2, true)', [runId, null]);
   if (nested) {
     await target.query(`update sync.run set detail = detail || jsonb_build_object('parent_scope', $2::jsonb) where id = $1`,
