@@ -48,10 +48,14 @@ export const COLLECTIONS: Collection[] = [...VERSIONED.slice(0, 6), 'product_cat
 
 export type Json = string | number | boolean | null | Json[] | { [k: string]: Json };
 export interface LsRecord { id: string; version: number; deleted_at: string | null; [field: string]: Json }
-export interface LineItem {
+/** A line item as the till rings it up: unit price, unit tax and unit discount (before the totals). */
+export interface LineItemInput {
   id: string; product_id: string; tax_id: string; sequence: number; quantity: number;
-  price: number; tax: number; discount: number; price_total: number; tax_total: number; discount_total: number;
-  note: string | null;
+  price: number; tax: number; discount: number; note: string | null;
+}
+/** A line item as the API nests it in `line_items`, with its totals. */
+export interface LineItem extends LineItemInput {
+  price_total: number; tax_total: number; discount_total: number;
   [field: string]: Json;
 }
 export type Fault = 'ok' | '429' | '500' | '503' | 'reset' | 'truncated';
@@ -278,9 +282,10 @@ const money = (units: number) => units / 100_000;
 const units = (m: number) => Math.round(m * 100_000);
 
 /** A line item with its totals computed from unit price, unit tax, unit discount and quantity. */
-export function lineItem(l: Omit<LineItem, 'price_total' | 'tax_total' | 'discount_total'>): LineItem {
-  return { ...l, price_total: money(units(l.price) * l.quantity), tax_total: money(units(l.tax) * l.quantity),
-    discount_total: money(units(l.discount) * l.quantity) } as LineItem;
+export function lineItem(l: LineItemInput): LineItem {
+  return { id: l.id, product_id: l.product_id, tax_id: l.tax_id, sequence: l.sequence, quantity: l.quantity,
+    price: l.price, tax: l.tax, discount: l.discount, note: l.note, price_total: money(units(l.price) * l.quantity), tax_total: money(units(l.tax) * l.quantity),
+    discount_total: money(units(l.discount) * l.quantity) };
 }
 
 /** A sale's totals: the sums of its line items (exactly, in 1/100000). */
@@ -298,7 +303,8 @@ function newSale(server: LightspeedServer | null, n: number, store?: Record<Coll
   const outlets = s.outlets.filter((o) => o.deleted_at === null);
   const taxes = s.taxes;
   const items = Array.from({ length: 1 + (n % 4) }, (_, k) => {
-    const p = products[(n * 7 + k * 3) % products.length];
+    // The last four products are never sold in the sample (one of them may be deleted cleanly).
+    const p = products[(n * 7 + k * 3) % Math.max(1, products.length - 4)];
     const tax = taxes[(n + k) % 2];
     const price = p.price_excluding_tax as number;
     return lineItem({
