@@ -147,7 +147,7 @@ export async function loadHttpRun(args: {
       opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: line, bytes: 0 });
     }
   });
-  await target.query('select sync.cast_raw($1, $2, true)', [runId, null]);
+  await target.query('select sync.cast_raw($1, $2, true)', [runId, src.timeZone ?? null]);
   if (nested) {
     await target.query(`update sync.run set detail = detail || jsonb_build_object('parent_scope', $2::jsonb) where id = $1`,
       [runId, JSON.stringify(parentKey)]);

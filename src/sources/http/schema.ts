@@ -43,6 +43,7 @@ export const httpSource = z.object({
   timeoutMs: z.number().int().positive().max(600_000).default(30_000).describe('Per attempt, body included.'),
   retries: retries.default({ max: 5, baseMs: 500, maxMs: 30_000, rateLimited: 20 }),
   headers: z.record(headerName, z.string()).default({}),
+  timeZone: z.string().optional().describe('Time zone of timestamps the API sends without an offset, e.g. "Pacific/Auckland" (default: UTC).'),
   preset: z.string().min(1).optional().describe('Name of a preset whose defaults this source builds on (e.g. "lightspeed-x").'),
 }).strict();
 export type HttpSourceConfig = z.infer<typeof httpSource>;
