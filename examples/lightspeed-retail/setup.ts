@@ -1,0 +1,26 @@
+/**
+ * Creates the example's tables (local.sql: schema pos, twelve tables from
+ * taxes to sale_line_items) in Syncline's own database:
+ * the embedded one under .syncline/, or DATABASE_URL's. Safe to run again;
+ * never drops anything.
+ *
+ *   npx tsx examples/lightspeed-retail/setup.ts
+ */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { openDatabase } from '../../src/db/database.js';
+import { makePool } from '../../src/db/pool.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+const db = await openDatabase();
+const pool = makePool(db.url, { max: 1 });
+try {
+  await pool.query(readFileSync(path.join(here, 'local.sql'), 'utf8'));
+  const { rows } = await pool.query(`select string_agg(table_name, ', ' order by table_name) as t from information_schema.tables where table_schema = 'pos'`);
+  console.log(`tables ready in schema pos: ${rows[0].t}`);
+} finally {
+  await pool.end();
+  await db.close();
+}
