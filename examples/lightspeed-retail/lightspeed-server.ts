@@ -26,6 +26,7 @@
  * store as a till would, bumping versions.
  *
  *   npx tsx examples/lightspeed-retail/lightspeed-server.ts   # the sample store on 127.0.0.1:8788
+ *   (PORT, SALES, PAGE_DELAY_MS for a slow store, LIFETIME_MINUTES: it stops itself after 60)
  */
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
@@ -381,10 +382,18 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   await server.start(Number(process.env.PORT ?? 8788));
   const p = server.live('products')[1].id;
   const s = server.store.sales[3];
+  const sold = new Set(server.store.sales.map((x) => x.customer_id));
+  const c = server.live('customers').find((x) => !sold.has(x.id))!.id;
+  // Bounded: a forgotten demo server does not run for ever.
+  const minutes = Number(process.env.LIFETIME_MINUTES ?? 60);
+  setTimeout(() => {
+    process.stdout.write(`stopping after ${minutes} minutes (LIFETIME_MINUTES)\n`);
+    void server.close().then(() => process.exit(0));
+  }, minutes * 60_000);
   process.stdout.write(`fake Lightspeed X-Series store serving on ${server.url}\n`
     + `  export LIGHTSPEED_URL=${server.baseUrl}\n  export LIGHTSPEED_TOKEN=${TOKEN}\n`
     + `  rename a product:    curl -X POST ${server.url}/_rename/${p}/Flat%20White%20Beans\n`
-    + `  delete a customer:   curl -X POST ${server.url}/_delete/customers/${uuid('customer', 20)}\n`
+    + `  delete a customer:   curl -X POST ${server.url}/_delete/customers/${c}\n`
     + `  drop a line item:    curl -X POST ${server.url}/_drop-line/${s.id}/${(s.line_items as LineItem[])[0].id}\n`
     + `  ring up a new sale:  curl -X POST ${server.url}/_sale\n`);
 }
