@@ -82,6 +82,17 @@ describe('config validation', () => {
     expect(formatPath(['entities', 'my entity', 'key', 0])).toBe('entities["my entity"].key[0]');
   });
 
+  it('asks which copied parent columns identify the parent of nested records', () => {
+    const raw = {
+      sources: { shop: { kind: 'http', baseUrl: 'https://shop.example.com/api' } },
+      entities: {
+        items: { source: 'shop', target: 'items', key: ['id'],
+          from: { http: { path: 'sales' }, nested: { path: 'line_items', parent: { sale_id: 'id', sale_version: 'version' } } } },
+      },
+    };
+    expect(problems(raw).join()).toMatch(/^entities\.items\.from\.nested\.parentKey: "parent" copies several columns/);
+  });
+
   it('needs exactly one of url and database on a postgres source', () => {
     const raw = structuredClone(base) as any;
     raw.sources.remote.database = 'other';

@@ -1,5 +1,5 @@
 --! Previous: -
---! Hash: sha1:26975765fbb81042c24051a54d5dd7f00545e630
+--! Hash: sha1:585946342d26eac3552a26917483eaf592af42ad
 --! Message: sync schema
 
 /*
@@ -315,8 +315,13 @@ begin
   if p_keep_last then
     -- An API that pages by version sends a record again when it changes
     -- during the crawl: the later copy is the current one.
-    execute format('delete from %1$s r using %1$s n where %2$s and n._sl_line > r._sl_line',
-                   v_raw, (select string_agg(format('n.%1$I is not distinct from r.%1$I', k), ' and ') from unnest(v_keys) k));
+    -- (A window function, not a self-join: `is not distinct from` cannot hash,
+    -- and the self-join went quadratic.)
+    execute format($q$
+      delete from %1$s r where r._sl_line in (
+        select d._sl_line from (select _sl_line, row_number() over (partition by %2$s order by _sl_line desc) as n from %1$s) d
+         where d.n > 1)$q$,
+      v_raw, (select string_agg(format('%I', k), ', ') from unnest(v_keys) k));
   end if;
 
   if current_setting('server_version_num')::int >= 160000 then
@@ -458,6 +463,9 @@ declare
   v_keys text := (select string_agg(format('s.%I', k), ', ') from unnest(p_ent.key_columns) k);
   v_fk record;
   v_parent_on text;
+  -- Records the source marks deleted are never written: the target's rules do not apply to them.
+  v_live text := case when p_ent.tombstone_column = any (p_cols) and p_ent.mode <> 'soft-delete'
+                      then format('s.%I is null', p_ent.tombstone_column) else 'true' end;
 begin
   -- Flagged rows stay in staging, so a mirror run does not delete the
   -- target rows they would have replaced.
@@ -517,10 +525,10 @@ begin
      where a.attnotnull and c.name <> all (p_ent.key_columns)
   loop
     execute format($q$
-      with bad as (update %1$s s set _sl_quarantined = true where not s._sl_quarantined and s.%2$I is null returning s.*)
+      with bad as (update %1$s s set _sl_quarantined = true where not s._sl_quarantined and %7$s and s.%2$I is null returning s.*)
       insert into sync.run_error (run_id, entity, key, category, message, payload)
       select %3$s, %4$L, %5$s, 'validation', %6$L, to_jsonb(s.*) - '_sl_quarantined' from bad s$q$,
-      p_s, v_fk.col, p_run_id, p_ent.name, v_key, format('%s is required but empty', v_fk.col));
+      p_s, v_fk.col, p_run_id, p_ent.name, v_key, format('%s is required but empty', v_fk.col), v_live);
   end loop;
   for v_fk in
     select c.conname, pg_get_expr(c.conbin, c.conrelid) as expr
@@ -529,10 +537,10 @@ begin
        and (select array_agg(a.attname::text) from pg_attribute a where a.attrelid = p_rel and a.attnum = any (c.conkey)) <@ p_cols
   loop
     execute format($q$
-      with bad as (update %1$s s set _sl_quarantined = true where not s._sl_quarantined and (%2$s) is false returning s.*)
+      with bad as (update %1$s s set _sl_quarantined = true where not s._sl_quarantined and %7$s and (%2$s) is false returning s.*)
       insert into sync.run_error (run_id, entity, key, category, message, payload)
       select %3$s, %4$L, %5$s, 'validation', %6$L, to_jsonb(s.*) - '_sl_quarantined' from bad s$q$,
-      p_s, v_fk.expr, p_run_id, p_ent.name, v_key, format('breaks the check %s: %s', v_fk.conname, v_fk.expr));
+      p_s, v_fk.expr, p_run_id, p_ent.name, v_key, format('breaks the check %s: %s', v_fk.conname, v_fk.expr), v_live);
   end loop;
 
   -- A record whose parent row (a foreign key of the target, on synced
@@ -558,7 +566,7 @@ begin
       with bad as (
         update %1$s s set _sl_quarantined = true
          where not s._sl_quarantined and %2$s
-           and not exists (select 1 from %3$s p where %4$s) %5$s
+           and not exists (select 1 from %3$s p where %4$s) %5$s and %11$s
         returning s.*)
       insert into sync.run_error (run_id, entity, key, category, message, payload)
       select %6$s, %7$L, %8$s, 'integrity', format('references a row of %%s that does not exist: %%s', %9$L, %10$s),
@@ -569,7 +577,8 @@ begin
       case when v_fk.self then format('and not exists (select 1 from %s p where not p._sl_quarantined and %s)', p_s, v_parent_on)
            else '' end,
       p_run_id, p_ent.name, v_key, v_fk.parent::text,
-      (select format('jsonb_build_object(%s)', string_agg(format('%L, s.%I', c, c), ', ')) from unnest(v_fk.cols) c));
+      (select format('jsonb_build_object(%s)', string_agg(format('%L, s.%I', c, c), ', ')) from unnest(v_fk.cols) c),
+      v_live);
   end loop;
 end
 $$;
@@ -804,6 +813,11 @@ begin
     execute format('select greatest(max(s.%I), %L::%s)::text from %s s where not s._sl_quarantined',
                    v_ent.cursor_column, v_run.cursor_before, v_cursor_type, v_s)
       into v_cursor;
+    if v_tomb <> 'false' and v_missing > v_del and not v_snapshot then
+      -- A deletion the source sent had to wait (its row is still referenced):
+      -- the cursor stays, so the next run fetches the record again and applies it.
+      v_cursor := v_run.cursor_before;
+    end if;
   end if;
 
   update sync.run

@@ -106,6 +106,10 @@ export const entity = z.object({
       ctx.addIssue({ code: 'custom', path: ['key'], message: `key column "${k}" is not among "columns" — add it there` });
     }
   }
+  if ('nested' in e.from && Object.keys(e.from.nested.parent).length > 1 && !e.from.nested.parentKey) {
+    ctx.addIssue({ code: 'custom', path: ['from', 'nested', 'parentKey'],
+      message: '"parent" copies several columns: name the ones that identify the parent in "parentKey", e.g. ["sale_id"] (a copied version would make a changed parent look like another)' });
+  }
   if ('query' in e.from && e.from.query.includes('{{cursor}}') && !e.cursor) {
     ctx.addIssue({ code: 'custom', path: ['from', 'query'], message: '{{cursor}} needs a "cursor" on the entity — add cursor: {"column": …} or remove the placeholder' });
   }
