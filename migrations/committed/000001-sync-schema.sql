@@ -1,5 +1,5 @@
 --! Previous: -
---! Hash: sha1:585946342d26eac3552a26917483eaf592af42ad
+--! Hash: sha1:b299694ccc0a11aa0019a5712baacc5ca2de5f65
 --! Message: sync schema
 
 /*
@@ -1108,10 +1108,14 @@ create or replace function sync.take_http_request(p_source text, p_limit int, p_
   set search_path to pg_catalog, public, pg_temp
 as $$
 declare
-  v_now timestamptz := clock_timestamp();
+  -- Added to a slot computed from an earlier request: the vendor counts
+  -- arrivals, and a request leaves a few milliseconds after its slot.
+  c_guard constant interval := interval '40 milliseconds';
+  v_now timestamptz;
   v_window interval := make_interval(secs => p_window_seconds);
   v_row sync.http_budget;
   v_recent timestamptz[];
+  v_at timestamptz;
 begin
   insert into sync.http_budget (source, request_limit, window_seconds)
   values (p_source, p_limit, p_window_seconds)
@@ -1119,29 +1123,24 @@ begin
   -- The row lock serialises every caller of this source; it is held only
   -- for this short transaction.
   select * into v_row from sync.http_budget where source = p_source for update;
-  -- The clock is read again after the lock: a caller that waited for it
-  -- must not grant itself a slot at the time it started waiting.
   v_now := clock_timestamp();
-  if v_row.blocked_until > v_now then
-    return v_row.blocked_until - v_now;
-  end if;
+  -- Slots granted within the last window, reservations in the future included.
   select coalesce(array_agg(s order by s), '{}') into v_recent
     from unnest(v_row.started) s where s > v_now - v_window;
+  v_at := greatest(v_now, v_row.blocked_until);
   if cardinality(v_recent) >= p_limit then
-    -- Full: the slot frees when the request p_limit places back leaves the window.
-    update sync.http_budget
-       set started = v_recent, request_limit = p_limit, window_seconds = p_window_seconds, updated_at = v_now
-     where source = p_source;
-    return v_recent[cardinality(v_recent) - p_limit + 1] + v_window - v_now;
+    -- Full: this request's slot is when the one p_limit places back leaves the window.
+    v_at := greatest(v_at, v_recent[cardinality(v_recent) - p_limit + 1] + v_window + c_guard);
   end if;
+  -- The slot is reserved now: callers waiting in parallel get the next ones,
+  -- and nobody polls.
   update sync.http_budget
-     set started = v_recent || v_now, request_limit = p_limit, window_seconds = p_window_seconds,
-         blocked_until = null, updated_at = v_now
+     set started = v_recent || v_at, request_limit = p_limit, window_seconds = p_window_seconds, updated_at = v_now
    where source = p_source;
-  return interval '0';
+  return v_at - v_now;
 end
 $$;
-comment on function sync.take_http_request(text, int, int) is 'Asks to start one request to an http source: returns 0 and records the start when the budget allows, else how long to wait before asking again. Atomic across processes.';
+comment on function sync.take_http_request(text, int, int) is 'Reserves the next slot to start one request to an http source within its limit and returns how long to wait for it (0: go now). Atomic across processes; every caller gets its own slot.';
 
 create or replace function sync.http_feedback(p_source text, p_remaining int, p_retry_after interval)
   returns void

@@ -49,14 +49,16 @@ function busiestWindow(starts: number[], windowMs: number): number {
 }
 
 describe('sync.take_http_request', () => {
-  test('grants `limit` requests, then says how long until the oldest leaves the window', async () => {
+  test('grants `limit` requests, then reserves the slot when the oldest leaves the window (plus a 40 ms guard)', async () => {
     const src = freshSource();
     for (let i = 0; i < 3; i++) expect(await waitMs(src, 3, 2)).toBe(0);
     const wait = await waitMs(src, 3, 2);
     expect(wait).toBeGreaterThan(1_800);
-    expect(wait).toBeLessThanOrEqual(2_000);
+    expect(wait).toBeLessThanOrEqual(2_040);
+    // The slot is reserved: the next caller gets the one after it.
+    expect(await waitMs(src, 3, 2)).toBeGreaterThan(wait - 50);
     const { rows } = await db.pool.query('select cardinality(started) as n, request_limit, window_seconds from sync.http_budget where source = $1', [src]);
-    expect(rows[0]).toEqual({ n: 3, request_limit: 3, window_seconds: 2 });
+    expect(rows[0]).toEqual({ n: 5, request_limit: 3, window_seconds: 2 });
   });
 
   test('a 429\'s Retry-After blocks every caller until it has passed', async () => {

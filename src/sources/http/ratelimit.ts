@@ -3,8 +3,8 @@ import type { RequestBudget } from './client.js';
 import type { RateLimit } from './schema.js';
 import { sleep } from './timing.js';
 
-// Asked-for waits are rounded up by this much: Postgres measures the window
-// with its own clock, and starting a hair early would just be refused again.
+// Waits are rounded up by this much: Postgres measures the window with its
+// own clock, and a request must not leave before its reserved slot.
 const WAIT_MARGIN_MS = 5;
 
 /**
@@ -16,15 +16,13 @@ export class HttpBudget implements RequestBudget {
 
   /** Resolves when a request to the source may start (its start is then counted). */
   async take(signal?: AbortSignal): Promise<void> {
-    for (;;) {
-      signal?.throwIfAborted();
-      const { rows } = await this.pool.query<{ wait_ms: number }>(
-        'select (extract(epoch from sync.take_http_request($1, $2, $3)) * 1000)::float8 as wait_ms',
-        [this.source, this.limit.requests, this.limit.perSeconds]);
-      const waitMs = rows[0].wait_ms;
-      if (waitMs <= 0) return;
-      await sleep(Math.ceil(waitMs) + WAIT_MARGIN_MS, signal);
-    }
+    signal?.throwIfAborted();
+    // The database reserves this request's slot; waiting for it is all that is left.
+    const { rows } = await this.pool.query<{ wait_ms: number }>(
+      'select (extract(epoch from sync.take_http_request($1, $2, $3)) * 1000)::float8 as wait_ms',
+      [this.source, this.limit.requests, this.limit.perSeconds]);
+    const waitMs = rows[0].wait_ms;
+    if (waitMs > 0) await sleep(Math.ceil(waitMs) + WAIT_MARGIN_MS, signal);
   }
 
   /** Tells the budget what the vendor said: requests left in its window, or how long to hold off. */
