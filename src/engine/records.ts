@@ -128,7 +128,12 @@ export async function loadHttpRun(args: {
     // Resumed after the last page was saved: everything is fetched already.
     const pages = resumed && resumed.resume === null ? [] : paginate(client, endpoint, { resumeFrom, signal, entity: name });
     for await (const page of pages) {
-      const lines = page.records.flatMap((r) => map(r).map((m) => copyLine([++line, ...m.values, JSON.stringify(m.raw)])));
+      const lines: string[] = [];
+      for (const [i, r] of page.records.entries()) {
+        for (const m of map(r)) lines.push(copyLine([++line, ...m.values, JSON.stringify(m.raw)]));
+        // Let timers run now and then: the next page's request must leave on its reserved slot.
+        if (i % YIELD_EVERY === YIELD_EVERY - 1) await new Promise((resolve) => setImmediate(resolve));
+      }
       await target.query('begin');
       try {
         if (lines.length) await pipeline(Readable.from(lines), target.query(copyFrom(copySql)));
@@ -185,6 +190,9 @@ async function parentsTable(target: PoolClient, runId: number, columns: string[]
   else await target.query(`create unlogged table if not exists ${name} (${columns.map((c) => `${quoteIdent(c)} text`).join(', ')})`);
   return name;
 }
+
+// Records mapped between two turns of the event loop.
+const YIELD_EVERY = 200;
 
 function rawTable(runId: number): string {
   return `sync_staging.${quoteIdent(`run_${runId}_raw`)}`;
