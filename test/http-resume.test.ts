@@ -72,6 +72,12 @@ describe('an http crawl killed with SIGKILL', () => {
         const killed = (await sync.pool.query(`select id, detail from sync.run order by id desc limit 1`)).rows[0];
         // Killed mid-crawl: nothing merged yet.
         expect((await sync.pool.query('select count(*)::int as n from products')).rows[0].n).toBe(0);
+        // The killed client's server session lets go of the entity lock when it notices the client is gone.
+        for (let i = 0; i < 600; i++) {
+          const { rows } = await sync.pool.query(`select count(*)::int as n from pg_locks where locktype = 'advisory'`);
+          if (rows[0].n === 0) break;
+          await new Promise((res) => setTimeout(res, 50));
+        }
         vendor.reset();
         const r = await engine.run('products', { trigger: 'manual' });
         expect(r).toMatchObject({ status: 'succeeded', fetched: 600, inserted: 600 });

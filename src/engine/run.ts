@@ -1,5 +1,5 @@
 import { entity as entitySchema, type Config, type EntityConfig } from '../config/schema.js';
-import type { Pool } from '../db/pool.js';
+import type { Pool, PoolClient } from '../db/pool.js';
 import { log, maskUrls } from '../log.js';
 import { SourcePools } from '../sources/postgres.js';
 import { planColumns } from './columns.js';
@@ -120,8 +120,7 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
   let runId: number | null = null;
   let locked = false;
   try {
-    const lock = await target.query('select pg_try_advisory_lock(sync.entity_lock_key($1)) as ok', [name]);
-    locked = lock.rows[0].ok;
+    locked = await takeEntityLock(target, name);
     if (!locked) {
       const { rows } = await pool.query(
         `select id from sync.run where entity = $1 and status = 'running' order by id desc limit 1`, [name]);
@@ -180,6 +179,26 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
     // A failed COPY can leave the connection mid-protocol; dropping it also
     // releases the advisory lock.
     target.release(targetBroken ? true : undefined);
+  }
+}
+
+// How long a run waits for its entity's lock before reporting that another
+// run has it: long enough for the server to notice that a killed process's
+// session is gone (it holds the lock until then), short for a real overlap.
+const LOCK_WAIT = '3s';
+
+async function takeEntityLock(client: PoolClient, name: string): Promise<boolean> {
+  const { rows } = await client.query('select pg_try_advisory_lock(sync.entity_lock_key($1)) as ok', [name]);
+  if (rows[0].ok) return true;
+  try {
+    await client.query(`set lock_timeout = '${LOCK_WAIT}'`);
+    await client.query('select pg_advisory_lock(sync.entity_lock_key($1))', [name]);
+    return true;
+  } catch (err) {
+    if ((err as { code?: string }).code === '55P03') return false;
+    throw err;
+  } finally {
+    await client.query('reset lock_timeout').catch(() => {});
   }
 }
 
