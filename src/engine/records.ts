@@ -4,7 +4,7 @@ import { from as copyFrom } from 'pg-copy-streams';
 import type { CsvSourceConfig, EntityConfig, HttpSourceConfig } from '../config/schema.js';
 import type { HttpEntityOptions } from '../sources/http/schema.js';
 import { httpSourceClient } from '../sources/http/source.js';
-import { paginate, type PageState } from '../sources/http/paginate.js';
+import { compareVersions, paginate, type PageState } from '../sources/http/paginate.js';
 import { log } from '../log.js';
 import { recordMapper, toText } from '../sources/http/fields.js';
 import { getPath } from '../sources/http/path.js';
@@ -115,6 +115,7 @@ export async function loadHttpRun(args: {
   const endpoint = withCursor(http, incremental);
   const client = httpSourceClient(def.source, src, engine.pool);
   const map = nested ? nestedMapper(columns, fields, nested) : (r: unknown) => [{ values: recordMapper(columns, fields)(r), raw: r }];
+  const synced = nested ? await parentsSyncedUpTo(engine, def, http) : null;
   await fetchPhase(engine.pool, target, runId, opts.signal, async (signal) => {
     const resumed = await adoptPages(target, runId, columns);
     const raw = resumed ? rawTable(runId)
@@ -129,7 +130,10 @@ export async function loadHttpRun(args: {
     const pages = resumed && resumed.resume === null ? [] : paginate(client, endpoint, { resumeFrom, signal, entity: name });
     for await (const page of pages) {
       const lines: string[] = [];
-      for (const [i, r] of page.records.entries()) {
+      // Children only of parents their own entity has merged: a sale rung up
+      // after the sales run would otherwise bring line items with no sale.
+      const records = synced ? page.records.filter(synced) : page.records;
+      for (const [i, r] of records.entries()) {
         for (const m of map(r)) lines.push(copyLine([++line, ...m.values, JSON.stringify(m.raw)]));
         // Let timers run now and then: the next page's request must leave on its reserved slot.
         if (i % YIELD_EVERY === YIELD_EVERY - 1) await new Promise((resolve) => setImmediate(resolve));
@@ -137,8 +141,8 @@ export async function loadHttpRun(args: {
       await target.query('begin');
       try {
         if (lines.length) await pipeline(Readable.from(lines), target.query(copyFrom(copySql)));
-        if (parents && nested && page.records.length) {
-          const keys = page.records.map((p) => copyLine(parentKey.map((c) => toText(getPath(p, nested.parent[c])))));
+        if (parents && nested && records.length) {
+          const keys = records.map((p) => copyLine(parentKey.map((c) => toText(getPath(p, nested.parent[c])))));
           await pipeline(Readable.from(keys), target.query(copyFrom(`copy ${parents} from stdin`)));
         }
         await target.query(
@@ -181,6 +185,28 @@ function nestedMapper(columns: string[], fields: Record<string, string>, nested:
       return { values, raw: item };
     });
   };
+}
+
+/**
+ * For nested children whose parents are another entity of the same endpoint
+ * (a dependency with a cursor): a filter keeping the parent records that
+ * entity has already merged, by its cursor. Null when there is no such entity.
+ */
+async function parentsSyncedUpTo(engine: Engine, def: EntityConfig, http: HttpEntityOptions): Promise<((r: unknown) => boolean) | null> {
+  for (const dep of def.dependsOn) {
+    const parent = await engine.loadEntity(dep);
+    const from = parent.def.from as { http?: HttpEntityOptions; nested?: unknown };
+    if (parent.def.source !== def.source || !from.http || from.nested || from.http.path !== http.path || !parent.def.cursor) continue;
+    const column = parent.def.cursor.column;
+    const path = from.http.fields?.[column]
+      ?? (parent.def.columns && !Array.isArray(parent.def.columns) ? parent.def.columns[column] : undefined) ?? column;
+    const upTo = parent.cursor;
+    return (r) => {
+      const v = toText(getPath(r, path));
+      return upTo !== null && v !== null && compareVersions(v, upTo) <= 0;
+    };
+  }
+  return null;
 }
 
 /** The keys of every parent record a run saw (with or without children): the scope of its child deletes. */
