@@ -4,6 +4,7 @@ import { parseConfig } from '../src/config/load.js';
 import { applyConfig } from '../src/config/apply.js';
 import { Engine } from '../src/engine/run.js';
 import { Vendor } from './http/vendor.js';
+import { runBackfill } from '../src/engine/backfill.js';
 
 let sync: TestDatabase;
 let engine: Engine;
@@ -14,13 +15,16 @@ const expected = () => vendor.records.map((r) => ({ id: r.id, name: r.name, vers
 
 beforeAll(async () => {
   sync = await testDatabase('http_run');
-  await sync.pool.query('create table products (id int primary key, name text not null, version bigint, tags jsonb)');
+  await sync.pool.query(`create table products (id int primary key, name text not null, version bigint, tags jsonb);
+    create table products_bf (like products)`);
   const url = await vendor.start();
   const cfg = parseConfig({
     sources: { shop: { kind: 'http', baseUrl: url, auth: { bearer: 'sekret-token' }, retries: { max: 8, baseMs: 5, maxMs: 20 } } },
     entities: {
       products: { source: 'shop', from: { http: { path: 'version', pagination: { style: 'version', sizeParam: 'page_size', size: 3 } } },
         target: 'products', key: ['id'], cursor: { column: 'version' } },
+      products_bf: { source: 'shop', from: { http: { path: 'version', pagination: { style: 'version', sizeParam: 'page_size', size: 3 } } },
+        target: 'products_bf', key: ['id'], cursor: { column: 'version' } },
       products_pages: { source: 'shop', from: { http: { path: 'pages', recordsPath: 'data.items', pagination: { style: 'page' } } },
         target: 'products', key: ['id'] },
     },
@@ -82,5 +86,18 @@ describe('an http source', () => {
     expect(r.error).not.toContain('sekret-token');
     const { rows } = await sync.pool.query('select category from sync.run_error where run_id = $1 and key is null', [r.runId]);
     expect(rows).toEqual([{ category: 'auth' }]);
+  });
+
+  it('backfills a version range in chunks, reading only that range, and hands over to the cursor', async () => {
+    vendor.reset();
+    const results = await runBackfill(engine, 'products_bf', { from: '1', to: '7', chunk: '3' });
+    const inRange = (lo: number, hi: number) => vendor.records.filter((r) => r.version >= lo && r.version < hi).length;
+    expect(results.map((r) => [r.status, r.inserted])).toEqual([['succeeded', inRange(1, 4)], ['succeeded', inRange(4, 7)]]);
+    const versions = (await sync.pool.query('select version from products_bf order by version')).rows.map((r) => Number(r.version));
+    expect(versions).toEqual(vendor.records.map((r) => r.version).filter((v) => v >= 1 && v < 7).sort((a, b) => a - b));
+    expect(vendor.hits.map((h) => h.query.get('after'))).toContain('0');
+    const next = await engine.run('products_bf', { trigger: 'manual' });
+    expect(next.inserted).toBe(vendor.records.filter((r) => r.version >= 7).length);
+    expect(vendor.hits.at(-1)?.query.get('after')).not.toBe('0');
   });
 });

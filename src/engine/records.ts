@@ -111,7 +111,8 @@ export async function loadHttpRun(args: {
     : def.columns ? Object.keys(def.columns) : await writableColumns(engine, def);
   const columns = [...listed, ...parentColumns.filter((c) => !listed.includes(c))];
   const runId = await args.start(columns);
-  const incremental = def.cursor && !opts.full ? cursor : null;
+  const incremental = def.cursor && !opts.full && !opts.window ? cursor : null;
+  const window = opts.window ? versionWindow(def, http, opts.window) : null;
   const endpoint = withCursor(http, incremental);
   const client = httpSourceClient(def.source, src, engine.pool);
   const map = nested ? nestedMapper(columns, fields, nested) : (r: unknown) => [{ values: recordMapper(columns, fields)(r), raw: r }];
@@ -122,9 +123,10 @@ export async function loadHttpRun(args: {
       : (await target.query('select sync.create_raw_staging($1) as raw', [runId])).rows[0].raw as string;
     const parents = nested ? await parentsTable(target, runId, parentKey, !resumed) : null;
     const copySql = `copy ${raw} (_sl_line, ${columns.map(quoteIdent).join(', ')}, _sl_raw) from stdin`;
+    const after = window ? window.after : incremental;
     const resumeFrom = resumed ? resumed.resume ?? undefined
-      : endpoint.pagination.style === 'version' && incremental !== null
-        ? { style: 'version' as const, index: 0, after: incremental } : undefined;
+      : endpoint.pagination.style === 'version' && after !== null
+        ? { style: 'version' as const, index: 0, after } : undefined;
     let line = resumed?.records ?? 0;
     // Resumed after the last page was saved: everything is fetched already.
     const pages = resumed && resumed.resume === null ? [] : paginate(client, endpoint, { resumeFrom, signal, entity: name });
@@ -132,7 +134,8 @@ export async function loadHttpRun(args: {
       const lines: string[] = [];
       // Children only of parents their own entity has merged: a sale rung up
       // after the sales run would otherwise bring line items with no sale.
-      const records = synced ? page.records.filter(synced) : page.records;
+      const inWindow = window ? page.records.filter(window.keeps) : page.records;
+      const records = synced ? inWindow.filter(synced) : inWindow;
       for (const [i, r] of records.entries()) {
         for (const m of map(r)) lines.push(copyLine([++line, ...m.values, JSON.stringify(m.raw)]));
         // Let timers run now and then: the next page's request must leave on its reserved slot.
@@ -154,6 +157,8 @@ export async function loadHttpRun(args: {
         throw err;
       }
       opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: line, bytes: 0 });
+      // A backfill chunk ends where its window does: versions only grow.
+      if (window && inWindow.length < page.records.length) break;
     }
   });
   await target.query('select sync.cast_raw($1, $2, true)', [runId, src.timeZone ?? null]);
@@ -184,6 +189,26 @@ function nestedMapper(columns: string[], fields: Record<string, string>, nested:
       fromParent.forEach((p, i) => { if (p !== undefined) values[i] = toText(getPath(parent, p)); });
       return { values, raw: item };
     });
+  };
+}
+
+/**
+ * A backfill chunk of a version-paginated entity: versions [from, to), read
+ * by starting after from - 1 and stopping at the first version past the window.
+ */
+function versionWindow(def: EntityConfig, http: HttpEntityOptions, w: { from: string; to: string }) {
+  if (http.pagination.style !== 'version' || !def.cursor || !/^\d+$/.test(w.from) || !/^\d+$/.test(w.to)) {
+    throw new Error('a backfill of an http entity needs version pagination and a numeric version cursor: '
+      + 'give --from and --to as versions (an http entity with another pagination catches up by its cursor instead)');
+  }
+  const column = def.cursor.column;
+  const path = http.fields?.[column] ?? (def.columns && !Array.isArray(def.columns) ? def.columns[column] : undefined) ?? column;
+  return {
+    after: (BigInt(w.from) - 1n).toString(),
+    keeps: (r: unknown) => {
+      const v = toText(getPath(r, path));
+      return v !== null && compareVersions(v, w.to) < 0;
+    },
   };
 }
 
