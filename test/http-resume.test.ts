@@ -29,26 +29,30 @@ beforeAll(async () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'syncline-resume-'));
   configFile = path.join(dir, 'syncline.config.json');
   writeFileSync(configFile, JSON.stringify(config(url)));
-  // Slow pages, so the crawl is still going when it is killed.
-  const normal = vendor.override;
-  vendor.override = (req, res, url2) => {
-    if (url2.pathname !== '/version') return normal?.(req, res, url2) ?? false;
-    const started = Date.now();
-    while (Date.now() - started < 15) { /* a slow vendor */ }
-    return false;
+  // While a kill is pending, the vendor answers `answerPages` pages and then
+  // holds every further request: the crawl is surely mid-way when killed,
+  // however slow the machine.
+  vendor.override = (_req, _res, url2) => {
+    if (url2.pathname !== '/version' || answerPages === null) return false;
+    if (answerPages > 0) { answerPages -= 1; return false; }
+    return true; // no answer: the request hangs until its client is killed
   };
 });
+
+let answerPages: number | null = null;
 afterAll(() => vendor.close());
 
 /** `sync products` in a child process, SIGKILLed once the run has saved `pages` pages. */
 function syncKilledAfterPages(pages: number): Promise<void> {
+  // One more than saved: the fetch-ahead request for page n+1 goes out while page n is written.
+  answerPages = pages + 1;
   return new Promise((resolve) => {
     const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'sync', 'products'], {
       env: { ...process.env, DATABASE_URL: sync.url, SYNCLINE_CONFIG: configFile, SYNCLINE_LOG_LEVEL: 'silent' },
       stdio: 'ignore',
     });
     let exited = false;
-    child.on('exit', () => { exited = true; resolve(); });
+    child.on('exit', () => { exited = true; answerPages = null; resolve(); });
     const watch = async () => {
       while (!exited) {
         const { rows } = await sync.pool.query(`select (detail ->> 'pages')::int as p from sync.run where status = 'running'`);
