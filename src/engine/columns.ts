@@ -2,6 +2,21 @@ import type { EntityConfig } from '../config/schema.js';
 import { sourceColumns, sourceKeyIsUnique, type CursorFilter } from '../sources/postgres.js';
 import type { Engine } from './run.js';
 
+/** The target's columns a sync may write (generated ones excluded), in table order, with their types. */
+export async function targetColumns(engine: Engine, name: string, def: EntityConfig): Promise<{ attname: string; type: string }[]> {
+  const target = def.target as { schema: string; table: string };
+  const { rows } = await engine.pool.query<{ attname: string; type: string }>(
+    `select a.attname, format_type(a.atttypid, a.atttypmod) as type
+       from pg_attribute a
+      where a.attrelid = to_regclass(format('%I.%I', $1::text, $2::text)) and a.attnum > 0
+        and not a.attisdropped and a.attgenerated = ''
+      order by a.attnum`, [target.schema, target.table]);
+  if (!rows.length) {
+    throw new Error(`target table ${target.schema}.${target.table} of entity "${name}" does not exist — create it with your own migration`);
+  }
+  return rows;
+}
+
 /** Which target column is fed by which source column, and what the source guarantees. */
 export interface Plan {
   targetColumns: string[];
@@ -18,16 +33,7 @@ export async function planColumns(engine: Engine, name: string, def: EntityConfi
   if (!src) {
     throw new Error(`entity "${name}" reads from source "${def.source}", which the config file does not define — add it under "sources"`);
   }
-  const target = def.target as { schema: string; table: string };
-  const { rows } = await engine.pool.query<{ attname: string; type: string }>(
-    `select a.attname, format_type(a.atttypid, a.atttypmod) as type
-       from pg_attribute a
-      where a.attrelid = to_regclass(format('%I.%I', $1::text, $2::text)) and a.attnum > 0
-        and not a.attisdropped and a.attgenerated = ''
-      order by a.attnum`, [target.schema, target.table]);
-  if (!rows.length) {
-    throw new Error(`target table ${target.schema}.${target.table} of entity "${name}" does not exist — create it with your own migration`);
-  }
+  const rows = await targetColumns(engine, name, def);
   const types = new Map(rows.map((r) => [r.attname, r.type]));
   let mapping: [string, string][];
   if (Array.isArray(def.columns)) mapping = def.columns.map((c) => [c, c]);

@@ -12,6 +12,7 @@ import { quoteIdent } from '../db/database.js';
 import type { PoolClient } from '../db/pool.js';
 import { copyLine, openCsv } from '../sources/csv.js';
 import { fetchPhase } from './guards.js';
+import { targetColumns } from './columns.js';
 import { mergeStaging, type MergeResult } from './load.js';
 import type { Engine, RunOptions } from './run.js';
 
@@ -32,9 +33,9 @@ export async function loadCsvRun(args: {
 }): Promise<MergeResult> {
   const { engine, target, name, def, opts } = args;
   const src = engine.config.sources[def.source] as CsvSourceConfig;
-  const targetColumns = await writableColumns(engine, def);
+  const writable = (await targetColumns(engine, name, def)).map((c) => c.attname);
   const reading = new AbortController();
-  const reader = await openCsv(src, def, targetColumns, engine.configDir, reading.signal);
+  const reader = await openCsv(src, def, writable, engine.configDir, reading.signal);
   const columns = reader.mapping.map(([t]) => t);
   const runId = await args.start(columns);
   await fetchPhase(engine.pool, target, runId, opts.signal, async (signal) => {
@@ -58,17 +59,6 @@ export async function loadCsvRun(args: {
     engine, target, name, runId, def, opts,
     plan: { targetColumns: columns, sourceColumns: reader.mapping.map(([, h]) => h), sourceKeyUnique: false },
   });
-}
-
-/** Target columns a record source may fill (generated columns excluded). */
-async function writableColumns(engine: Engine, def: EntityConfig): Promise<string[]> {
-  const t = def.target as { schema: string; table: string };
-  const { rows } = await engine.pool.query<{ attname: string }>(
-    `select a.attname from pg_attribute a
-      where a.attrelid = to_regclass(format('%I.%I', $1::text, $2::text)) and a.attnum > 0
-        and not a.attisdropped and a.attgenerated = '' order by a.attnum`, [t.schema, t.table]);
-  if (!rows.length) throw new Error(`target table ${t.schema}.${t.table} does not exist — create it with your own migration`);
-  return rows.map((r) => r.attname);
 }
 
 /** Lines the parser could not read: quarantined with their line number, counted as fetched. */
@@ -108,7 +98,7 @@ export async function loadHttpRun(args: {
   const parentColumns = nested ? Object.keys(nested.parent) : [];
   const parentKey = nested?.parentKey ?? parentColumns;
   const listed = Array.isArray(def.columns) ? def.columns
-    : def.columns ? Object.keys(def.columns) : await writableColumns(engine, def);
+    : def.columns ? Object.keys(def.columns) : (await targetColumns(engine, name, def)).map((c) => c.attname);
   const columns = [...listed, ...parentColumns.filter((c) => !listed.includes(c))];
   const runId = await args.start(columns);
   const incremental = def.cursor && !opts.full && !opts.window ? cursor : null;
