@@ -12,7 +12,9 @@ let sync: TestDatabase;
 let engine: Engine;
 let version = 0;
 const sales: Sale[] = [];
+let requests = 0;
 const server = http.createServer((req, res) => {
+  requests += 1;
   // Lightspeed X-Series 2.0's version cursor: records past `after`, by version; an empty page ends.
   const url = new URL(req.url ?? '/', 'http://x');
   const after = Number(url.searchParams.get('after') ?? 0);
@@ -28,6 +30,8 @@ function put(id: string, items: [string, string, string][]) {
   if (s) Object.assign(s, sale); else sales.push(sale);
 }
 
+const feeds = async () => (await sync.pool.query(
+  `select count(*)::int as n from pg_tables where schemaname = 'sync_staging' and tablename like '%\\_feed'`)).rows[0].n;
 const items = async () => (await sync.pool.query('select id, sale_id, product, price::text from line_items order by id')).rows;
 
 beforeAll(async () => {
@@ -64,8 +68,13 @@ afterAll(async () => {
 describe('records nested in an API record', () => {
   it('become rows of their own table with the parent key carried down', async () => {
     expect((await engine.run('sales', { trigger: 'manual' })).status).toBe('succeeded');
+    expect(await feeds()).toBe(1);
+    requests = 0;
     const r = await engine.run('line_items', { trigger: 'manual' });
     expect(r).toMatchObject({ status: 'succeeded', fetched: 3, inserted: 3 });
+    // One response feeds both: the items come from the records the sales run kept, not from the API again.
+    expect(requests).toBe(0);
+    expect(await feeds()).toBe(0);
     expect(await items()).toEqual([
       { id: 'a', sale_id: 's1', product: 'tea', price: '2.50' },
       { id: 'b', sale_id: 's1', product: 'cake', price: '4.00' },
@@ -75,11 +84,13 @@ describe('records nested in an API record', () => {
 
   it('a parent\'s child set is replaced as a whole; children of other parents stay', async () => {
     put('s1', [['a', 'tea', '2.75']]); // b removed from the sale, a repriced
-    // Children follow their parent entity: until sales has merged s1's new version, s1's items wait (only s2's come).
-    expect(await engine.run('line_items', { trigger: 'manual' })).toMatchObject({ fetched: 1, updated: 0, deleted: 0 });
+    // Children follow their parent entity: until sales has merged s1's new version, s1's items wait.
+    expect(await engine.run('line_items', { trigger: 'manual' })).toMatchObject({ fetched: 0, updated: 0, deleted: 0 });
     expect((await engine.run('sales', { trigger: 'manual' })).updated).toBe(1);
+    requests = 0;
     const r = await engine.run('line_items', { trigger: 'manual' });
-    expect(r).toMatchObject({ status: 'succeeded', updated: 1, deleted: 1 });
+    expect(r).toMatchObject({ status: 'succeeded', fetched: 1, updated: 1, deleted: 1 });
+    expect(requests).toBe(0);
     expect(await items()).toEqual([
       { id: 'a', sale_id: 's1', product: 'tea', price: '2.75' },
       { id: 'c', sale_id: 's2', product: 'coffee', price: '3.00' },
@@ -92,6 +103,26 @@ describe('records nested in an API record', () => {
     const r = await engine.run('line_items_inc', { trigger: 'manual' });
     expect(r).toMatchObject({ status: 'succeeded', fetched: 0, deleted: 1 });
     expect((await sync.pool.query('select id, sale_id from line_items_inc order by id')).rows).toEqual([{ id: 'a', sale_id: 's1' }]);
+  });
+
+  it('without the parent\'s kept records (dropped, or taken by no one yet) the children crawl the API and still converge', async () => {
+    put('s2', [['c', 'coffee', '3.10'], ['d', 'scone', '3.50']]);
+    expect((await engine.run('sales', { trigger: 'manual' })).updated).toBe(1);
+    await sync.pool.query(`select format('drop table sync_staging.%I', tablename) as q from pg_tables
+      where schemaname = 'sync_staging' and tablename like '%\\_feed'`).then(async ({ rows }) => {
+      for (const r of rows) await sync.pool.query(r.q);
+    });
+    requests = 0;
+    expect(await engine.run('line_items', { trigger: 'manual' })).toMatchObject({ status: 'succeeded', inserted: 1, updated: 1 });
+    expect(requests).toBeGreaterThan(0);
+    // The crawl noted the parent run it followed: the next parent run feeds the children again.
+    put('s1', [['a', 'tea', '2.75'], ['e', 'jam', '1.00']]);
+    expect((await engine.run('sales', { trigger: 'manual' })).updated).toBe(1);
+    requests = 0;
+    expect(await engine.run('line_items', { trigger: 'manual' })).toMatchObject({ status: 'succeeded', fetched: 2, inserted: 1 });
+    expect(requests).toBe(0);
+    expect((await sync.pool.query(`select sync.cleanup() ->> 'staging_dropped' as n`)).rows[0].n).toBe('0');
+    expect(await feeds()).toBe(0);
   });
 
   it('sale totals equal the sum of their line items after sync', async () => {

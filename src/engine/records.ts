@@ -100,13 +100,20 @@ export async function loadHttpRun(args: {
   const listed = Array.isArray(def.columns) ? def.columns
     : def.columns ? Object.keys(def.columns) : (await targetColumns(engine, name, def)).map((c) => c.attname);
   const columns = [...listed, ...parentColumns.filter((c) => !listed.includes(c))];
+  const parent = nested ? await feedingParent(engine, def, http) : null;
+  const feeds = parent && !opts.full && !opts.window ? await parentFeeds(engine, name, parent.name) : null;
   const runId = await args.start(columns);
+  if (nested && feeds) {
+    await feedNested({ engine, target, name, runId, opts, feeds, columns, fields, nested, parentKey });
+    return mergeNested(args, runId, src, parentKey, columns, fields);
+  }
   const incremental = def.cursor && !opts.full && !opts.window ? cursor : null;
   const window = opts.window ? versionWindow(def, http, opts.window) : null;
   const endpoint = withCursor(http, incremental);
   const client = httpSourceClient(def.source, src, engine.pool);
   const map = nested ? nestedMapper(columns, fields, nested) : (r: unknown) => [{ values: recordMapper(columns, fields)(r), raw: r }];
-  const synced = nested ? await parentsSyncedUpTo(engine, def, http) : null;
+  const synced = parent ? await parentsSyncedUpTo(engine, runId, parent) : null;
+  const children = nested || opts.dryRun ? [] : await nestedChildren(engine, name, def, http);
   await fetchPhase(engine.pool, target, runId, opts.signal, async (signal) => {
     const resumed = await adoptPages(target, runId, columns);
     const raw = resumed ? rawTable(runId)
@@ -151,15 +158,83 @@ export async function loadHttpRun(args: {
       if (window && inWindow.length < page.records.length) break;
     }
   });
-  await target.query('select sync.cast_raw($1, $2, true)', [runId, src.timeZone ?? null]);
-  if (nested) {
-    await target.query(`update sync.run set detail = detail || jsonb_build_object('parent_scope', $2::jsonb) where id = $1`,
-      [runId, JSON.stringify(parentKey)]);
+  if (children.length) await target.query('select sync.keep_feed($1, $2)', [runId, children]);
+  if (!nested) {
+    await target.query('select sync.cast_raw($1, $2, true)', [runId, src.timeZone ?? null]);
+    return mergeStaging({
+      engine, target, name, runId, def, opts,
+      plan: { targetColumns: columns, sourceColumns: columns.map((c) => fields[c] ?? c), sourceKeyUnique: false },
+    });
   }
-  return mergeStaging({
+  return mergeNested(args, runId, src, parentKey, columns, fields);
+}
+
+/** Cast and merge a nested entity's staged records: each parent seen has its child set replaced. */
+async function mergeNested(args: { engine: Engine; target: PoolClient; name: string; def: EntityConfig; opts: RunOptions },
+  runId: number, src: HttpSourceConfig, parentKey: string[], columns: string[], fields: Record<string, string>): Promise<MergeResult> {
+  const { engine, target, name, def, opts } = args;
+  await target.query('select sync.cast_raw($1, $2, true)', [runId, src.timeZone ?? null]);
+  await target.query(`update sync.run set detail = detail || jsonb_build_object('parent_scope', $2::jsonb) where id = $1`,
+    [runId, JSON.stringify(parentKey)]);
+  const merged = await mergeStaging({
     engine, target, name, runId, def, opts,
     plan: { targetColumns: columns, sourceColumns: columns.map((c) => fields[c] ?? c), sourceKeyUnique: false },
   });
+  await target.query('select sync.drop_spent_feeds()');
+  return merged;
+}
+
+/**
+ * A nested entity's records taken from the records its parent entity's runs
+ * kept (sync.feed_nested): exploded in SQL, no request to the API.
+ */
+async function feedNested(a: { engine: Engine; target: PoolClient; name: string; runId: number; opts: RunOptions;
+  feeds: number[]; columns: string[]; fields: Record<string, string>; nested: Nested; parentKey: string[] }): Promise<void> {
+  const { engine, target, runId, opts, nested } = a;
+  await fetchPhase(engine.pool, target, runId, opts.signal, async () => {
+    await target.query('select sync.create_raw_staging($1)', [runId]);
+    await parentsTable(target, runId, a.parentKey, true);
+    const spec = {
+      path: nested.path,
+      columns: a.columns.map((c) => nested.parent[c] !== undefined
+        ? { column: c, path: nested.parent[c], parent: true } : { column: c, path: a.fields[c] ?? c, parent: false }),
+      parentKey: a.parentKey.map((c) => ({ column: c, path: nested.parent[c] })),
+    };
+    const { rows } = await target.query('select sync.feed_nested($1, $2, $3) as n', [runId, a.feeds, JSON.stringify(spec)]);
+    log.debug({ entity: a.name, runId, feeds: a.feeds, records: rows[0].n }, 'nested records taken from the parent\'s runs');
+    opts.onProgress?.({ entity: a.name, runId, phase: 'fetch', rows: Number(rows[0].n), bytes: 0 });
+  });
+}
+
+/** The runs of the parent entity whose kept records this nested entity takes; null when it must crawl. */
+async function parentFeeds(engine: Engine, name: string, parent: string): Promise<number[] | null> {
+  const { rows } = await engine.pool.query('select sync.parent_feeds($1, $2) as feeds', [name, parent]);
+  return rows[0].feeds === null ? null : (rows[0].feeds as string[]).map(Number);
+}
+
+/** Entities nested in this one's records (same source and endpoint, depending on it): its records feed them. */
+async function nestedChildren(engine: Engine, name: string, def: EntityConfig, http: HttpEntityOptions): Promise<string[]> {
+  const { rows } = await engine.pool.query<{ name: string; definition: EntityConfig }>(
+    'select name, definition from sync.entity where $1 = any(depends_on) and enabled order by name', [name]);
+  return rows.filter((r) => {
+    const from = r.definition.from as { http?: HttpEntityOptions; nested?: unknown };
+    return r.definition.source === def.source && from.nested && from.http?.path === http.path;
+  }).map((r) => r.name);
+}
+
+/**
+ * The entity a nested entity's records come nested in: a dependency on the
+ * same source and endpoint whose own records are not nested. Null when none.
+ */
+async function feedingParent(engine: Engine, def: EntityConfig, http: HttpEntityOptions) {
+  for (const dep of def.dependsOn) {
+    const parent = await engine.loadEntity(dep);
+    const from = parent.def.from as { http?: HttpEntityOptions; nested?: unknown };
+    if (parent.def.source === def.source && from.http && !from.nested && from.http.path === http.path) {
+      return { name: dep, ...parent, http: from.http };
+    }
+  }
+  return null;
 }
 
 interface Nested {
@@ -203,25 +278,29 @@ function versionWindow(def: EntityConfig, http: HttpEntityOptions, w: { from: st
 }
 
 /**
- * For nested children whose parents are another entity of the same endpoint
- * (a dependency with a cursor): a filter keeping the parent records that
- * entity has already merged, by its cursor. Null when there is no such entity.
+ * A nested entity crawling the API itself: a filter keeping the parent
+ * records its parent entity has already merged, by that entity's cursor
+ * (null without one). The parent's last run is noted in the run
+ * (parents_upto): the records of later parent runs feed the next run.
  */
-async function parentsSyncedUpTo(engine: Engine, def: EntityConfig, http: HttpEntityOptions): Promise<((r: unknown) => boolean) | null> {
-  for (const dep of def.dependsOn) {
-    const parent = await engine.loadEntity(dep);
-    const from = parent.def.from as { http?: HttpEntityOptions; nested?: unknown };
-    if (parent.def.source !== def.source || !from.http || from.nested || from.http.path !== http.path || !parent.def.cursor) continue;
-    const column = parent.def.cursor.column;
-    const path = from.http.fields?.[column]
-      ?? (parent.def.columns && !Array.isArray(parent.def.columns) ? parent.def.columns[column] : undefined) ?? column;
-    const upTo = parent.cursor;
-    return (r) => {
-      const v = toText(getPath(r, path));
-      return upTo !== null && v !== null && compareVersions(v, upTo) <= 0;
-    };
-  }
-  return null;
+async function parentsSyncedUpTo(engine: Engine, runId: number,
+  parent: { name: string; def: EntityConfig; http: HttpEntityOptions }): Promise<((r: unknown) => boolean) | null> {
+  const { rows } = await engine.pool.query(
+    `with p as (
+       select e.cursor_value, (select max(r.id) from sync.run r
+                                where r.entity = e.name and r.status in ('succeeded', 'partial') and not r.dry_run) as upto
+         from sync.entity e where e.name = $2)
+     update sync.run set detail = detail || jsonb_strip_nulls(jsonb_build_object('parents_upto', p.upto))
+       from p where id = $1 returning p.cursor_value`, [runId, parent.name]);
+  if (!parent.def.cursor) return null;
+  const column = parent.def.cursor.column;
+  const path = parent.http.fields?.[column]
+    ?? (parent.def.columns && !Array.isArray(parent.def.columns) ? parent.def.columns[column] : undefined) ?? column;
+  const upTo = rows[0]?.cursor_value as string | null;
+  return (r) => {
+    const v = toText(getPath(r, path));
+    return upTo !== null && v !== null && compareVersions(v, upTo) <= 0;
+  };
 }
 
 /** The keys of every parent record a run saw (with or without children): the scope of its child deletes. */
