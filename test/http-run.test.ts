@@ -3,7 +3,7 @@ import { testDatabase, type TestDatabase } from './helpers/db.js';
 import { parseConfig } from '../src/config/load.js';
 import { applyConfig } from '../src/config/apply.js';
 import { Engine } from '../src/engine/run.js';
-import { Vendor } from './http/vendor.js';
+import { updatedAt, Vendor } from './http/vendor.js';
 import { runBackfill } from '../src/engine/backfill.js';
 
 let sync: TestDatabase;
@@ -16,7 +16,8 @@ const expected = () => vendor.records.map((r) => ({ id: r.id, name: r.name, vers
 beforeAll(async () => {
   sync = await testDatabase('http_run');
   await sync.pool.query(`create table products (id int primary key, name text not null, version bigint, tags jsonb);
-    create table products_bf (like products)`);
+    create table products_bf (like products);
+    create table products_upd (id int primary key, name text, updated_at timestamptz not null)`);
   const url = await vendor.start();
   const cfg = parseConfig({
     sources: { shop: { kind: 'http', baseUrl: url, auth: { bearer: 'sekret-token' }, retries: { max: 8, baseMs: 5, maxMs: 20 } } },
@@ -25,6 +26,8 @@ beforeAll(async () => {
         target: 'products', key: ['id'], cursor: { column: 'version' } },
       products_bf: { source: 'shop', from: { http: { path: 'version', pagination: { style: 'version', sizeParam: 'page_size', size: 3 } } },
         target: 'products_bf', key: ['id'], cursor: { column: 'version' } },
+      products_upd: { source: 'shop', from: { http: { path: 'updated', recordsPath: 'data.items', pagination: { style: 'page' },
+        params: { since: '{{from}}', before: '{{to}}' } } }, target: 'products_upd', key: ['id'], cursor: { column: 'updated_at' } },
       products_pages: { source: 'shop', from: { http: { path: 'pages', recordsPath: 'data.items', pagination: { style: 'page' } } },
         target: 'products', key: ['id'] },
     },
@@ -99,5 +102,28 @@ describe('an http source', () => {
     const next = await engine.run('products_bf', { trigger: 'manual' });
     expect(next.inserted).toBe(vendor.records.filter((r) => r.version >= 7).length);
     expect(vendor.hits.at(-1)?.query.get('after')).not.toBe('0');
+  });
+
+  it('backfills a date range through the API\'s own filter params, one request stream a chunk, and a normal run leaves them out', async () => {
+    vendor.reset();
+    const results = await runBackfill(engine, 'products_upd', { from: '2024-01-02', to: '2024-01-08', chunk: '3 days' });
+    const inRange = (lo: string, hi: string) => vendor.records.filter((r) => updatedAt(r.version) >= lo && updatedAt(r.version) < hi).length;
+    expect(results.map((r) => [r.status, r.inserted])).toEqual([
+      ['succeeded', inRange('2024-01-02', '2024-01-05')], ['succeeded', inRange('2024-01-05', '2024-01-08')]]);
+    const asked = vendor.hits.filter((h) => h.path === '/updated').map((h) => [h.query.get('since'), h.query.get('before')]);
+    expect(new Set(asked.map((a) => a.join(' ')))).toEqual(new Set(['2024-01-02T00:00:00Z 2024-01-05T00:00:00Z', '2024-01-05T00:00:00Z 2024-01-08T00:00:00Z']));
+    // Re-running skips the chunks done.
+    vendor.reset();
+    expect(await runBackfill(engine, 'products_upd', { from: '2024-01-02', to: '2024-01-08', chunk: '3 days' })).toEqual([]);
+    expect(vendor.hits).toEqual([]);
+    const next = await engine.run('products_upd', { trigger: 'manual' });
+    expect(vendor.hits.every((h) => !h.query.has('since') && !h.query.has('before'))).toBe(true);
+    expect(next).toMatchObject({ status: 'succeeded', inserted: vendor.records.length - inRange('2024-01-02', '2024-01-08') });
+  });
+
+  it('a backfill of an entity the API can neither filter nor page by version says what to add', async () => {
+    const r = await engine.run('products_pages', { trigger: 'backfill', window: { from: '1', to: '3' } });
+    expect(r.status).toBe('failed');
+    expect(r.error).toMatch(/\{\{from\}\} and \{\{to\}\} in from\.http\.params/);
   });
 });

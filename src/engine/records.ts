@@ -108,8 +108,8 @@ export async function loadHttpRun(args: {
     return mergeNested(args, runId, src, parentKey, columns, fields);
   }
   const incremental = def.cursor && !opts.full && !opts.window ? cursor : null;
-  const window = opts.window ? versionWindow(def, http, opts.window) : null;
-  const endpoint = withCursor(http, incremental);
+  const window = opts.window ? backfillWindow(def, http, opts.window) : null;
+  const endpoint = withCursor(http, incremental, window?.params ?? null);
   const client = httpSourceClient(def.source, src, engine.pool);
   const map = nested ? nestedMapper(columns, fields, nested) : (r: unknown) => [{ values: recordMapper(columns, fields)(r), raw: r }];
   const synced = parent ? await parentsSyncedUpTo(engine, runId, parent) : null;
@@ -258,13 +258,19 @@ function nestedMapper(columns: string[], fields: Record<string, string>, nested:
 }
 
 /**
- * A backfill chunk of a version-paginated entity: versions [from, to), read
- * by starting after from - 1 and stopping at the first version past the window.
+ * What a backfill chunk [from, to) reads. An endpoint with {{from}} / {{to}}
+ * in its params asks the API for the range (an updated-since filter); a
+ * version-paginated one starts after from - 1 and stops at the first version
+ * past the window.
  */
-function versionWindow(def: EntityConfig, http: HttpEntityOptions, w: { from: string; to: string }) {
+function backfillWindow(def: EntityConfig, http: HttpEntityOptions, w: { from: string; to: string }) {
+  if (Object.values(http.params).some((v) => v.includes('{{from}}') || v.includes('{{to}}'))) {
+    return { after: null, keeps: () => true, params: { from: apiTime(w.from), to: apiTime(w.to) } };
+  }
   if (http.pagination.style !== 'version' || !def.cursor || !/^\d+$/.test(w.from) || !/^\d+$/.test(w.to)) {
-    throw new Error('a backfill of an http entity needs version pagination and a numeric version cursor: '
-      + 'give --from and --to as versions (an http entity with another pagination catches up by its cursor instead)');
+    throw new Error('a backfill of an http entity needs the API to filter by the range or to page by version: '
+      + 'put {{from}} and {{to}} in from.http.params (e.g. "updated_since": "{{from}}", "updated_before": "{{to}}"), '
+      + 'or use version pagination with a numeric version cursor');
   }
   const column = def.cursor.column;
   const path = http.fields?.[column] ?? (def.columns && !Array.isArray(def.columns) ? def.columns[column] : undefined) ?? column;
@@ -274,7 +280,15 @@ function versionWindow(def: EntityConfig, http: HttpEntityOptions, w: { from: st
       const v = toText(getPath(r, path));
       return v !== null && compareVersions(v, w.to) < 0;
     },
+    params: null,
   };
+}
+
+/** A chunk bound as an API wants it: a Postgres timestamp in ISO 8601 UTC, anything else as it is. */
+function apiTime(value: string): string {
+  if (!/^\d{4}-\d\d-\d\d[ T]\d\d:\d\d/.test(value)) return value;
+  const t = new Date(value.replace(' ', 'T').replace(/([+-]\d\d)$/, '$1:00'));
+  return Number.isNaN(t.getTime()) ? value : t.toISOString().replace('.000Z', 'Z');
 }
 
 /**
@@ -343,11 +357,15 @@ async function adoptPages(target: PoolClient, runId: number, columns: string[]):
 /**
  * {{cursor}} in an endpoint's params becomes the cursor; on a first or full
  * run a param that is only {{cursor}} is left out (the API then sends all).
+ * {{from}} and {{to}} become a backfill chunk's bounds; outside a backfill
+ * their params are left out.
  */
-function withCursor(http: HttpEntityOptions, cursor: string | null): HttpEntityOptions {
+function withCursor(http: HttpEntityOptions, cursor: string | null, range: { from: string; to: string } | null): HttpEntityOptions {
   const params: Record<string, string> = {};
   for (const [k, v] of Object.entries(http.params)) {
-    if (!v.includes('{{cursor}}')) params[k] = v;
+    if (v.includes('{{from}}') || v.includes('{{to}}')) {
+      if (range) params[k] = v.replaceAll('{{from}}', range.from).replaceAll('{{to}}', range.to);
+    } else if (!v.includes('{{cursor}}')) params[k] = v;
     else if (cursor !== null) params[k] = v.replaceAll('{{cursor}}', cursor);
     else if (v.trim() !== '{{cursor}}') params[k] = v.replaceAll('{{cursor}}', '');
   }

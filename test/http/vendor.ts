@@ -11,6 +11,8 @@ import type { AddressInfo, Socket } from 'node:net';
  *                                      the token is absent on the last page)
  * - GET /link-body?p=                → {"results": […], "links": {"next": "/link-body?p=2"}}
  * - GET /link-header?p=              → […] with `Link: <http://…/link-header?p=2>; rel="next"`
+ * - GET /updated?since=&before=&page= → {"data": {"items": […]}}: records updated in
+ *                                      [since, before), by update time (updated_at: day <version> of 2024)
  * - GET /version?after=&page_size=   → {"data": […], "version": {"min", "max"}} (Lightspeed
  *                                      X-Series 2.0: records with version > after, by version;
  *                                      an empty page ends)
@@ -26,6 +28,9 @@ export interface Rec { id: number; name: string; version: number; tags?: string[
 export interface Hit { path: string; query: URLSearchParams; headers: http.IncomingHttpHeaders; at: number }
 
 export const PAGE_SIZE = 3;
+
+/** A record's update time on the vendor: day <version> of 2024, in ISO 8601 UTC. */
+export const updatedAt = (version: number) => new Date(Date.UTC(2024, 0, 1) + version * 86_400_000).toISOString().replace('.000Z', 'Z');
 
 export class Vendor {
   records: Rec[] = [];
@@ -138,6 +143,14 @@ export class Vendor {
         const size = num('per_page', PAGE_SIZE);
         const from = (num('page', 1) - 1) * size;
         return JSON.stringify({ data: { items: this.records.slice(from, from + size) } });
+      }
+      case '/updated': {
+        const since = q.get('since') ?? '';
+        const before = q.get('before') ?? '9999';
+        const from = (num('page', 1) - 1) * PAGE_SIZE;
+        const items = this.records.map((r) => ({ ...r, updated_at: updatedAt(r.version) }))
+          .filter((r) => r.updated_at >= since && r.updated_at < before).sort((a, b) => a.version - b.version);
+        return JSON.stringify({ data: { items: items.slice(from, from + PAGE_SIZE) } });
       }
       case '/offsets': {
         const from = num('offset', 0);
