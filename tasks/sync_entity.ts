@@ -10,6 +10,7 @@ const Payload = z.object({
   full: z.boolean().default(false),
   dryRun: z.boolean().default(false),
   window: z.object({ from: z.string(), to: z.string() }).optional(),
+  keys: z.array(z.array(z.string())).optional(),
 });
 
 /**
@@ -19,7 +20,7 @@ const Payload = z.object({
 export const syncEntity = (engine: Engine): Task => async (payload, helpers) => {
   const p = Payload.parse(payload);
   const result = await engine.run(p.entity, {
-    trigger: p.trigger, full: p.full, dryRun: p.dryRun, window: p.window, jobId: String(helpers.job.id), signal: helpers.abortSignal,
+    trigger: p.trigger, full: p.full, dryRun: p.dryRun, window: p.window, keys: p.keys, jobId: String(helpers.job.id), signal: helpers.abortSignal,
   });
   log.info({ entity: p.entity, runId: result.runId, trigger: p.trigger }, summary(result));
   if (result.status === 'failed') throw new Error(`sync of ${p.entity} failed (run ${result.runId}): ${result.error}`);

@@ -32,7 +32,7 @@ const CATALOG = `
   union all
   select 'comment', d.classoid::regclass::text || ':' || d.objoid || ':' || d.objsubid, d.description
     from pg_description d join pg_class c on c.oid = d.objoid join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'sync'
-  order by 1, 2`;
+  order by 1, 2, 3`;
 
 beforeAll(async () => {
   migrated = await testDatabase('schema_migrated');

@@ -53,7 +53,7 @@ export async function worker(opts: WorkerOptions): Promise<number> {
           resolve(sig);
         });
       }
-      handle.runner.promise.catch((err) => { log.error({ err: String(err) }, 'worker stopped unexpectedly'); resolve('SIGTERM'); });
+      handle.failed.catch((err) => { log.error({ err: String(err) }, 'worker stopped unexpectedly'); resolve('SIGTERM'); });
     });
     log.info({ signal }, 'shutting down: finishing running jobs');
     clearInterval(timer);

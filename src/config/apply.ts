@@ -28,6 +28,25 @@ const COMPARED: (keyof EntityRow)[] = [
   'cursor_column', 'cursor_overlap', 'soft_delete_column', 'tombstone_column', 'depends_on', 'schedule', 'enabled', 'definition',
 ];
 
+/**
+ * Tunables the config may set (sync.entity column → its value in the
+ * entity). Only those the config sets are written: the rest belong to
+ * whoever changes them with UPDATE, and applying the config leaves them alone.
+ */
+export function entityTunables(e: EntityConfig): Record<string, string | number | boolean> {
+  const all: Record<string, string | number | boolean | undefined> = {
+    sync_interval: e.interval,
+    freshness: e.freshness,
+    failure_threshold: e.alerts?.failures,
+    gap_threshold: e.alerts?.gapThreshold,
+    throughput_factor: e.alerts?.slowerThan,
+    retry_limit: e.retry?.limit,
+    retry_delay: e.retry?.delay,
+    verify: e.verify,
+  };
+  return Object.fromEntries(Object.entries(all).filter(([, v]) => v !== undefined)) as Record<string, string | number | boolean>;
+}
+
 export function entityRow(name: string, e: EntityConfig): EntityRow {
   const target = e.target as { schema: string; table: string };
   return {
@@ -122,10 +141,27 @@ export async function applyConfig(pool: Pool, cfg: Config, opts: { onlyAdd?: boo
          values ($1, ${COMPARED.map((_, i) => `$${i + 2}`).join(', ')})
          on conflict (name) do update set ${COMPARED.map((f) => `${f} = excluded.${f}`).join(', ')},
            cursor_value = case when e.cursor_column is distinct from excluded.cursor_column then null else e.cursor_value end,
+           sync_interval = case when excluded.schedule is not null then null else e.sync_interval end,
            updated_at = now()`,
         [row.name, ...COMPARED.map((f) => (f === 'definition' ? JSON.stringify(row[f]) : row[f]))],
       );
+      await applyTunables(c, d.name, entityTunables(cfg.entities[d.name]));
+    }
+    if (cfg.retention && !opts.onlyAdd) {
+      await c.query(`update sync.setting set value = $1 where name = 'retention' and value::interval <> $1::interval`, [cfg.retention]);
     }
     return diffs;
   });
+}
+
+/** Writes the tunables the config sets; the database's validation trigger has the last word. */
+async function applyTunables(c: PoolClient, name: string, tunables: Record<string, string | number | boolean>): Promise<void> {
+  const cols = Object.keys(tunables);
+  if (!cols.length) return;
+  // A schedule from the config replaces an interval set in SQL, and the other way round.
+  const other = 'sync_interval' in tunables ? ', schedule = null' : '';
+  await c.query(
+    `update sync.entity set ${cols.map((k, i) => `${k} = $${i + 2}`).join(', ')}${other} where name = $1
+        and (${cols.map((k, i) => `${k} is distinct from $${i + 2}`).join(' or ')})`,
+    [name, ...cols.map((k) => tunables[k])]);
 }

@@ -20,6 +20,10 @@ export const tableRef = z.union([
 ]);
 export type TableRef = { schema: string; table: string };
 
+const interval = (example: string) => z.string().regex(
+  /^\s*\d+(\.\d+)?\s*(seconds?|minutes?|hours?|days?|weeks?|mins?|secs?|s|m|h|d)\s*$/i,
+  `must be an interval such as "${example}"`);
+
 const cron = z.string().regex(/^(\S+\s+){4}\S+$/, 'must be a five-field cron expression such as "*/5 * * * *" (UTC)');
 
 export const postgresSource = z.object({
@@ -95,8 +99,37 @@ export const entity = z.object({
   schedule: cron.optional(),
   fullSchedule: cron.optional()
     .describe('When to run a full snapshot of an incremental entity: a cursor never sees deletions an API does not mark, a full run finds them.'),
+  interval: interval('15 minutes').optional()
+    .describe('Instead of "schedule": run every this long (at least 1 minute; minutes dividing an hour or hours dividing a day).'),
   enabled: z.boolean().default(true),
+  freshness: interval('2 hours').optional()
+    .describe('Raise a "stale" alert when the entity has had no successful run for this long.'),
+  alerts: z.object({
+    failures: z.number().int().min(1).max(100).default(3).describe('Consecutive failed runs that raise an alert.'),
+    gapThreshold: z.number().int().min(0).default(0).describe('Source keys missing from the target above which a "gap" alert is raised.'),
+    slowerThan: z.number().gt(1).default(3).describe('A run taking this many times the entity\'s recent median raises a "throughput" alert.'),
+  }).strict().optional(),
+  retry: z.object({
+    limit: z.number().int().min(0).max(100).default(3).describe('Times a quarantined record is offered again before it stays quarantined.'),
+    delay: interval('5 minutes').default('5 minutes').describe('Wait before a quarantined record is offered again.'),
+  }).strict().optional(),
+  verify: z.boolean().optional()
+    .describe('After each run, compare the source\'s record count with the target\'s; on a difference, find the missing keys (sync.gaps) and re-sync just those.'),
+  validate: z.object({
+    required: z.array(identifier).optional().describe('Columns that must not be empty (null or blank).'),
+    formats: z.record(identifier, z.string().refine((r) => { try { new RegExp(r); return true; } catch { return false; } }, 'is not a valid regular expression'))
+      .optional().describe('Column → regular expression (POSIX, as Postgres ~ reads it) its value must match, e.g. {"seller_number": "^S[0-9]{6}$"}.'),
+    allowed: z.record(identifier, z.array(z.union([z.string(), z.number(), z.boolean()]).transform(String)).min(1)).optional()
+      .describe('Column → the values it may take.'),
+    references: z.record(identifier, z.string().regex(/^[^.]+(\.[^.]+)?\.[^.]+$/, 'must be "table.column" or "schema.table.column"')).optional()
+      .describe('Column → "schema.table.column" that must hold the value (a property record the seller refers to).'),
+  }).strict().optional().describe('Rules checked before the merge: failing records are quarantined in sync.run_error with the reason; the rest merge.'),
+  version: z.object({ column: identifier }).strict().optional()
+    .describe('A version or updated-at column: a source record older than the target\'s row is not applied, and the conflict is recorded.'),
 }).strict().superRefine((e, ctx) => {
+  if (e.schedule && e.interval) {
+    ctx.addIssue({ code: 'custom', path: ['interval'], message: 'give "schedule" (cron) or "interval", not both' });
+  }
   if (e.mode === 'soft-delete' && !e.softDelete) {
     ctx.addIssue({ code: 'custom', path: ['softDelete'], message: 'mode "soft-delete" needs softDelete: {"column": "deleted_at"}' });
   }
@@ -119,8 +152,23 @@ export const entity = z.object({
 });
 export type EntityConfig = z.infer<typeof entity>;
 
+const alerting = z.object({
+  email: z.object({
+    smtp: z.string().regex(/^(smtps?:\/\/|\$\{)/, 'must be an smtp:// or smtps:// URL, e.g. "smtp://alerts:${SMTP_PASSWORD}@mail.example.com:587"'),
+    from: z.string().min(3).describe('Sender address, e.g. "Syncline <syncline@example.com>".'),
+    to: z.array(z.string().min(3)).min(1, 'needs at least one recipient'),
+  }).strict().optional(),
+  webhook: z.object({
+    url: z.string().regex(/^(https?:\/\/|\$\{)/, 'must be an http(s):// URL'),
+    headers: z.record(z.string(), z.string()).optional().describe('Put tokens in ${ENV}.'),
+  }).strict().optional(),
+  perHour: z.number().int().min(1).max(60).default(1).describe('E-mails at most per alert kind per entity per hour.'),
+}).strict();
+
 export const config = z.object({
   $schema: z.string().optional(),
+  alerts: alerting.optional().describe('Where alerts go besides sync.alert: e-mail over SMTP and a webhook.'),
+  retention: interval('90 days').optional().describe('How long run logs, changes, errors and closed alerts are kept (default 90 days; written to sync.setting \'retention\', where a DBA may change it with UPDATE).'),
   sources: z.record(identifier, source),
   entities: z.record(z.string().min(1).max(100).refine((s) => !/[\u0000-\u001f]/.test(s), 'must not contain control characters'), entity),
 }).strict().superRefine((c, ctx) => {
@@ -158,6 +206,7 @@ export const config = z.object({
   }
 });
 export type Config = z.infer<typeof config>;
+export type AlertingConfig = z.infer<typeof alerting>;
 
 /** The first cycle in a dependency graph, as a closed path, or null. */
 export function findCycle(graph: Record<string, string[]>): string[] | null {

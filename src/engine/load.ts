@@ -25,7 +25,9 @@ export type MergeResult = Record<string, unknown> & { status: string; fetched: n
 async function fetchInto(ctx: LoadContext, into: string): Promise<number> {
   const { engine, plan, def, name, runId, opts } = ctx;
   const { pool, url } = engine.pgSource(def.source);
-  const select = sourceSelect(def, plan.sourceColumns, { tenantSourceColumn: plan.tenantSourceColumn, cursor: plan.cursor });
+  const keys = opts.keys
+    ? { sourceColumns: def.key.map((k) => plan.sourceColumns[plan.targetColumns.indexOf(k)] ?? k), values: opts.keys } : undefined;
+  const select = sourceSelect(def, plan.sourceColumns, { tenantSourceColumn: plan.tenantSourceColumn, cursor: plan.cursor, keys });
   return fetchPhase(engine.pool, ctx.target, runId, opts.signal, (signal) => copyFromSource({
     pool, url, entity: def, select, target: ctx.target, into, columns: plan.targetColumns, signal,
     onRows: (r, bytes) => opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: r, bytes }),
@@ -74,6 +76,7 @@ export function stagingTable(runId: number): string {
 /** sync.merge of a filled staging table, with what the source guarantees and what a dry run may trust. */
 export async function mergeStaging(ctx: LoadContext): Promise<MergeResult> {
   const { target, runId, opts, plan, engine } = ctx;
+  if (opts.keys) await scopeToKeys(ctx, opts.keys);
   await target.query(`analyze ${stagingTable(runId)}`);
   await throwIfCancelRequested(engine.pool, runId);
   await target.query(
@@ -86,4 +89,25 @@ export async function mergeStaging(ctx: LoadContext): Promise<MergeResult> {
   opts.onProgress?.({ entity: ctx.name, runId, phase: 'merge', rows: 0, bytes: 0 });
   const { rows } = await target.query('select sync.merge($1) as r', [runId]);
   return rows[0].r;
+}
+
+/**
+ * A run of chosen keys (a gap's re-sync, a quarantined record's retry): only
+ * those records merge, and only those a mirror may delete (the source no
+ * longer has them). sync.merge leaves the cursor alone for such a run.
+ */
+async function scopeToKeys(ctx: LoadContext, keys: string[][]): Promise<void> {
+  const { target, runId, def } = ctx;
+  const scope = `sync_staging.${quoteIdent(`run_${runId}_parents`)}`;
+  const cols = def.key.map(quoteIdent);
+  await target.query(`drop table if exists ${scope}`);
+  await target.query(`create unlogged table ${scope} (${cols.map((c) => `${c} text`).join(', ')})`);
+  await target.query(
+    `insert into ${scope} select ${def.key.map((_, i) => `k ->> ${i}`).join(', ')} from jsonb_array_elements($1::jsonb) k`,
+    [JSON.stringify(keys)]);
+  await target.query(`delete from ${stagingTable(runId)} s where not exists (select 1 from ${scope} p where ${
+    cols.map((c) => `p.${c} = s.${c}::text`).join(' and ')})`);
+  await target.query(
+    `update sync.run set detail = detail || jsonb_build_object('keys', $2::int, 'parent_scope', $3::jsonb) where id = $1`,
+    [runId, keys.length, JSON.stringify(def.key)]);
 }

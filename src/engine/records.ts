@@ -101,19 +101,19 @@ export async function loadHttpRun(args: {
     : def.columns ? Object.keys(def.columns) : (await targetColumns(engine, name, def)).map((c) => c.attname);
   const columns = [...listed, ...parentColumns.filter((c) => !listed.includes(c))];
   const parent = nested ? await feedingParent(engine, def, http) : null;
-  const feeds = parent && !opts.full && !opts.window ? await parentFeeds(engine, name, parent.name) : null;
+  const feeds = parent && !opts.full && !opts.window && !opts.keys ? await parentFeeds(engine, name, parent.name) : null;
   const runId = await args.start(columns);
   if (nested && feeds) {
     await feedNested({ engine, target, name, runId, opts, feeds, columns, fields, nested, parentKey });
     return mergeNested(args, runId, src, parentKey, columns, fields);
   }
-  const incremental = def.cursor && !opts.full && !opts.window ? cursor : null;
+  const incremental = def.cursor && !opts.full && !opts.window && !opts.keys ? cursor : null;
   const window = opts.window ? backfillWindow(def, http, opts.window) : null;
   const endpoint = withCursor(http, incremental, window?.params ?? null);
   const client = httpSourceClient(def.source, src, engine.pool);
   const map = nested ? nestedMapper(columns, fields, nested) : (r: unknown) => [{ values: recordMapper(columns, fields)(r), raw: r }];
   const synced = parent ? await parentsSyncedUpTo(engine, runId, parent) : null;
-  const children = nested || opts.dryRun ? [] : await nestedChildren(engine, name, def, http);
+  const children = nested || opts.dryRun || opts.keys ? [] : await nestedChildren(engine, name, def, http);
   await fetchPhase(engine.pool, target, runId, opts.signal, async (signal) => {
     const resumed = await adoptPages(target, runId, columns);
     const raw = resumed ? rawTable(runId)

@@ -6,6 +6,7 @@ import { planColumns } from './columns.js';
 import { blockingDependency, CancelledError, waitForDependencies } from './guards.js';
 import { loadDirect, loadStaged, type LoadContext, type MergeResult } from './load.js';
 import { loadCsvRun, loadHttpRun } from './records.js';
+import { verifyRun } from './verify.js';
 
 export type Trigger = 'cron' | 'manual' | 'backfill' | 'resync' | 'dependency' | 'api';
 export type RunStatus = 'succeeded' | 'partial' | 'failed' | 'cancelled' | 'skipped' | 'already-running';
@@ -20,6 +21,8 @@ export interface RunOptions {
   onProgress?: (p: Progress) => void;
   /** A backfill chunk: the half-open cursor range to read (no deletes; the cursor only moves forward). */
   window?: { from: string; to: string };
+  /** Only these records, by the key columns' values as text: a re-sync of gaps or quarantined records. */
+  keys?: string[][];
   /**
    * Dry runs only: entities previewed in the same batch before this one. Their
    * target tables count as filled, so rows referencing them are not
@@ -73,13 +76,16 @@ export class Engine {
   }
 
   /** The entity as applied to sync.entity (the database is the source of truth for runs). */
-  async loadEntity(name: string): Promise<{ def: EntityConfig; cursor: string | null; enabled: boolean; dependsOn: string[] }> {
+  async loadEntity(name: string): Promise<{ def: EntityConfig; cursor: string | null; enabled: boolean; dependsOn: string[]; verify: boolean }> {
     const { rows } = await this.pool.query(
-      'select definition, cursor_value, enabled, depends_on from sync.entity where name = $1', [name]);
+      'select definition, cursor_value, enabled, depends_on, verify from sync.entity where name = $1', [name]);
     if (!rows.length) {
       throw new Error(`unknown entity "${name}" — add it to the config and run \`syncline config apply\``);
     }
-    return { def: entitySchema.parse(rows[0].definition), cursor: rows[0].cursor_value, enabled: rows[0].enabled, dependsOn: rows[0].depends_on };
+    return {
+      def: entitySchema.parse(rows[0].definition), cursor: rows[0].cursor_value, enabled: rows[0].enabled,
+      dependsOn: rows[0].depends_on, verify: rows[0].verify,
+    };
   }
 
   run(name: string, opts: RunOptions): Promise<RunResult> {
@@ -127,6 +133,8 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
       return { entity: name, runId: rows[0]?.id ?? null, status: 'already-running' };
     }
     const ent = await engine.loadEntity(name);
+    // Nested records are replaced by parent: they re-sync with their parents, not by key.
+    if (opts.keys && 'nested' in ent.def.from) opts = { ...opts, keys: undefined };
     if (!opts.dryRun) {
       await waitForDependencies(target, ent.dependsOn);
       const blocker = await blockingDependency(pool, ent.dependsOn);
@@ -154,10 +162,15 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
     } else if (kind === 'http') {
       r = await loadHttpRun({ engine, target, name, def: ent.def, cursor: ent.cursor, opts, start });
     } else {
-      const plan = await planColumns(engine, name, ent.def, ent.cursor, full, opts.window);
+      const plan = await planColumns(engine, name, ent.def, ent.cursor, full || Boolean(opts.keys), opts.window);
       const ctx: LoadContext = { engine, target, name, runId: await start(plan.targetColumns), def: ent.def, plan, opts };
-      const direct = !opts.dryRun && (await target.query('select sync.can_load_direct($1) as ok', [name])).rows[0].ok;
+      // Rules and version checks run in sync.merge: a direct load would skip them.
+      const direct = !opts.dryRun && !opts.keys && !ent.def.validate && !ent.def.version
+        && (await target.query('select sync.can_load_direct($1) as ok', [name])).rows[0].ok;
       r = (direct ? await loadDirect(ctx) : null) ?? await loadStaged(ctx);
+      if (!opts.dryRun && !opts.window && ['succeeded', 'partial'].includes(r.status) && ent.verify) {
+        await verifyRun({ engine, target, name, runId: Number(r.run_id), def: ent.def, plan });
+      }
     }
     const id = Number(r.run_id);
     opts.onProgress?.({ entity: name, runId: id, phase: 'done', rows: r.fetched, bytes: 0 });

@@ -79,7 +79,9 @@ function cursorBound(c: CursorFilter): string | null {
 export function sourceSelect(
   e: EntityConfig,
   sourceColumns: string[] | '*',
-  opts: { tenantSourceColumn?: string; cursor?: CursorFilter & { sourceColumn: string } },
+  opts: { tenantSourceColumn?: string; cursor?: CursorFilter & { sourceColumn: string };
+    /** Only these keys (a re-sync of chosen records): source key columns and their values as text. */
+    keys?: { sourceColumns: string[]; values: string[][] } },
 ): string {
   const window = opts.cursor?.window;
   const bound = opts.cursor && !window ? cursorBound(opts.cursor) : null;
@@ -90,6 +92,11 @@ export function sourceSelect(
   if (opts.cursor && window) {
     const col = `q.${quoteIdent(opts.cursor.sourceColumn)}`;
     where.push(`${col} >= ${lit(window.from)}::${opts.cursor.type} and ${col} < ${lit(window.to)}::${opts.cursor.type}`);
+  }
+  if (opts.keys) {
+    const cols = opts.keys.sourceColumns.map((c) => `q.${quoteIdent(c)}::text`).join(', ');
+    const rows = opts.keys.values.map((v) => `(${v.map(lit).join(', ')})`).join(', ');
+    where.push(opts.keys.values.length ? `(${cols}) in (values ${rows})` : 'false');
   }
   const list = sourceColumns === '*' ? '*' : sourceColumns.map((c) => `q.${quoteIdent(c)}`).join(', ');
   return `select ${list} from (${base}) q${where.length ? ` where ${where.join(' and ')}` : ''}`;

@@ -1,0 +1,1372 @@
+--! Previous: sha1:19b54cfc932e83711efbd6309565f1afdad687d3
+--! Hash: sha1:f7a4b4a57b891cb8b37e7be9bb753a29de043edf
+--! Message: health alerts verification
+
+/*
+ * Health, alerts and verification (issue 4). Tunables live in sync.entity,
+ * checked by a trigger whose messages say what to fix; every change is
+ * audited and announced (NOTIFY sync_config) so running workers follow it.
+ */
+
+create table if not exists sync.setting (
+  name text primary key,
+  value text not null,
+  description text not null default '',
+  updated_at timestamptz not null default now()
+);
+comment on table sync.setting is 'Settings of the whole installation, changed with plain UPDATE (retention: how long logs are kept).';
+insert into sync.setting (name, value, description) values
+  ('retention', '90 days', 'How long sync.run, run_change, run_error, closed alerts and config changes are kept; sync.maintain() removes older ones daily.')
+on conflict (name) do nothing;
+
+create or replace function sync.tg_setting__validate() returns trigger
+  language plpgsql
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_interval interval;
+begin
+  if new.name = 'retention' then
+    begin
+      v_interval := new.value::interval;
+    exception when others then
+      raise exception 'setting retention: "%" is not an interval', new.value
+        using errcode = '23514', hint = 'write it as Postgres reads an interval, e.g. ''90 days''';
+    end;
+    if v_interval < interval '1 day' then
+      raise exception 'setting retention: % is below the minimum of 1 day', new.value
+        using errcode = '23514', hint = 'keep logs at least a day, e.g. ''30 days''';
+    end if;
+  end if;
+  new.updated_at := now();
+  return new;
+end
+$$;
+drop trigger if exists _100_validate on sync.setting;
+create trigger _100_validate before insert or update on sync.setting
+  for each row execute function sync.tg_setting__validate();
+
+alter table sync.entity
+  add column if not exists sync_interval interval,
+  add column if not exists freshness interval,
+  add column if not exists failure_threshold integer not null default 3,
+  add column if not exists gap_threshold bigint not null default 0,
+  add column if not exists throughput_factor numeric not null default 3,
+  add column if not exists retry_limit integer not null default 3,
+  add column if not exists retry_delay interval not null default '5 minutes',
+  add column if not exists verify boolean not null default true;
+comment on column sync.entity.schedule is 'When the worker runs the entity: a five-field cron expression (UTC). Change it with UPDATE: running workers follow.';
+comment on column sync.entity.sync_interval is 'Instead of schedule: run every this long (at least 1 minute; minutes dividing an hour, hours dividing a day, or 1 day).';
+comment on column sync.entity.freshness is 'A "stale" alert is raised when the entity has had no successful run for this long (null: never).';
+comment on column sync.entity.failure_threshold is 'Consecutive failed runs that raise a consecutive_failures alert (1 to 100).';
+comment on column sync.entity.gap_threshold is 'Open gaps (source keys missing from the target) above which a gap alert is raised.';
+comment on column sync.entity.throughput_factor is 'A run slower than this many times the median of the entity''s last 20 runs (duration, or rows per second) raises a throughput alert (above 1).';
+comment on column sync.entity.retry_limit is 'Times a quarantined record is offered again (a re-sync of its key) before it stays quarantined (0 to 100).';
+comment on column sync.entity.retry_delay is 'Wait before a quarantined record is offered again (at least 10 seconds).';
+comment on column sync.entity.verify is 'After each run, compare source and target record counts and find missing keys (sync.gaps), re-synced automatically.';
+
+create or replace function sync._cron_field(p_field text, p_min int, p_max int) returns int[]
+  language plpgsql immutable
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_out int[] := '{}';
+  v_part text;
+  v_m text[];
+  v_lo int;
+  v_hi int;
+  v_step int;
+begin
+  foreach v_part in array string_to_array(p_field, ',') loop
+    v_m := regexp_match(v_part, '^(\*|([0-9]+)(-([0-9]+))?)(/([0-9]+))?$');
+    if v_m is null then
+      return null;
+    end if;
+    if v_m[1] = '*' then
+      v_lo := p_min;
+      v_hi := p_max;
+    else
+      v_lo := v_m[2]::int;
+      v_hi := coalesce(v_m[4]::int, case when v_m[6] is not null then p_max else v_lo end);
+    end if;
+    v_step := coalesce(v_m[6]::int, 1);
+    if v_lo < p_min or v_hi > p_max or v_lo > v_hi or v_step < 1 then
+      return null;
+    end if;
+    v_out := v_out || array(select generate_series(v_lo, v_hi, v_step));
+  end loop;
+  return array(select distinct x from unnest(v_out) x order by x);
+end
+$$;
+comment on function sync._cron_field(text, int, int) is 'The values one cron field (5, */15, 1-5, 0,30) allows within [p_min, p_max]; null when it is not valid.';
+
+create or replace function sync.cron_next(p_expr text, p_after timestamptz default now()) returns timestamptz
+  language plpgsql stable
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_f text[] := regexp_split_to_array(btrim(p_expr), '\s+');
+  v_min int[];
+  v_hour int[];
+  v_dom int[];
+  v_mon int[];
+  v_dow int[];
+  v_base timestamp := date_trunc('minute', p_after at time zone 'UTC');
+  v_day date;
+  v_h int;
+  v_mi int;
+  v_ok boolean;
+begin
+  if p_expr is null or cardinality(v_f) <> 5 then
+    return null;
+  end if;
+  v_min := sync._cron_field(v_f[1], 0, 59);
+  v_hour := sync._cron_field(v_f[2], 0, 23);
+  v_dom := sync._cron_field(v_f[3], 1, 31);
+  v_mon := sync._cron_field(v_f[4], 1, 12);
+  v_dow := array(select distinct d % 7 from unnest(sync._cron_field(v_f[5], 0, 7)) d);
+  if v_min is null or v_hour is null or v_dom is null or v_mon is null or sync._cron_field(v_f[5], 0, 7) is null then
+    return null;
+  end if;
+  for i in 0..366 loop
+    v_day := v_base::date + i;
+    continue when not extract(month from v_day)::int = any (v_mon);
+    -- As cron: with both day fields restricted, either may match.
+    v_ok := case when v_f[3] = '*' and v_f[5] = '*' then true
+                 when v_f[3] = '*' then extract(dow from v_day)::int = any (v_dow)
+                 when v_f[5] = '*' then extract(day from v_day)::int = any (v_dom)
+                 else extract(day from v_day)::int = any (v_dom) or extract(dow from v_day)::int = any (v_dow) end;
+    continue when not v_ok;
+    foreach v_h in array v_hour loop
+      foreach v_mi in array v_min loop
+        if v_day + make_interval(hours => v_h, mins => v_mi) > v_base then
+          return (v_day + make_interval(hours => v_h, mins => v_mi)) at time zone 'UTC';
+        end if;
+      end loop;
+    end loop;
+  end loop;
+  return null;
+end
+$$;
+comment on function sync.cron_next(text, timestamptz) is 'The next time after p_after (UTC) a five-field cron expression fires; null when it is not valid or never fires within a year.';
+
+create or replace function sync.interval_cron(p_interval interval) returns text
+  language sql immutable
+  set search_path to pg_catalog, public, pg_temp
+as $$
+  select case
+    when p_interval is null or p_interval < interval '1 minute' then null
+    when p_interval < interval '1 hour' and extract(epoch from p_interval) % 60 = 0
+         and 60 % (extract(epoch from p_interval)::int / 60) = 0
+      then format('*/%s * * * *', extract(epoch from p_interval)::int / 60)
+    when p_interval < interval '1 day' and extract(epoch from p_interval) % 3600 = 0
+         and 24 % (extract(epoch from p_interval)::int / 3600) = 0
+      then format('0 */%s * * *', extract(epoch from p_interval)::int / 3600)
+    when extract(epoch from p_interval) = 86400 then '0 0 * * *'
+  end
+$$;
+comment on function sync.interval_cron(interval) is 'The cron expression the worker schedules a sync_interval by (15 minutes → */15 * * * *); null for an interval it cannot express.';
+
+create or replace function sync.tg_entity__validate() returns trigger
+  language plpgsql
+  set search_path to pg_catalog, public, pg_temp
+as $$
+begin
+  if new.schedule is not null and new.sync_interval is not null then
+    raise exception 'entity %: set schedule or sync_interval, not both', new.name
+      using errcode = '23514', hint = 'set the other one to null in the same UPDATE';
+  end if;
+  if new.schedule is not null and sync.cron_next(new.schedule) is null then
+    raise exception 'entity %: schedule "%" is not a five-field cron expression that fires', new.name, new.schedule
+      using errcode = '23514', hint = 'minute hour day-of-month month day-of-week, in UTC, e.g. ''*/15 * * * *''';
+  end if;
+  if new.sync_interval is not null and new.sync_interval < interval '1 minute' then
+    raise exception 'entity %: sync_interval % is below the minimum of 1 minute', new.name, new.sync_interval
+      using errcode = '23514', hint = 'use at least ''1 minute''';
+  end if;
+  if new.sync_interval is not null and sync.interval_cron(new.sync_interval) is null then
+    raise exception 'entity %: sync_interval % cannot be scheduled', new.name, new.sync_interval
+      using errcode = '23514', hint = 'use minutes that divide an hour (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30), hours that divide a day, or ''1 day''; or a cron schedule';
+  end if;
+  if new.freshness is not null and new.freshness < interval '1 minute' then
+    raise exception 'entity %: freshness % is below the minimum of 1 minute', new.name, new.freshness
+      using errcode = '23514', hint = 'use at least ''1 minute'', or null for no freshness check';
+  end if;
+  if new.failure_threshold not between 1 and 100 then
+    raise exception 'entity %: failure_threshold % is not between 1 and 100', new.name, new.failure_threshold
+      using errcode = '23514', hint = 'the number of failed runs in a row that raises an alert, e.g. 3';
+  end if;
+  if new.gap_threshold < 0 then
+    raise exception 'entity %: gap_threshold % is negative', new.name, new.gap_threshold
+      using errcode = '23514', hint = '0 alerts on any gap';
+  end if;
+  if new.throughput_factor <= 1 then
+    raise exception 'entity %: throughput_factor % must be above 1', new.name, new.throughput_factor
+      using errcode = '23514', hint = 'a run this many times slower than the median alerts, e.g. 3';
+  end if;
+  if new.retry_limit not between 0 and 100 then
+    raise exception 'entity %: retry_limit % is not between 0 and 100', new.name, new.retry_limit
+      using errcode = '23514', hint = '0 never offers a quarantined record again';
+  end if;
+  if new.retry_delay < interval '10 seconds' then
+    raise exception 'entity %: retry_delay % is below the minimum of 10 seconds', new.name, new.retry_delay
+      using errcode = '23514', hint = 'e.g. ''5 minutes''';
+  end if;
+  return new;
+end
+$$;
+drop trigger if exists _100_validate on sync.entity;
+create trigger _100_validate before insert or update on sync.entity
+  for each row execute function sync.tg_entity__validate();
+
+create table if not exists sync.config_change (
+  id bigint generated always as identity primary key,
+  entity text not null,
+  action text not null check (action in ('insert', 'update', 'delete')),
+  changed_at timestamptz not null default now(),
+  changed_by text not null default current_user,
+  application text default current_setting('application_name', true),
+  changes jsonb not null
+);
+create index if not exists config_change_entity_idx on sync.config_change (entity, changed_at desc);
+comment on table sync.config_change is 'Audit of sync.entity: who changed which setting from what to what, and when ({"column": {"old": …, "new": …}}).';
+
+create or replace function sync.tg_entity__audit() returns trigger
+  language plpgsql
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_old jsonb := case when tg_op <> 'INSERT' then to_jsonb(old) else '{}' end;
+  v_new jsonb := case when tg_op <> 'DELETE' then to_jsonb(new) else '{}' end;
+  v_changes jsonb;
+begin
+  -- The cursor moves on every run: it is the engine's state, not a setting.
+  select jsonb_object_agg(k, jsonb_build_object('old', v_old -> k, 'new', v_new -> k)) into v_changes
+    from (select jsonb_object_keys(v_old || v_new) as k) keys
+   where k not in ('cursor_value', 'updated_at', 'created_at', 'definition', 'config_hash')
+     and (v_old -> k) is distinct from (v_new -> k);
+  if v_changes is null then
+    return null;
+  end if;
+  insert into sync.config_change (entity, action, changes)
+  values (coalesce(new.name, old.name), lower(tg_op), v_changes);
+  perform pg_notify('sync_config', json_build_object('entity', coalesce(new.name, old.name), 'action', lower(tg_op),
+                                                    'columns', (select jsonb_agg(k) from jsonb_object_keys(v_changes) k))::text);
+  return null;
+end
+$$;
+drop trigger if exists _900_audit on sync.entity;
+create trigger _900_audit after insert or update or delete on sync.entity
+  for each row execute function sync.tg_entity__audit();
+
+
+/*
+ * Alerts. SQL decides: a trigger on sync.run raises and resolves them, a
+ * cron task checks freshness. One unresolved alert a kind and entity: a
+ * condition that persists bumps occurrences instead of raising another.
+ * Each new alert is handed to the sync_alert task, which e-mails and posts it.
+ */
+alter table sync.alert
+  add column if not exists resolved_at timestamptz,
+  add column if not exists occurrences integer not null default 1,
+  add column if not exists last_seen_at timestamptz not null default now();
+drop index if exists sync.alert_open_idx;
+create unique index if not exists alert_unresolved_idx on sync.alert (kind, (coalesce(entity, ''))) where resolved_at is null;
+create index if not exists alert_created_idx on sync.alert (created_at);
+comment on column sync.alert.kind is 'consecutive_failures, gap, stale, integrity, throughput or resync_failed.';
+comment on column sync.alert.resolved_at is 'When the condition ended (a success after failures, a gap healed); an alert is open while neither acknowledged nor resolved.';
+comment on column sync.alert.occurrences is 'Times the condition was seen while this alert stood.';
+
+create or replace function sync.raise_alert(p_kind text, p_severity text, p_entity text, p_message text, p_details jsonb default '{}')
+  returns bigint
+  language sql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+  insert into sync.alert as a (kind, severity, entity, message, details)
+  values (p_kind, p_severity, p_entity, p_message, coalesce(p_details, '{}'))
+  on conflict (kind, (coalesce(entity, ''))) where resolved_at is null
+  do update set occurrences = a.occurrences + 1, last_seen_at = now(), message = excluded.message,
+                details = excluded.details, severity = excluded.severity
+  returning id
+$$;
+comment on function sync.raise_alert(text, text, text, text, jsonb) is 'Raises an alert, or, while one of that kind for that entity stands unresolved, counts another occurrence of it.';
+
+create or replace function sync.resolve_alerts(p_entity text, p_kinds text[]) returns integer
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_n integer;
+begin
+  update sync.alert set resolved_at = now()
+   where coalesce(entity, '') = coalesce(p_entity, '') and kind = any (p_kinds) and resolved_at is null;
+  get diagnostics v_n = row_count;
+  return v_n;
+end
+$$;
+comment on function sync.resolve_alerts(text, text[]) is 'Marks the entity''s unresolved alerts of these kinds resolved: their condition has ended.';
+
+create or replace function sync.tg_run__alerts() returns trigger
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_ent sync.entity;
+  v_streak bigint;
+  v_secs numeric := extract(epoch from new.finished_at - new.started_at);
+  v_median_secs numeric;
+  v_median_rate numeric;
+  v_n bigint;
+  v_integrity bigint;
+begin
+  if tg_op = 'UPDATE' and old.status <> 'running' then
+    return null;
+  end if;
+  select * into v_ent from sync.entity where name = new.entity;
+  if not found then
+    return null;
+  end if;
+  if new.status = 'failed' then
+    select count(*) into v_streak from sync.run r
+     where r.entity = new.entity and not r.dry_run and r.status = 'failed'
+       and r.id > coalesce((select max(s.id) from sync.run s where s.entity = new.entity and not s.dry_run
+                             and s.status in ('succeeded', 'partial')), 0);
+    if v_streak >= v_ent.failure_threshold then
+      perform sync.raise_alert('consecutive_failures', 'critical', new.entity,
+        format('%s runs of %s failed in a row; the last (run %s): %s', v_streak, new.entity, new.id, coalesce(new.error, 'no reason recorded')),
+        jsonb_build_object('failures', v_streak, 'last_run_id', new.id, 'error', new.error));
+    end if;
+    if new.trigger = 'resync' then
+      perform sync.raise_alert('resync_failed', 'critical', new.entity,
+        format('the re-sync of missing keys of %s failed (run %s): %s', new.entity, new.id, coalesce(new.error, 'no reason recorded')),
+        jsonb_build_object('run_id', new.id, 'error', new.error));
+    end if;
+  elsif new.status in ('succeeded', 'partial') then
+    perform sync.resolve_alerts(new.entity, array['consecutive_failures', 'stale']);
+    -- Throughput against the entity's recent runs of the same kind (backfill chunks and re-syncs differ).
+    select percentile_cont(0.5) within group (order by extract(epoch from r.finished_at - r.started_at)),
+           percentile_cont(0.5) within group (order by r.fetched / greatest(extract(epoch from r.finished_at - r.started_at), 0.001)),
+           count(*)
+      into v_median_secs, v_median_rate, v_n
+      from (select * from sync.run r
+             where r.entity = new.entity and not r.dry_run and r.status in ('succeeded', 'partial') and r.id < new.id
+               and r.trigger not in ('backfill', 'resync') and r.full_refresh = new.full_refresh
+             order by r.id desc limit 20) r;
+    if new.trigger not in ('backfill', 'resync') and v_n >= 5 then
+      -- Sub-second runs are noise: a run must also take over a second to count as slow.
+      if v_secs > 1 and (v_secs > v_ent.throughput_factor * v_median_secs
+                         or (new.fetched >= 1000 and new.fetched / greatest(v_secs, 0.001) < v_median_rate / v_ent.throughput_factor)) then
+        perform sync.raise_alert('throughput', 'warning', new.entity,
+          format('run %s of %s took %s s against a median of %s s (%s rows/s against %s)', new.id, new.entity,
+                 round(v_secs, 1), round(v_median_secs, 1), round(new.fetched / greatest(v_secs, 0.001)), round(v_median_rate)),
+          jsonb_build_object('run_id', new.id, 'seconds', round(v_secs, 3), 'median_seconds', round(v_median_secs, 3),
+                             'rows_per_second', round(new.fetched / greatest(v_secs, 0.001)), 'median_rows_per_second', round(v_median_rate),
+                             'factor', v_ent.throughput_factor));
+      else
+        perform sync.resolve_alerts(new.entity, array['throughput']);
+      end if;
+    end if;
+    select count(*) into v_integrity from sync.run_error e where e.run_id = new.id and e.category = 'integrity';
+    if v_integrity > 0 then
+      perform sync.raise_alert('integrity', 'warning', new.entity,
+        format('run %s of %s quarantined %s records for integrity (a repeated key, a missing parent, a broken rule): see sync.run_error where run_id = %s',
+               new.id, new.entity, v_integrity, new.id),
+        jsonb_build_object('run_id', new.id, 'records', v_integrity));
+    else
+      perform sync.resolve_alerts(new.entity, array['integrity']);
+    end if;
+  end if;
+  return null;
+end
+$$;
+drop trigger if exists _600_alerts on sync.run;
+create trigger _600_alerts
+  after insert or update of status on sync.run
+  for each row
+  when (new.status <> 'running' and not new.dry_run)
+  execute function sync.tg_run__alerts();
+
+create or replace function sync.check_freshness() returns integer
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_e record;
+  v_raised integer := 0;
+begin
+  for v_e in
+    select e.name, e.freshness, coalesce(ok.at, e.created_at) as since, ok.at as last_success
+      from sync.entity e
+      left join lateral (select max(r.finished_at) as at from sync.run r
+                          where r.entity = e.name and not r.dry_run and r.status in ('succeeded', 'partial')) ok on true
+     where e.freshness is not null and e.enabled
+  loop
+    if v_e.since < now() - v_e.freshness then
+      perform sync.raise_alert('stale', 'warning', v_e.name,
+        format('%s has had no successful run for %s (freshness window %s)', v_e.name,
+               date_trunc('second', now() - v_e.since), v_e.freshness),
+        jsonb_build_object('last_success', v_e.last_success, 'freshness', v_e.freshness::text));
+      v_raised := v_raised + 1;
+    else
+      perform sync.resolve_alerts(v_e.name, array['stale']);
+    end if;
+  end loop;
+  return v_raised;
+end
+$$;
+comment on function sync.check_freshness() is 'Raises a stale alert for each enabled entity with a freshness window and no successful run within it (resolves it otherwise). The sync_tick task calls it every minute.';
+
+create table if not exists sync.alert_delivery (
+  id bigint generated always as identity primary key,
+  alert_id bigint not null,
+  channel text not null check (channel in ('email', 'webhook')),
+  kind text not null,
+  entity text,
+  status text not null check (status in ('sending', 'sent', 'suppressed', 'failed')),
+  error text,
+  created_at timestamptz not null default now()
+);
+create index if not exists alert_delivery_recent_idx on sync.alert_delivery (channel, kind, entity, created_at desc);
+create index if not exists alert_delivery_alert_idx on sync.alert_delivery (alert_id);
+comment on table sync.alert_delivery is 'Each e-mail and webhook post of an alert: sent, failed, or suppressed by the hourly limit per alert kind and entity.';
+
+create or replace function sync.claim_alert_delivery(p_alert_id bigint, p_channel text, p_per_hour int default 1) returns boolean
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_alert sync.alert;
+begin
+  select * into v_alert from sync.alert where id = p_alert_id;
+  if not found then
+    return false;
+  end if;
+  -- One claim at a time per channel, kind and entity: the limit holds under bursts.
+  perform pg_advisory_xact_lock(hashtextextended(format('syncline:alert:%s:%s:%s', p_channel, v_alert.kind, coalesce(v_alert.entity, '')), 0));
+  if exists (select 1 from sync.alert_delivery d where d.alert_id = p_alert_id and d.channel = p_channel
+               and d.status in ('sent', 'suppressed')) then
+    return false;
+  end if;
+  if (select count(*) from sync.alert_delivery d
+       where d.channel = p_channel and d.kind = v_alert.kind and d.entity is not distinct from v_alert.entity
+         and d.status in ('sending', 'sent') and d.alert_id <> p_alert_id and d.created_at > now() - interval '1 hour') >= p_per_hour then
+    insert into sync.alert_delivery (alert_id, channel, kind, entity, status)
+    values (p_alert_id, p_channel, v_alert.kind, v_alert.entity, 'suppressed');
+    return false;
+  end if;
+  delete from sync.alert_delivery d where d.alert_id = p_alert_id and d.channel = p_channel and d.status = 'sending';
+  insert into sync.alert_delivery (alert_id, channel, kind, entity, status)
+  values (p_alert_id, p_channel, v_alert.kind, v_alert.entity, 'sending');
+  return true;
+end
+$$;
+comment on function sync.claim_alert_delivery(bigint, text, int) is 'Whether to send an alert on a channel now: false when it was sent already or p_per_hour of its kind and entity went out in the last hour (recorded as suppressed). Records the send as under way.';
+
+create or replace function sync.alert_delivered(p_alert_id bigint, p_channel text, p_error text default null) returns void
+  language sql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+  update sync.alert_delivery set status = case when p_error is null then 'sent' else 'failed' end, error = p_error
+   where alert_id = p_alert_id and channel = p_channel and status = 'sending'
+$$;
+comment on function sync.alert_delivered(bigint, text, text) is 'Records how a claimed delivery ended: sent, or failed with the error (a failed one does not count toward the hourly limit and is retried).';
+
+create or replace function sync.tg_alert__deliver() returns trigger
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+begin
+  perform graphile_worker.add_job('sync_alert', json_build_object('id', new.id), max_attempts := 5);
+  perform pg_notify('sync_alert', json_build_object('id', new.id, 'kind', new.kind, 'entity', new.entity)::text);
+  return null;
+end
+$$;
+drop trigger if exists _500_deliver on sync.alert;
+create trigger _500_deliver after insert on sync.alert
+  for each row execute function sync.tg_alert__deliver();
+
+create or replace function sync.ack_alert(p_id bigint, p_by text) returns boolean
+  language plpgsql volatile security definer
+  set search_path to pg_catalog, public, pg_temp
+as $$
+begin
+  if nullif(btrim(p_by), '') is null then
+    raise exception 'sync.ack_alert: say who acknowledges' using errcode = '22023', hint = 'select sync.ack_alert(<id>, ''your name'')';
+  end if;
+  update sync.alert set acknowledged_by = p_by, acknowledged_at = now()
+   where id = p_id and acknowledged_at is null;
+  return found;
+end
+$$;
+
+
+/*
+ * Verification. After a run the engine stages the source's keys
+ * (run_<id>_keys) when the source's count and the target's differ;
+ * sync.detect_gaps records the keys missing from the target in sync.gap and
+ * hands them to a re-sync of just those keys. Quarantined records retry the
+ * same way after their entity's retry_delay.
+ */
+create table if not exists sync.gap (
+  id bigint generated always as identity primary key,
+  entity text not null,
+  key text[] not null,
+  run_id bigint not null,
+  detected_at timestamptz not null default now(),
+  last_seen_at timestamptz not null default now(),
+  resync_requested_at timestamptz,
+  resync_attempts integer not null default 0,
+  resolved_at timestamptz
+);
+create unique index if not exists gap_open_idx on sync.gap (entity, key) where resolved_at is null;
+comment on table sync.gap is 'Source records missing from the target, found by verification after a run; resolved when a later check finds them (or the source no longer has them).';
+
+create or replace view sync.gaps as
+select g.entity, coalesce(jsonb_object(e.key_columns, g.key), to_jsonb(g.key)) as key, g.key as key_values,
+       g.detected_at, g.last_seen_at, g.run_id as found_by_run, g.resync_requested_at, g.resync_attempts
+  from sync.gap g
+  left join sync.entity e on e.name = g.entity and cardinality(e.key_columns) = cardinality(g.key)
+ where g.resolved_at is null;
+comment on view sync.gaps is 'Open gaps: records the source has and the target lacks, with when they were found and whether a re-sync was asked for.';
+
+create or replace function sync.create_key_staging(p_run_id bigint) returns text
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_ent sync.entity;
+begin
+  select e.* into strict v_ent from sync.entity e join sync.run r on r.entity = e.name where r.id = p_run_id;
+  execute format('create unlogged table sync_staging.%I (%s)', 'run_' || p_run_id || '_keys',
+                 (select string_agg(format('%I %s', t.column_name, t.column_type), ', ')
+                    from sync.target_column_types(v_ent.name, v_ent.key_columns) t));
+  return format('sync_staging.%I', 'run_' || p_run_id || '_keys');
+end
+$$;
+comment on function sync.create_key_staging(bigint) is 'Creates sync_staging.run_<id>_keys, typed as the target''s key columns, for the source''s keys a verification compares.';
+
+create or replace function sync.request_keys(p_entity text, p_keys jsonb, p_trigger text default 'resync') returns bigint
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_job graphile_worker._private_jobs;
+begin
+  if p_keys is null or jsonb_array_length(p_keys) = 0 then
+    return null;
+  end if;
+  select * into v_job from graphile_worker.add_job('sync_entity',
+    json_build_object('entity', p_entity, 'trigger', p_trigger, 'keys', p_keys),
+    queue_name := 'sync:' || p_entity, max_attempts := 3);
+  return v_job.id;
+end
+$$;
+comment on function sync.request_keys(text, jsonb, text) is 'Queues a run of just these keys ([["k1"], ["k2"]]: each the key columns'' values as text): upserts them, deletes those the source no longer has, leaves the cursor alone.';
+
+create or replace function sync.detect_gaps(p_run_id bigint) returns jsonb
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_run sync.run;
+  v_ent sync.entity;
+  v_k text := format('sync_staging.%I', 'run_' || p_run_id || '_keys');
+  v_t text;
+  v_scope text := 'true';
+  v_found bigint;
+  v_open bigint;
+  v_keys jsonb;
+begin
+  select * into strict v_run from sync.run where id = p_run_id;
+  select * into strict v_ent from sync.entity where name = v_run.entity;
+  v_t := format('%I.%I', v_ent.target_schema, v_ent.target_table);
+  if v_ent.tenant_column is not null then
+    v_scope := format('t.%I = %L', v_ent.tenant_column, v_ent.tenant_value);
+  end if;
+  if v_ent.mode = 'soft-delete' then
+    v_scope := format('%s and t.%I is null', v_scope, v_ent.soft_delete_column);
+  end if;
+  -- Missing: in the source, not in the target, and not a record waiting in quarantine.
+  execute format($q$
+    with missing as (
+      select %1$s as key from %2$s s
+       where not exists (select 1 from %3$s t where %4$s and %5$s)
+         and not exists (select 1 from sync.run_error e where e.entity = %6$L and e.resolved_at is null and e.key = %1$s))
+    insert into sync.gap as g (entity, key, run_id)
+    select %6$L, m.key, %7$s from missing m
+    on conflict (entity, key) where resolved_at is null do update set last_seen_at = now(), run_id = excluded.run_id$q$,
+    sync._key_array(v_ent.key_columns, 's'), v_k, v_t, sync._join(v_ent.key_columns, 't', 's'), v_scope, v_ent.name, p_run_id);
+  get diagnostics v_found = row_count;
+  -- Healed: present in the target now, or gone from the source.
+  execute format($q$
+    update sync.gap g set resolved_at = now()
+     where g.entity = %1$L and g.resolved_at is null
+       and (not exists (select 1 from %2$s s where %3$s = g.key)
+            or exists (select 1 from %4$s t where %5$s = g.key and %6$s))$q$,
+    v_ent.name, v_k, sync._key_array(v_ent.key_columns, 's'), v_t, sync._key_array(v_ent.key_columns, 't'), v_scope);
+  execute format('drop table %s', v_k);
+  select count(*) into v_open from sync.gap where entity = v_ent.name and resolved_at is null;
+  if v_open > v_ent.gap_threshold then
+    perform sync.raise_alert('gap', 'warning', v_ent.name,
+      format('%s records of %s are in the source but not in the target: see select * from sync.gaps where entity = %L', v_open, v_ent.name, v_ent.name),
+      jsonb_build_object('gaps', v_open, 'run_id', p_run_id));
+  elsif v_open = 0 then
+    perform sync.resolve_alerts(v_ent.name, array['gap', 'resync_failed']);
+  end if;
+  if v_open > 0 and v_run.trigger = 'resync' then
+    perform sync.raise_alert('resync_failed', 'critical', v_ent.name,
+      format('%s records of %s are still missing after a re-sync of just those keys (run %s)', v_open, v_ent.name, p_run_id),
+      jsonb_build_object('gaps', v_open, 'run_id', p_run_id));
+  elsif v_open > 0 then
+    -- A re-sync of just the missing keys; gaps asked for in the last 10 minutes wait for theirs.
+    with asked as (
+      update sync.gap g set resync_requested_at = now(), resync_attempts = g.resync_attempts + 1
+       where g.id in (select id from sync.gap where entity = v_ent.name and resolved_at is null
+                         and (resync_requested_at is null or resync_requested_at < now() - interval '10 minutes')
+                       order by id limit 10000)
+      returning g.key)
+    select jsonb_agg(to_jsonb(key)) into v_keys from asked;
+    perform sync.request_keys(v_ent.name, v_keys);
+  end if;
+  update sync.run set detail = detail || jsonb_build_object('gaps', jsonb_build_object('found', v_found, 'open', v_open))
+   where id = p_run_id;
+  return jsonb_build_object('found', v_found, 'open', v_open, 'resync_keys', coalesce(jsonb_array_length(v_keys), 0));
+end
+$$;
+comment on function sync.detect_gaps(bigint) is 'Compares the source keys a verification staged (run_<id>_keys) with the target: records the missing ones in sync.gap, resolves the healed ones, alerts above the entity''s gap_threshold, and queues a re-sync of just the missing keys (or, after a failed re-sync, raises resync_failed).';
+
+create or replace function sync.request_retries() returns integer
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_e record;
+  v_n integer := 0;
+begin
+  for v_e in
+    with due as (
+      update sync.run_error e set next_retry_at = null
+       where e.id in (select id from sync.run_error where next_retry_at <= now() and resolved_at is null and key is not null
+                       order by id limit 10000 for update skip locked)
+      returning e.entity, e.key)
+    select entity, jsonb_agg(distinct to_jsonb(key)) as keys from due group by entity
+  loop
+    perform sync.request_keys(v_e.entity, v_e.keys);
+    v_n := v_n + jsonb_array_length(v_e.keys);
+  end loop;
+  return v_n;
+end
+$$;
+comment on function sync.request_retries() is 'Offers quarantined records whose retry is due to a re-sync of their keys (the merge counts the attempts: past the entity''s retry_limit a record stays quarantined). The sync_tick task calls it every minute.';
+
+create or replace function sync.replay(variadic p_ids bigint[]) returns integer
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_e record;
+  v_n integer := 0;
+begin
+  for v_e in
+    select entity, jsonb_agg(distinct to_jsonb(key)) as keys
+      from sync.run_error where id = any (p_ids) and key is not null and resolved_at is null group by entity
+  loop
+    -- Offered afresh: the retry count starts over.
+    update sync.run_error set retry_count = -1, next_retry_at = null
+     where id = any (p_ids) and entity = v_e.entity;
+    perform sync.request_keys(v_e.entity, v_e.keys, 'manual');
+    v_n := v_n + jsonb_array_length(v_e.keys);
+  end loop;
+  return v_n;
+end
+$$;
+comment on function sync.replay(bigint[]) is 'Re-offers quarantined records (sync.run_error ids) after a fix: queues a run of just their keys. Returns the keys queued.';
+
+create or replace function sync.tick() returns jsonb
+  language sql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+  select jsonb_build_object('stale', sync.check_freshness(), 'retries', sync.request_retries())
+$$;
+comment on function sync.tick() is 'What the sync_tick task runs every minute: freshness alerts and due retries of quarantined records.';
+
+
+/*
+ * Retention. sync.run_change, the one log that grows by a row per changed
+ * record, is partitioned by month: old months are dropped whole, with no
+ * long delete. The rest is deleted in batches by sync.maintain() daily.
+ */
+-- The rows logged so far wait in a temporary table while the log becomes partitioned.
+create temporary table _sl_run_change on commit drop as
+select c.run_id, c.action, c.key, c.changed, coalesce(r.started_at, now()) as at
+  from sync.run_change c left join sync.run r on r.id = c.run_id;
+drop table sync.run_change cascade;
+create table sync.run_change (
+  run_id bigint not null,
+  action text not null check (action in ('insert', 'update', 'delete')),
+  key text[] not null,
+  changed text[],
+  at timestamptz not null default now()
+) partition by range (at);
+create index if not exists run_change_run_idx on sync.run_change using brin (run_id);
+comment on table sync.run_change is 'One row a record a run inserted, updated or deleted; `changed` names the columns an update changed. Partitioned by month (run_change_pYYYY_MM); the view sync.change shows it with the entity and the key as an object.';
+comment on column sync.run_change.key is 'The values of the entity''s key_columns, in that order, as text: where key = array[''acme'', ''17''].';
+comment on column sync.run_change.at is 'When the change was merged (its run''s merge transaction): the partition key.';
+
+create or replace function sync.ensure_log_partitions(p_at timestamptz default now()) returns integer
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_month timestamptz;
+  v_made integer := 0;
+begin
+  -- This month's and the next, so a merge that commits after midnight at a month's end has its partition.
+  foreach v_month in array array[date_trunc('month', p_at, 'UTC'), date_trunc('month', p_at, 'UTC') + interval '1 month'] loop
+    if to_regclass(format('sync.%I', 'run_change_p' || to_char(v_month at time zone 'UTC', 'YYYY_MM'))) is null then
+      execute format('create table if not exists sync.%I partition of sync.run_change for values from (%L) to (%L)',
+                     'run_change_p' || to_char(v_month at time zone 'UTC', 'YYYY_MM'), v_month, v_month + interval '1 month');
+      v_made := v_made + 1;
+    end if;
+  end loop;
+  return v_made;
+end
+$$;
+comment on function sync.ensure_log_partitions(timestamptz) is 'Creates the month partitions of sync.run_change for p_at''s month and the next, if missing. Called by every run start and by sync.maintain().';
+
+do $$
+declare
+  v_m timestamptz;
+begin
+  for v_m in select distinct date_trunc('month', at, 'UTC') from _sl_run_change
+              union select date_trunc('month', now(), 'UTC') loop
+    perform sync.ensure_log_partitions(v_m);
+  end loop;
+end
+$$;
+insert into sync.run_change (run_id, action, key, changed, at) select run_id, action, key, changed, at from _sl_run_change;
+
+create or replace view sync.change as
+select c.run_id, r.entity, r.started_at, c.action,
+       coalesce(jsonb_object(e.key_columns, c.key), to_jsonb(c.key)) as key,
+       c.changed
+  from sync.run_change c
+  join sync.run r on r.id = c.run_id
+  left join sync.entity e on e.name = r.entity and cardinality(e.key_columns) = cardinality(c.key);
+comment on view sync.change is 'sync.run_change for people: the entity, when the run started, and the key as {"column": "value"}.';
+
+create index if not exists run_error_open_key_idx on sync.run_error (entity, key) where resolved_at is null;
+create index if not exists run_error_retry_idx on sync.run_error (next_retry_at) where next_retry_at is not null;
+create index if not exists run_error_created_idx on sync.run_error (created_at);
+create index if not exists run_finished_idx on sync.run (finished_at);
+create index if not exists run_status_idx on sync.run (status, started_at desc);
+
+create or replace function sync.maintain() returns jsonb
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_keep interval := (select value::interval from sync.setting where name = 'retention');
+  v_cutoff timestamptz := now() - v_keep;
+  v_part record;
+  v_parts integer := 0;
+  v_runs bigint := 0;
+  v_errors bigint := 0;
+  v_other bigint := 0;
+  v_n bigint;
+begin
+  perform sync.ensure_log_partitions();
+  -- A month whose last day is past the cutoff goes whole.
+  for v_part in
+    select c.relname, (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz as upper
+      from pg_inherits i join pg_class c on c.oid = i.inhrelid
+     where i.inhparent = 'sync.run_change'::regclass
+  loop
+    if v_part.upper <= v_cutoff then
+      execute format('drop table sync.%I', v_part.relname);
+      v_parts := v_parts + 1;
+    end if;
+  end loop;
+  -- The rest in batches, so no statement holds many row locks for long.
+  loop
+    delete from sync.run_error where id in (select id from sync.run_error where created_at < v_cutoff limit 10000);
+    get diagnostics v_n = row_count;
+    v_errors := v_errors + v_n;
+    exit when v_n = 0;
+  end loop;
+  loop
+    delete from sync.run where id in (select id from sync.run where finished_at < v_cutoff and status <> 'running' limit 10000);
+    get diagnostics v_n = row_count;
+    v_runs := v_runs + v_n;
+    exit when v_n = 0;
+  end loop;
+  delete from sync.alert where created_at < v_cutoff and (resolved_at is not null or acknowledged_at is not null);
+  get diagnostics v_n = row_count;
+  v_other := v_other + v_n;
+  delete from sync.alert_delivery where created_at < v_cutoff;
+  get diagnostics v_n = row_count;
+  v_other := v_other + v_n;
+  delete from sync.config_change where changed_at < v_cutoff;
+  get diagnostics v_n = row_count;
+  v_other := v_other + v_n;
+  delete from sync.gap where resolved_at < v_cutoff;
+  get diagnostics v_n = row_count;
+  v_other := v_other + v_n;
+  return jsonb_build_object('retention', v_keep::text, 'change_partitions_dropped', v_parts, 'runs_deleted', v_runs,
+                            'errors_deleted', v_errors, 'other_deleted', v_other, 'cleanup', sync.cleanup());
+end
+$$;
+comment on function sync.maintain() is 'Daily maintenance (the sync_maintain task): drops sync.run_change months older than the retention setting, deletes older runs, errors, closed alerts, deliveries, config changes and healed gaps in batches, and cleans staging.';
+
+
+/*
+ * Validation rules from the entity's config (definition -> 'validate') and
+ * the version check (definition -> 'version'), applied by sync.merge after
+ * its own quarantine: failing records are flagged and recorded, the rest merge.
+ */
+create or replace function sync._flag(p_run_id bigint, p_ent sync.entity, p_s regclass, p_condition text, p_category text,
+  p_message text, p_from text default '') returns bigint
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_n bigint;
+begin
+  execute format($q$
+    with bad as (
+      update %1$s s set _sl_quarantined = true %7$s where not s._sl_quarantined and (%2$s) returning s.*, %6$s as _sl_message)
+    insert into sync.run_error (run_id, entity, key, category, message, payload)
+    select %3$s, %4$L, %5$s, %8$L, s._sl_message, to_jsonb(s.*) - '_sl_quarantined' - '_sl_message' from bad s$q$,
+    p_s, p_condition, p_run_id, p_ent.name, sync._key_array(p_ent.key_columns, 's'), p_message, p_from, p_category);
+  get diagnostics v_n = row_count;
+  return v_n;
+end
+$$;
+comment on function sync._flag(bigint, sync.entity, regclass, text, text, text, text) is 'Flags the staged records matching p_condition as quarantined and records each in sync.run_error with p_category and the message p_message (an SQL expression over s).';
+
+create or replace function sync._check_rules(p_run_id bigint, p_ent sync.entity, p_s regclass, p_rel regclass, p_cols text[])
+  returns void
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_rules jsonb := coalesce(p_ent.definition -> 'validate', '{}');
+  v_version text := p_ent.definition #>> '{version,column}';
+  v_c text;
+  v_v jsonb;
+  v_ref text[];
+  v_ref_rel regclass;
+  v_same boolean;
+begin
+  for v_c in select jsonb_array_elements_text(coalesce(v_rules -> 'required', '[]'))
+             union all select jsonb_object_keys(coalesce(v_rules -> 'formats', '{}'))
+             union all select jsonb_object_keys(coalesce(v_rules -> 'allowed', '{}'))
+             union all select jsonb_object_keys(coalesce(v_rules -> 'references', '{}'))
+             union all select v_version where v_version is not null loop
+    if v_c <> all (p_cols) then
+      raise exception 'entity %: a validate or version rule names column %, which this entity does not sync', p_ent.name, v_c
+        using hint = 'add the column to the entity''s columns, or fix the rule';
+    end if;
+  end loop;
+  for v_c in select jsonb_array_elements_text(coalesce(v_rules -> 'required', '[]')) loop
+    perform sync._flag(p_run_id, p_ent, p_s, format('s.%1$I is null or btrim(s.%1$I::text) = %2$L', v_c, ''), 'validation',
+                       format('%L', v_c || ' is required but empty'));
+  end loop;
+  for v_c, v_v in select * from jsonb_each(coalesce(v_rules -> 'formats', '{}')) loop
+    perform sync._flag(p_run_id, p_ent, p_s, format('s.%1$I is not null and s.%1$I::text !~ %2$L', v_c, v_v #>> '{}'), 'validation',
+                       format('format(%L, s.%I)', v_c || ' "%s" does not match the format ' || (v_v #>> '{}'), v_c));
+  end loop;
+  for v_c, v_v in select * from jsonb_each(coalesce(v_rules -> 'allowed', '{}')) loop
+    perform sync._flag(p_run_id, p_ent, p_s,
+      format('s.%1$I is not null and s.%1$I::text <> all (%2$L::text[])', v_c, array(select jsonb_array_elements_text(v_v))), 'validation',
+      format('format(%L, s.%I)', v_c || ' "%s" is not one of the allowed values: '
+                                 || array_to_string(array(select jsonb_array_elements_text(v_v)), ', '), v_c));
+  end loop;
+  for v_c, v_v in select * from jsonb_each(coalesce(v_rules -> 'references', '{}')) loop
+    v_ref := string_to_array(v_v #>> '{}', '.');
+    if cardinality(v_ref) = 2 then
+      v_ref := array['public'] || v_ref;
+    end if;
+    v_ref_rel := to_regclass(format('%I.%I', v_ref[1], v_ref[2]));
+    if v_ref_rel is null then
+      raise exception 'entity %: references rule on % names table %.%, which does not exist', p_ent.name, v_c, v_ref[1], v_ref[2]
+        using hint = 'write "schema.table.column" of an existing table';
+    end if;
+    select (select atttypid from pg_attribute where attrelid = v_ref_rel and attname = v_ref[3] and not attisdropped)
+           = (select atttypid from pg_attribute where attrelid = p_s and attname = v_c)
+      into v_same;
+    if v_same is null then
+      raise exception 'entity %: references rule on % names column % of %.%, which does not exist', p_ent.name, v_c, v_ref[3], v_ref[1], v_ref[2]
+        using hint = 'write "schema.table.column" of an existing column';
+    end if;
+    -- The same type compares directly (and can use the referenced table's index).
+    perform sync._flag(p_run_id, p_ent, p_s,
+      format('s.%1$I is not null and not exists (select 1 from %2$s r where %3$s)', v_c, v_ref_rel,
+             case when v_same then format('r.%I = s.%I', v_ref[3], v_c) else format('r.%I::text = s.%I::text', v_ref[3], v_c) end),
+      'integrity', format('format(%L, s.%I)', v_c || ' "%s" has no match in ' || (v_v #>> '{}'), v_c));
+  end loop;
+  if v_version is not null then
+    -- Optimistic locking: a record older than the target's row is a conflict, not an update.
+    perform sync._flag(p_run_id, p_ent, p_s,
+      format('%s and t.%I > s.%I', sync._join(p_ent.key_columns, 't', 's'), v_version, v_version), 'integrity',
+      format('format(%L, t.%I, s.%I)', 'conflict: the target holds a newer ' || v_version || ' (%s) than the source (%s); not applied', v_version, v_version),
+      format('from %s t', p_rel));
+  end if;
+end
+$$;
+comment on function sync._check_rules(bigint, sync.entity, regclass, regclass, text[]) is 'Second step of sync.merge: the entity''s validate rules (required, formats, allowed, references) and version check; failing records are quarantined with the rule they broke.';
+
+create or replace function sync.start_run(
+  p_entity text, p_trigger text, p_dry_run boolean, p_full boolean, p_columns text[], p_job_id text default null
+) returns bigint
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_run_id bigint;
+  v_defs text;
+begin
+  perform sync.ensure_log_partitions();
+  -- The caller holds the entity's advisory lock, so a run still marked
+  -- running belongs to a process that died: close it, or it shows forever.
+  update sync.run
+     set status = 'failed', finished_at = now(),
+         error = 'abandoned: the process running it stopped before it finished'
+   where entity = p_entity and status = 'running';
+  insert into sync.run (entity, trigger, dry_run, full_refresh, cursor_before, job_id)
+  select e.name, p_trigger, p_dry_run, p_full, e.cursor_value, p_job_id
+    from sync.entity e where e.name = p_entity
+  returning id into v_run_id;
+  if v_run_id is null then
+    raise exception 'unknown entity %', p_entity using hint = 'run `syncline config apply` after adding it to syncline.config.json';
+  end if;
+  select string_agg(format('%I %s', t.column_name, t.column_type), ', ')
+    into v_defs from sync.target_column_types(p_entity, p_columns) t;
+  execute format('create unlogged table sync_staging.%I (%s, _sl_quarantined boolean not null default false)',
+                 'run_' || v_run_id, v_defs);
+  return v_run_id;
+end
+$$;
+
+comment on function sync.start_run(text, text, boolean, boolean, text[], text) is 'Opens a run: records it in sync.run and creates its unlogged staging table sync_staging.run_<id> with the target''s column types.';
+
+create or replace function sync.merge(p_run_id bigint) returns jsonb
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_run sync.run;
+  v_ent sync.entity;
+  v_started timestamptz := clock_timestamp();
+  v_t text;
+  v_s text;
+  v_rel regclass;
+  v_cols text[];
+  v_vals text[];
+  v_on text;
+  v_scope text := 'true';
+  v_distinct text;
+  v_changed text;
+  v_key text;
+  v_snapshot boolean;
+  v_deletes boolean;
+  v_tomb text := 'false';
+  v_parent_scope text := 'true';
+  v_empty boolean;
+  v_unreferenced text := 'true';
+  v_collist text;
+  v_selist text;
+  v_setlist text;
+  v_tkeys text;
+  v_fetched bigint;
+  v_quarantined bigint;
+  v_ins bigint := 0;
+  v_upd bigint := 0;
+  v_del bigint := 0;
+  v_missing bigint := 0;
+  v_cursor text;
+  v_cursor_type text;
+  v_sample jsonb;
+  v_overriding text := '';
+  v_result jsonb;
+begin
+  select * into v_run from sync.run where id = p_run_id for update;
+  if not found then
+    raise exception 'sync.merge: no run %', p_run_id;
+  end if;
+  if v_run.status <> 'running' then
+    raise exception 'sync.merge: run % is %, not running', p_run_id, v_run.status;
+  end if;
+  select * into strict v_ent from sync.entity where name = v_run.entity;
+  -- Same key as the session lock the runner holds: also guards a merge
+  -- started by hand in psql.
+  perform pg_advisory_xact_lock(sync.entity_lock_key(v_ent.name));
+
+  v_t := format('%I.%I', v_ent.target_schema, v_ent.target_table);
+  v_s := format('sync_staging.%I', 'run_' || p_run_id);
+  v_rel := v_t::regclass;
+  select array_agg(a.attname::text order by a.attnum) into v_cols
+    from pg_attribute a
+   where a.attrelid = v_s::regclass and a.attnum > 0 and not a.attisdropped and a.attname <> '_sl_quarantined';
+  v_vals := array(select c from unnest(v_cols) c where c <> all (v_ent.key_columns));
+  v_on := sync._join(v_ent.key_columns, 't', 's');
+  v_key := sync._key_array(v_ent.key_columns, 's');
+  if v_ent.tenant_column is not null then
+    v_scope := format('t.%I = %L', v_ent.tenant_column, v_ent.tenant_value);
+  end if;
+  -- An incremental run sees only changed rows, so only a full snapshot may
+  -- conclude that a missing row was deleted.
+  v_snapshot := v_ent.cursor_column is null or v_run.full_refresh;
+  v_deletes := v_snapshot and v_ent.mode in ('mirror', 'soft-delete');
+  if v_run.detail ? 'parent_scope' then
+    -- Children nested in parent records: each parent seen in this run brings
+    -- its whole child set, so its missing children go, even incrementally;
+    -- children of parents not seen stay.
+    v_deletes := v_ent.mode in ('mirror', 'soft-delete');
+    v_parent_scope := format('exists (select 1 from sync_staging.%I p where %s)', 'run_' || p_run_id || '_parents',
+      (select string_agg(format('p.%1$I = t.%1$I::text', c), ' and ') from jsonb_array_elements_text(v_run.detail -> 'parent_scope') c));
+  end if;
+  if v_ent.tombstone_column = any (v_cols) and v_ent.mode <> 'soft-delete' then
+    -- A record the source marks deleted deletes its row, snapshot or not.
+    v_tomb := format('s.%I is not null', v_ent.tombstone_column);
+  end if;
+  if exists (select 1 from pg_attribute a where a.attrelid = v_rel and a.attidentity = 'a'
+               and a.attname = any (v_cols)) then
+    v_overriding := 'overriding system value';
+  end if;
+
+  perform sync._quarantine(p_run_id, v_ent, v_s::regclass, v_rel, v_cols);
+  perform sync._check_rules(p_run_id, v_ent, v_s::regclass, v_rel, v_cols);
+  execute format('select count(*), count(*) filter (where _sl_quarantined) from %s', v_s)
+    into v_fetched, v_quarantined;
+  -- Records rejected before staging with no usable key (a malformed CSV
+  -- line, a key its type rejects) count as fetched and quarantined too.
+  v_fetched := v_fetched + coalesce((v_run.detail ->> 'unkeyed_rejects')::bigint, 0);
+  v_quarantined := v_quarantined + coalesce((v_run.detail ->> 'unkeyed_rejects')::bigint, 0);
+
+  v_collist := (select string_agg(format('%I', c), ', ') from unnest(v_cols) c);
+  v_selist := (select string_agg(format('s.%I', c), ', ') from unnest(v_cols) c);
+  v_setlist := (select string_agg(format('%1$I = s.%1$I', c), ', ') from unnest(v_vals) c);
+  v_distinct := (select case when count(*) > 0 then format('(%s) is distinct from (%s)',
+                        string_agg(sync._cmp_expr(v_rel, c, 't'), ', '),
+                        string_agg(sync._cmp_expr(v_s::regclass, c, 's'), ', ')) end
+                   from unnest(v_vals) c);
+  v_changed := (select case when count(*) > 0 then format('array_remove(array[%s], null)',
+                        string_agg(format('case when %s is distinct from %s then %L end',
+                                          sync._cmp_expr(v_rel, c, 't'), sync._cmp_expr(v_s::regclass, c, 's'), c), ', ')) end
+                  from unnest(v_vals) c);
+  if v_ent.mode = 'soft-delete' and v_ent.soft_delete_column <> all (v_cols) then
+    -- A record back in the source is live again.
+    v_distinct := format('(%s)', concat_ws(' or ', v_distinct, format('t.%I is not null', v_ent.soft_delete_column)));
+    v_changed := format('array_remove(%s || array[case when t.%I is not null then %L end], null)',
+                        coalesce(v_changed, 'array[]::text[]'), v_ent.soft_delete_column, v_ent.soft_delete_column);
+    v_setlist := concat_ws(', ', v_setlist, format('%I = null', v_ent.soft_delete_column));
+  end if;
+  if v_ent.mode = 'append' then
+    v_distinct := null;
+  end if;
+  if (v_deletes and v_ent.mode = 'mirror') or v_tomb <> 'false' then
+    -- Rows another table still references (with a restricting foreign key)
+    -- wait until that table's own sync has let go of them.
+    select coalesce(string_agg(format('not exists (select 1 from %s c where %s)', c.conrelid::regclass,
+             (select string_agg(format('c.%I = t.%I', ca.attname, ta.attname), ' and ')
+                from unnest(c.conkey, c.confkey) as k(ck, tk)
+                join pg_attribute ca on ca.attrelid = c.conrelid and ca.attnum = k.ck
+                join pg_attribute ta on ta.attrelid = c.confrelid and ta.attnum = k.tk)), ' and '), 'true')
+      into v_unreferenced
+      from pg_constraint c
+     where c.contype = 'f' and c.confrelid = v_rel and c.conrelid <> v_rel and c.confdeltype in ('a', 'r');
+  end if;
+
+  -- The diff: what to insert, update and delete, computed in one pass over
+  -- staging and target before anything is written. Writing first and
+  -- anti-joining against the table being filled goes quadratic when the
+  -- planner believes the target small. An empty target (the initial load)
+  -- needs no join at all.
+  execute format('select not exists (select 1 from %s t where %s)', v_t, v_scope) into v_empty;
+  if v_empty then
+    -- Nothing to compare with: the diff is every mergeable staged row, and a
+    -- view of them saves copying the whole load once more.
+    execute format($q$
+      create temp view _sl_diff as
+      select 'insert'::text as _sl_action, null::text[] as _sl_changed, s.*, %s from %s s where not s._sl_quarantined and not (%s)$q$,
+      (select string_agg(format('null::text as _sl_tk%s', i), ', ') from generate_series(1, cardinality(v_ent.key_columns)) i),
+      v_s, v_tomb);
+  else
+    v_tkeys := (select string_agg(format('t.%I as _sl_tk%s', k, i), ', ') from unnest(v_ent.key_columns) with ordinality x(k, i));
+    execute format($q$
+      create temp table _sl_diff on commit drop as
+      select case when t._sl_present is null then 'insert' when s._sl_quarantined is null or (%10$s) then 'delete' else 'update' end as _sl_action,
+             case when t._sl_present and s._sl_quarantined is not null and not (%10$s) then %1$s end as _sl_changed,
+             s.*, %2$s
+        from %3$s s
+        %4$s join (select true as _sl_present, t.* from %5$s t where %6$s and %11$s) t on %7$s
+       where (t._sl_present is null and not s._sl_quarantined and not (%10$s))
+          or (s._sl_quarantined is null %8$s)
+          or (t._sl_present and not s._sl_quarantined and (%10$s))
+          or (t._sl_present and not s._sl_quarantined and not (%10$s) and (%9$s))$q$,
+      coalesce(v_changed, 'null::text[]'), v_tkeys, v_s,
+      case when v_deletes then 'full' else 'left' end, v_t, v_scope, v_on,
+      case when v_ent.mode = 'soft-delete' then format('and t.%I is null', v_ent.soft_delete_column) else '' end,
+      coalesce(v_distinct, 'false'), v_tomb, v_parent_scope);
+  end if;
+
+  if v_unreferenced <> 'true' then
+    execute format('select count(*) from _sl_diff where _sl_action = %L', 'delete') into v_missing;
+  end if;
+  if v_run.dry_run then
+    execute 'select count(*) filter (where _sl_action = ''insert''), count(*) filter (where _sl_action = ''update''),
+                    count(*) filter (where _sl_action = ''delete'') from _sl_diff'
+      into v_ins, v_upd, v_del;
+    if v_del > 0 and v_unreferenced <> 'true' then
+      execute format('select count(*) from %s t join _sl_diff s on %s where s._sl_action = %L and %s',
+                     v_t, sync._join_tk(v_ent.key_columns), 'delete', v_unreferenced)
+        into v_del;
+    end if;
+  else
+    -- Inserts first, then updates, then deletes: a new parent exists before a
+    -- row is pointed at it, and a row stops pointing at an old parent before
+    -- that parent goes. Foreign keys are checked per statement, so a table
+    -- that references itself converges in one run.
+    execute format($q$
+      with i as (
+        insert into %1$s as t (%2$s) %3$s
+        select %4$s from _sl_diff s where s._sl_action = 'insert'
+        returning %5$s as k)
+      insert into sync.run_change (run_id, action, key) select %6$s, 'insert', k from i$q$,
+      v_t, v_collist, v_overriding, v_selist, sync._key_array(v_ent.key_columns, 't'), p_run_id);
+    get diagnostics v_ins = row_count;
+    if not v_empty and v_distinct is not null then
+      execute format($q$
+        with u as (
+          update %1$s t set %2$s from _sl_diff s
+           where s._sl_action = 'update' and %3$s and %4$s
+          returning %5$s as k, s._sl_changed)
+        insert into sync.run_change (run_id, action, key, changed) select %6$s, 'update', k, _sl_changed from u$q$,
+        v_t, v_setlist, v_on, v_scope, v_key, p_run_id);
+      get diagnostics v_upd = row_count;
+    end if;
+    if not v_empty and (v_deletes or v_tomb <> 'false') then
+      execute format($q$
+        with d as (
+          %1$s
+          returning %2$s as k)
+        insert into sync.run_change (run_id, action, key, changed) select %3$s, 'delete', k, %4$s from d$q$,
+        case when v_ent.mode <> 'soft-delete'
+          then format('delete from %s t using _sl_diff s where s._sl_action = %L and %s and %s and %s',
+                      v_t, 'delete', sync._join_tk(v_ent.key_columns), v_scope, v_unreferenced)
+          else format('update %s t set %I = now() from _sl_diff s where s._sl_action = %L and %s and %s',
+                      v_t, v_ent.soft_delete_column, 'delete', sync._join_tk(v_ent.key_columns), v_scope) end,
+        sync._key_array(v_ent.key_columns, 't'), p_run_id,
+        case when v_ent.mode = 'soft-delete' then format('array[%L]', v_ent.soft_delete_column) else 'null' end);
+      get diagnostics v_del = row_count;
+    end if;
+  end if;
+  execute format($q$
+    select coalesce(jsonb_agg(x order by x.action, x.key), '[]') from (
+      (select 'insert' as action, %1$s as key, null::text[] as changed from _sl_diff s where _sl_action = 'insert' order by 2 limit 10)
+      union all
+      (select 'update', %1$s, _sl_changed from _sl_diff s where _sl_action = 'update' order by 2 limit 10)
+      union all
+      (select 'delete', %2$s, null from _sl_diff s where _sl_action = 'delete' order by 2 limit 10)) x$q$,
+    sync._key_json(v_ent.key_columns, 's'), (select format('jsonb_build_object(%s)', string_agg(format('%L, s._sl_tk%s', k, i), ', '))
+              from unnest(v_ent.key_columns) with ordinality x(k, i)))
+    into v_sample;
+  execute case when v_empty then 'drop view pg_temp._sl_diff' else 'drop table pg_temp._sl_diff' end;
+
+  if v_ent.cursor_column is not null then
+    select format_type(a.atttypid, a.atttypmod) into v_cursor_type
+      from pg_attribute a where a.attrelid = v_s::regclass and a.attname = v_ent.cursor_column;
+    execute format('select greatest(max(s.%I), %L::%s)::text from %s s where not s._sl_quarantined',
+                   v_ent.cursor_column, v_run.cursor_before, v_cursor_type, v_s)
+      into v_cursor;
+    if v_tomb <> 'false' and v_missing > v_del and not v_snapshot then
+      -- A deletion the source sent had to wait (its row is still referenced):
+      -- the cursor stays, so the next run fetches the record again and applies it.
+      v_cursor := v_run.cursor_before;
+    end if;
+    if v_run.detail ? 'keys' then
+      -- A run of chosen keys saw only them: the cursor stays where the full stream left it.
+      v_cursor := v_run.cursor_before;
+    end if;
+  end if;
+
+  update sync.run
+     set status = case when v_quarantined > 0 then 'partial' else 'succeeded' end, finished_at = now(),
+         fetched = v_fetched, inserted = v_ins, updated = v_upd, deleted = v_del,
+         unchanged = v_fetched - v_quarantined - v_ins - v_upd,
+         quarantined = v_quarantined, deferred = greatest(v_missing - v_del, 0),
+         cursor_after = v_cursor,
+         phases = phases || jsonb_build_object('merge', round(extract(epoch from clock_timestamp() - v_started) * 1000)),
+         detail = detail || case when v_run.dry_run then jsonb_build_object('sample', v_sample) else '{}' end
+   where id = p_run_id
+  returning jsonb_build_object('run_id', id, 'status', status, 'fetched', fetched, 'inserted', inserted,
+                               'updated', updated, 'deleted', deleted, 'unchanged', unchanged,
+                               'quarantined', quarantined, 'deferred', deferred, 'cursor', cursor_after,
+                               'dry_run', dry_run, 'sample', detail -> 'sample')
+    into v_result;
+  if not v_run.dry_run and v_ent.cursor_column is not null then
+    update sync.entity set cursor_value = v_cursor where name = v_ent.name and cursor_value is distinct from v_cursor;
+  end if;
+  if not v_run.dry_run then
+    -- Records quarantined before and merged now are resolved.
+    execute format('update sync.run_error e set resolved_at = now(), next_retry_at = null from %s s
+                     where e.entity = %L and e.resolved_at is null and e.run_id <> %s and e.key = %s and not s._sl_quarantined',
+                   v_s, v_ent.name, p_run_id, v_key);
+    -- A record quarantined again carries on its predecessor's retry count; past
+    -- the entity's retry_limit it is not offered again. Conflicts never retry.
+    with prev as (
+      update sync.run_error o set resolved_at = now(), next_retry_at = null
+        from sync.run_error n
+       where n.run_id = p_run_id and n.key is not null and o.entity = v_ent.name and o.key = n.key
+         and o.run_id <> p_run_id and o.resolved_at is null
+      returning o.key, o.retry_count)
+    update sync.run_error n
+       set retry_count = x.rc,
+           next_retry_at = case when x.rc < v_ent.retry_limit and n.category in ('validation', 'integrity')
+                                 and n.message not like 'conflict:%' then now() + v_ent.retry_delay end
+      from (select n2.id, coalesce(max(p.retry_count) + 1, 0) as rc
+              from sync.run_error n2 left join prev p on p.key = n2.key
+             where n2.run_id = p_run_id and n2.key is not null group by n2.id) x
+     where n.id = x.id;
+  end if;
+  execute format('drop table %s', v_s);
+  execute format('drop table if exists sync_staging.%I', 'run_' || p_run_id || '_parents');
+  return v_result;
+end
+$$;
+
+comment on function sync.merge(bigint) is 'Merges a run''s staged rows into the target in the caller''s transaction: quarantines records that cannot be merged (null or repeated key, another tenant, missing parent, a broken validate rule, an older version), computes the diff in one pass, then inserts, updates only rows that differ, deletes (mirror) or stamps (soft-delete) rows missing from a full snapshot within the tenant, logs every change, advances the cursor. A dry run computes the same counts and a sample and writes nothing to the target.';
+
+/*
+ * Health for psql: every question a DBA asks about sync has a view.
+ */
+create or replace view sync.status as
+select e.name as entity,
+       e.enabled,
+       e.mode,
+       e.schedule,
+       case when not e.enabled then 'disabled'
+            when r.status = 'running' then 'running'
+            when r.id is null then 'never run'
+            when r.status in ('succeeded', 'partial') then 'ok'
+            when r.status = 'skipped' then 'skipped'
+            else 'failing' end as state,
+       r.id as last_run_id,
+       r.status as last_status,
+       r.started_at as last_started_at,
+       r.finished_at as last_finished_at,
+       ok.finished_at as last_success_at,
+       now() - ok.finished_at as lag,
+       r.inserted as last_inserted,
+       r.updated as last_updated,
+       r.deleted as last_deleted,
+       r.quarantined as last_quarantined,
+       r.error as last_error,
+       e.cursor_value as cursor,
+       (select count(*) from sync.alert a where a.entity = e.name and a.acknowledged_at is null and a.resolved_at is null) as open_alerts,
+       e.sync_interval,
+       case when e.enabled then sync.cron_next(coalesce(e.schedule, sync.interval_cron(e.sync_interval))) end as next_run_at,
+       e.freshness,
+       e.freshness is not null and coalesce(ok.finished_at, e.created_at) < now() - e.freshness as stale,
+       (select count(*) from sync.gap g where g.entity = e.name and g.resolved_at is null) as open_gaps
+  from sync.entity e
+  left join lateral (select * from sync.run r where r.entity = e.name and not r.dry_run
+                      order by r.started_at desc, r.id desc limit 1) r on true
+  left join lateral (select r2.finished_at from sync.run r2
+                      where r2.entity = e.name and not r2.dry_run and r2.status in ('succeeded', 'partial')
+                      order by r2.started_at desc, r2.id desc limit 1) ok on true;
+comment on view sync.status is 'One row an entity: state (ok, failing, running, never run, disabled), the last run and its counts, the last success and the lag since it, open alerts and gaps, the next scheduled run, staleness.';
+
+create or replace view sync.health as
+select e.name as entity,
+       count(r.id) filter (where r.started_at > now() - interval '24 hours') as runs_24h,
+       round(100.0 * count(r.id) filter (where r.started_at > now() - interval '24 hours' and r.status in ('succeeded', 'partial'))
+             / nullif(count(r.id) filter (where r.started_at > now() - interval '24 hours' and r.status in ('succeeded', 'partial', 'failed')), 0), 1)
+         as success_rate_24h,
+       count(r.id) as runs_7d,
+       round(100.0 * count(r.id) filter (where r.status in ('succeeded', 'partial'))
+             / nullif(count(r.id) filter (where r.status in ('succeeded', 'partial', 'failed')), 0), 1) as success_rate_7d,
+       (select count(*) from sync.gap g where g.entity = e.name and g.resolved_at is null) as open_gaps,
+       (select count(*) from sync.alert a where a.entity = e.name and a.acknowledged_at is null and a.resolved_at is null) as open_alerts,
+       (select count(*) from sync.run_error x where x.entity = e.name and x.resolved_at is null and x.key is not null) as quarantined_records
+  from sync.entity e
+  left join sync.run r on r.entity = e.name and not r.dry_run and r.status <> 'running' and r.started_at > now() - interval '7 days'
+ group by e.name;
+comment on view sync.health is 'One row an entity: runs and success rate (succeeded or partial among finished, skipped and cancelled aside) over 24 hours and 7 days, open gaps, open alerts, records in quarantine.';
+
+create or replace view sync.trend as
+select 'hour' as granularity, r.entity, date_trunc('hour', r.started_at) as bucket,
+       count(*) as runs, count(*) filter (where r.status = 'failed') as failed,
+       coalesce(sum(r.fetched), 0) as rows_fetched,
+       coalesce(sum(r.inserted + r.updated + r.deleted), 0) as rows_changed,
+       round(avg(extract(epoch from r.finished_at - r.started_at))::numeric, 3) as avg_seconds,
+       round(max(extract(epoch from r.finished_at - r.started_at))::numeric, 3) as max_seconds
+  from sync.run r
+ where not r.dry_run and r.finished_at is not null and r.started_at > now() - interval '48 hours'
+ group by r.entity, date_trunc('hour', r.started_at)
+union all
+select 'day', r.entity, date_trunc('day', r.started_at),
+       count(*), count(*) filter (where r.status = 'failed'),
+       coalesce(sum(r.fetched), 0), coalesce(sum(r.inserted + r.updated + r.deleted), 0),
+       round(avg(extract(epoch from r.finished_at - r.started_at))::numeric, 3),
+       round(max(extract(epoch from r.finished_at - r.started_at))::numeric, 3)
+  from sync.run r
+ where not r.dry_run and r.finished_at is not null and r.started_at > now() - interval '90 days'
+ group by r.entity, date_trunc('day', r.started_at);
+comment on view sync.trend is 'Runs, failures, rows fetched and changed, and durations per entity per hour (last 48 hours) and per day (last 90 days): where r.granularity = ''day''.';
+
+create or replace view sync.phase_stats as
+select r.entity, p.key as phase, count(*) as runs,
+       percentile_cont(0.5) within group (order by p.value::numeric) as p50_ms,
+       percentile_cont(0.95) within group (order by p.value::numeric) as p95_ms,
+       max(p.value::numeric) as max_ms,
+       round(percentile_cont(0.5) within group (order by r.fetched / greatest(p.value::numeric / 1000, 0.001))) as p50_rows_per_s
+  from sync.run r, jsonb_each_text(r.phases) p
+ where not r.dry_run and r.status in ('succeeded', 'partial') and r.started_at > now() - interval '7 days'
+   and p.value ~ '^[0-9.]+$'
+ group by r.entity, p.key;
+comment on view sync.phase_stats is 'p50 and p95 milliseconds of each phase (fetch, cast, merge, verify) per entity over the last 7 days of successful runs, with the median rows per second.';
+
+create or replace view sync.error_counts as
+select e.entity, e.category,
+       count(*) filter (where e.created_at > now() - interval '24 hours') as last_24h,
+       count(*) filter (where e.created_at > now() - interval '7 days') as last_7d,
+       count(*) filter (where e.resolved_at is null) as unresolved,
+       max(e.created_at) as latest
+  from sync.run_error e
+ group by e.entity, e.category;
+comment on view sync.error_counts is 'Errors and quarantined records per entity and category (network, rate_limit, auth, validation, integrity, database, internal): last 24 hours, last 7 days, unresolved.';
+
+create or replace function sync.runs(p_entity text default null, p_since timestamptz default null, p_until timestamptz default null,
+  p_status text default null, p_limit integer default 100)
+  returns setof sync.run
+  language sql stable
+  set search_path to pg_catalog, public, pg_temp
+as $$
+  select * from sync.run r
+   where (p_entity is null or r.entity = p_entity)
+     and (p_since is null or r.started_at >= p_since)
+     and (p_until is null or r.started_at < p_until)
+     and (p_status is null or r.status = p_status)
+   order by r.started_at desc, r.id desc
+   limit p_limit
+$$;
+comment on function sync.runs(text, timestamptz, timestamptz, text, integer) is 'The audit log of runs, newest first, by entity, date range [since, until) and status: select * from sync.runs(''orders'', now() - interval ''1 day'').';
+
+create or replace function sync.record_history(p_entity text, variadic p_key text[])
+  returns table (at timestamptz, run_id bigint, what text, detail text, changed text[], payload jsonb)
+  language sql stable
+  set search_path to pg_catalog, public, pg_temp
+as $$
+  select r.started_at, c.run_id, c.action, r.trigger, c.changed, null::jsonb
+    from sync.run r join sync.run_change c on c.run_id = r.id and c.at >= r.started_at
+   where r.entity = p_entity and c.key = p_key
+  union all
+  select e.created_at, e.run_id, 'quarantined: ' || e.category, e.message, null, e.payload
+    from sync.run_error e
+   where e.entity = p_entity and e.key = p_key
+  order by 1, 2
+$$;
+comment on function sync.record_history(text, text[]) is 'Everything that happened to one record: each change a run made and each time it was quarantined, oldest first: select * from sync.record_history(''sellers'', ''S000123'').';
+create index if not exists run_error_key_idx on sync.run_error (entity, key);

@@ -1,0 +1,93 @@
+import { quoteIdent } from '../db/database.js';
+import type { PoolClient } from '../db/pool.js';
+import { copyFromSource, sourceSelect } from '../sources/postgres.js';
+import type { EntityConfig } from '../config/schema.js';
+import type { Plan } from './columns.js';
+import type { Engine } from './run.js';
+
+/**
+ * Verification after a merged run of a postgres entity: the source's record
+ * count against the target's. When the target lacks more records than the
+ * quarantine explains, the source's keys are staged and sync.detect_gaps
+ * records the missing ones (sync.gaps) and queues a re-sync of just those.
+ * Counts and timing go into the run (detail.verify, phases.verify).
+ */
+export async function verifyRun(args: { engine: Engine; target: PoolClient; name: string; runId: number; def: EntityConfig; plan: Plan }): Promise<void> {
+  const { engine, target, name, runId, def, plan } = args;
+  const started = Date.now();
+  const { pool, url } = engine.pgSource(def.source);
+  const range = await cursorRange(target, def, name);
+  const sourceOf = (c: string) => plan.sourceColumns[plan.targetColumns.indexOf(c)] ?? c;
+  const inRange = (alias: string, column: string) => (range
+    ? `${alias}.${quoteIdent(column)} between ${literal(range.lo)}::${range.type} and ${literal(range.hi)}::${range.type}` : 'true');
+  const select = (cols: string[]) => `select * from (${sourceSelect(def, cols, { tenantSourceColumn: plan.tenantSourceColumn })}) s
+    where ${range ? inRange('s', sourceOf(def.cursor!.column)) : 'true'}`;
+  const [{ rows: [src] }, { rows: [tgt] }] = await Promise.all([
+    pool.query<{ n: string }>(`select count(*) as n from (${select(plan.sourceColumns)}) v`),
+    target.query<{ n: string; quarantined: string }>(
+      `select (select count(*) from ${targetName(def)} t where ${scopeOf(def)} and ${range ? inRange('t', def.cursor!.column) : 'true'}) as n,
+              (select count(*) from sync.run_error e where e.entity = $1 and e.resolved_at is null and e.key is not null
+                  and not exists (select 1 from ${targetName(def)} t where ${keyArray(def)} = e.key)) as quarantined`,
+      [name]),
+  ]);
+  const missing = Number(src.n) - Number(tgt.n);
+  const detail: Record<string, unknown> = { source: Number(src.n), target: Number(tgt.n), quarantined_missing: Number(tgt.quarantined) };
+  if (missing > Number(tgt.quarantined) || await hasOpenGaps(target, name)) {
+    const { rows } = await target.query('select sync.create_key_staging($1) as t', [runId]);
+    const keySource = def.key.map((k) => plan.sourceColumns[plan.targetColumns.indexOf(k)] ?? k);
+    await copyFromSource({
+      pool, url, entity: def, target, into: rows[0].t, columns: def.key, signal: new AbortController().signal, onRows: () => {},
+      select: range ? `select ${keySource.map((c) => `s.${quoteIdent(c)}`).join(', ')} from (${select(
+        [...new Set([...keySource, sourceOf(def.cursor!.column)])])}) s` : sourceSelect(def, keySource, { tenantSourceColumn: plan.tenantSourceColumn }),
+    });
+    detail.gaps = (await target.query('select sync.detect_gaps($1) as g', [runId])).rows[0].g;
+  }
+  await target.query(
+    `update sync.run set detail = detail || jsonb_build_object('verify', $2::jsonb),
+                         phases = phases || jsonb_build_object('verify', $3::int) where id = $1`,
+    [runId, JSON.stringify(detail), Date.now() - started]);
+}
+
+/**
+ * For an entity with a cursor: the cursor range the target is meant to hold,
+ * from its oldest row (a backfill may have started anywhere) to the cursor.
+ * Source rows outside it are not missing, just not synced yet (or never asked for).
+ */
+async function cursorRange(target: PoolClient, def: EntityConfig, name: string): Promise<{ lo: string; hi: string; type: string } | null> {
+  if (!def.cursor) return null;
+  const col = quoteIdent(def.cursor.column);
+  const { rows } = await target.query<{ lo: string | null; hi: string | null; type: string }>(
+    `select (select min(t.${col})::text from ${targetName(def)} t where ${scopeOf(def)}) as lo,
+            (select cursor_value from sync.entity where name = $1) as hi,
+            format_type(a.atttypid, a.atttypmod) as type
+       from pg_attribute a where a.attrelid = $2::regclass and a.attname = $3`,
+    [name, targetName(def), def.cursor.column]);
+  const r = rows[0];
+  return r && r.lo !== null && r.hi !== null ? { lo: r.lo, hi: r.hi, type: r.type } : null;
+}
+
+async function hasOpenGaps(target: PoolClient, entity: string): Promise<boolean> {
+  const { rows } = await target.query('select exists (select 1 from sync.gap where entity = $1 and resolved_at is null) as g', [entity]);
+  return rows[0].g;
+}
+
+function targetName(def: EntityConfig): string {
+  const t = def.target as { schema: string; table: string };
+  return `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
+}
+
+function keyArray(def: EntityConfig): string {
+  return `array[${def.key.map((k) => `t.${quoteIdent(k)}::text`).join(', ')}]`;
+}
+
+/** The rows the entity owns in its target: its tenant's, and not soft-deleted. */
+function scopeOf(def: EntityConfig): string {
+  const parts = ['true'];
+  if (def.tenant) parts.push(`t.${quoteIdent(def.tenant.column)} = ${literal(def.tenant.value)}`);
+  if (def.mode === 'soft-delete' && def.softDelete) parts.push(`t.${quoteIdent(def.softDelete.column)} is null`);
+  return parts.join(' and ');
+}
+
+function literal(v: string): string {
+  return `'${v.replaceAll("'", "''")}'`;
+}
