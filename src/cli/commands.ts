@@ -14,7 +14,6 @@ import { EXIT, openSession, readConfig, UsageError, type GlobalOptions, type Ses
 import { makeChunkReporter, makeReporter } from './progress.js';
 import { enqueueBackfill, runBackfill } from '../engine/backfill.js';
 import { summary } from '../engine/summary.js';
-import { printTable } from './table.js';
 
 async function withSession<T>(opts: GlobalOptions, fn: (s: Session) => Promise<T>): Promise<T> {
   const s = await openSession(opts);
@@ -185,20 +184,8 @@ export async function sync(entities: string[], opts: SyncOptions): Promise<numbe
   });
 }
 
-export async function status(opts: GlobalOptions & { json?: boolean }): Promise<number> {
-  return withSession(opts, async (s) => {
-    const { rows } = await s.pool.query(
-      `select entity, state, last_status, to_char(last_success_at, 'YYYY-MM-DD HH24:MI:SS TZ') as last_success,
-              case when lag is null then null else date_trunc('second', lag)::text end as lag,
-              last_inserted as ins, last_updated as upd, last_deleted as del, last_quarantined as quar,
-              open_alerts, schedule, left(last_error, 60) as last_error
-         from sync.status order by entity`);
-    if (opts.json) process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
-    else printTable(rows);
-    return rows.some((r) => r.state === 'failing') ? EXIT.failed : EXIT.ok;
-  });
-}
-
+// `status` lives with the other health verbs.
+export { status } from './health.js';
 
 export interface BackfillCliOptions extends GlobalOptions {
   from: string;

@@ -1,5 +1,6 @@
 import { Command, Option } from 'commander';
 import * as cmd from './commands.js';
+import * as health from './health.js';
 import { worker } from './worker.js';
 import { EXIT, reportError } from './context.js';
 
@@ -50,9 +51,28 @@ program.command('backfill').description('historical import of a cursor range in 
   .option('--enqueue', 'hand the chunks to the worker as jobs instead of running them here')
   .action(run((entity: string, o: Omit<cmd.BackfillCliOptions, 'config'>) => cmd.backfill(entity, { ...globals(), ...o })));
 
-program.command('status').description('one line an entity from the sync.status view')
+program.command('status').description('each entity\'s state, last success, next run, success rates, gaps and alerts (sync.status, sync.health)')
+  .option('--json', 'print JSON (every column of both views)')
+  .addHelpText('after', `
+Exit code: 1 when an entity is failing (its last run failed) or stale (no success within its
+freshness window), else 0, so \`syncline status\` can gate a script or a health check.`)
+  .action(run((o: { json?: boolean }) => health.status({ ...globals(), ...o })));
+
+program.command('alerts').description('open alerts (neither acknowledged nor resolved) from sync.alert, newest first')
+  .option('--all', 'also the acknowledged and resolved alerts of the last 7 days')
+  .option('--ack <id>', 'acknowledge the open alert with this id (sync.ack_alert); exit 1 when there is none')
+  .option('--by <name>', 'who acknowledges (default: $USER)')
   .option('--json', 'print JSON')
-  .action(run((o: { json?: boolean }) => cmd.status({ ...globals(), ...o })));
+  .action(run((o: Omit<health.AlertsOptions, 'config'>) => health.alerts({ ...globals(), ...o })));
+
+program.command('runs').description('the audit log of runs (sync.runs), newest first')
+  .option('--entity <name>', 'runs of this entity only')
+  .option('--since <time>', 'started at or after: a time Postgres reads (\'2026-11-20 08:00\', yesterday) or a span back from now (30m, 2h, 1d, 1w)')
+  .option('--until <time>', 'started before (same forms as --since)')
+  .option('--status <status>', `runs that ended so: ${health.RUN_STATUSES.join(', ')}`)
+  .option('--limit <n>', 'at most this many runs (default 30)')
+  .option('--json', 'print JSON')
+  .action(run((o: Omit<health.RunsOptions, 'config'>) => health.runs({ ...globals(), ...o })));
 
 program.command('worker').description('run the worker: schedules, queued syncs (sync.request) and dependents, until Ctrl-C')
   .option('--crontab <file>', 'crontab file (default: ./crontab)')

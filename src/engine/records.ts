@@ -54,7 +54,7 @@ export async function loadCsvRun(args: {
     opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: count, bytes: 0 });
     await recordRejects(target, runId, name, reader.rejects);
   });
-  await target.query('select sync.cast_raw($1, $2)', [runId, src.timeZone ?? null]);
+  await castRaw(target, runId, src.timeZone, false);
   return mergeStaging({
     engine, target, name, runId, def, opts,
     plan: { targetColumns: columns, sourceColumns: reader.mapping.map(([, h]) => h), sourceKeyUnique: false },
@@ -160,7 +160,7 @@ export async function loadHttpRun(args: {
   });
   if (children.length) await target.query('select sync.keep_feed($1, $2)', [runId, children]);
   if (!nested) {
-    await target.query('select sync.cast_raw($1, $2, true)', [runId, src.timeZone ?? null]);
+    await castRaw(target, runId, src.timeZone, true);
     return mergeStaging({
       engine, target, name, runId, def, opts,
       plan: { targetColumns: columns, sourceColumns: columns.map((c) => fields[c] ?? c), sourceKeyUnique: false },
@@ -173,7 +173,7 @@ export async function loadHttpRun(args: {
 async function mergeNested(args: { engine: Engine; target: PoolClient; name: string; def: EntityConfig; opts: RunOptions },
   runId: number, src: HttpSourceConfig, parentKey: string[], columns: string[], fields: Record<string, string>): Promise<MergeResult> {
   const { engine, target, name, def, opts } = args;
-  await target.query('select sync.cast_raw($1, $2, true)', [runId, src.timeZone ?? null]);
+  await castRaw(target, runId, src.timeZone, true);
   await target.query(`update sync.run set detail = detail || jsonb_build_object('parent_scope', $2::jsonb) where id = $1`,
     [runId, JSON.stringify(parentKey)]);
   const merged = await mergeStaging({
@@ -323,6 +323,14 @@ async function parentsTable(target: PoolClient, runId: number, columns: string[]
   if (create) await target.query(`create unlogged table ${name} (${columns.map((c) => `${quoteIdent(c)} text`).join(', ')})`);
   else await target.query(`create unlogged table if not exists ${name} (${columns.map((c) => `${quoteIdent(c)} text`).join(', ')})`);
   return name;
+}
+
+/** sync.cast_raw, timed as the run's stage phase (text staging → typed staging). */
+async function castRaw(target: PoolClient, runId: number, timeZone: string | undefined, keepLast: boolean): Promise<void> {
+  const started = Date.now();
+  await target.query('select sync.cast_raw($1, $2, $3)', [runId, timeZone ?? null, keepLast]);
+  await target.query(`update sync.run set phases = phases || jsonb_build_object('stage', $2::int) where id = $1`,
+    [runId, Date.now() - started]);
 }
 
 // Records mapped between two turns of the event loop.

@@ -31,7 +31,9 @@ export async function verifyRun(args: { engine: Engine; target: PoolClient; name
       [name]),
   ]);
   const missing = Number(src.n) - Number(tgt.n);
-  const detail: Record<string, unknown> = { source: Number(src.n), target: Number(tgt.n), quarantined_missing: Number(tgt.quarantined) };
+  const detail: Record<string, unknown> = {
+    source: Number(src.n), target: Number(tgt.n), quarantined_missing: Number(tgt.quarantined), ...(range ? { lo: range.lo, hi: range.hi } : {}),
+  };
   if (missing > Number(tgt.quarantined) || await hasOpenGaps(target, name)) {
     const { rows } = await target.query('select sync.create_key_staging($1) as t', [runId]);
     const keySource = def.key.map((k) => plan.sourceColumns[plan.targetColumns.indexOf(k)] ?? k);
@@ -56,13 +58,17 @@ export async function verifyRun(args: { engine: Engine; target: PoolClient; name
 async function cursorRange(target: PoolClient, def: EntityConfig, name: string): Promise<{ lo: string; hi: string; type: string } | null> {
   if (!def.cursor) return null;
   const col = quoteIdent(def.cursor.column);
-  const { rows } = await target.query<{ lo: string | null; hi: string | null; type: string }>(
-    `select (select min(t.${col})::text from ${targetName(def)} t where ${scopeOf(def)}) as lo,
-            (select cursor_value from sync.entity where name = $1) as hi,
-            format_type(a.atttypid, a.atttypmod) as type
-       from pg_attribute a where a.attrelid = $2::regclass and a.attname = $3`,
-    [name, targetName(def), def.cursor.column]);
-  const r = rows[0];
+  const { rows: [t] } = await target.query<{ type: string }>(
+    'select format_type(a.atttypid, a.atttypmod) as type from pg_attribute a where a.attrelid = $1::regclass and a.attname = $2',
+    [targetName(def), def.cursor.column]);
+  // The low end never rises: rows lost from the bottom of the range are gaps too.
+  const { rows } = await target.query<{ lo: string | null; hi: string | null }>(
+    `select least((select min(t.${col}) from ${targetName(def)} t where ${scopeOf(def)}),
+                  (select (r.detail #>> '{verify,lo}')::${t.type} from sync.run r
+                    where r.entity = $1 and r.detail #> '{verify,lo}' is not null order by r.id desc limit 1))::text as lo,
+            (select cursor_value from sync.entity where name = $1) as hi`,
+    [name]);
+  const r = { ...rows[0], type: t.type };
   return r && r.lo !== null && r.hi !== null ? { lo: r.lo, hi: r.hi, type: r.type } : null;
 }
 

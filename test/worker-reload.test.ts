@@ -1,0 +1,83 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { testDatabases, type TestDatabase } from './helpers/db.js';
+import { engineFor } from './helpers/engine.js';
+import type { Engine } from '../src/engine/run.js';
+import { startWorker, type WorkerHandle } from '../src/worker/worker.js';
+
+let sync: TestDatabase;
+let source: TestDatabase;
+let engine: Engine;
+let handle: WorkerHandle;
+
+async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, ms = 30_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** The cron identifiers the running graphile-worker registered (it records each schedule it serves). */
+const served = async () => (await sync.pool.query(
+  `select identifier from graphile_worker._private_known_crontabs order by identifier`)).rows.map((r) => r.identifier);
+
+beforeAll(async () => {
+  ({ sync, source } = await testDatabases('reload'));
+  await source.pool.query('create table items (id int primary key)');
+  await sync.pool.query('create table items (id int primary key)');
+  engine = await engineFor(sync, source, {
+    items: { source: 'src', from: { table: 'items' }, target: 'items', key: ['id'] },
+  });
+  handle = await startWorker(engine, { concurrency: 1 });
+});
+afterAll(async () => {
+  await handle.stop();
+  await engine.close();
+});
+
+describe('sync_config changed with plain UPDATE', () => {
+  it('reaches the running worker: a new interval becomes a schedule without a restart, and the change is audited', async () => {
+    expect(await served()).not.toContain('sync:items');
+    await sync.pool.query(`update sync.entity set sync_interval = '5 minutes' where name = 'items'`);
+    await until('the reload', async () => handle.reloads >= 1);
+    await until('the schedule served', async () => (await served()).includes('sync:items'));
+    const { rows } = await sync.pool.query(
+      `select action, changes, changed_by from sync.config_change where entity = 'items' and action = 'update' order by id`);
+    expect(rows.at(-1)).toMatchObject({ action: 'update', changes: { sync_interval: { old: null, new: '00:05:00' } } });
+    const status = (await sync.pool.query(`select next_run_at, sync_interval from sync.status where entity = 'items'`)).rows[0];
+    expect(new Date(status.next_run_at).getUTCMinutes() % 5).toBe(0);
+  });
+
+  it('an invalid change is refused with what to fix, and the worker keeps what it had', async () => {
+    const reloads = handle.reloads;
+    await expect(sync.pool.query(`update sync.entity set sync_interval = '30 seconds' where name = 'items'`))
+      .rejects.toThrow(/sync_interval 00:00:30 is below the minimum of 1 minute/);
+    await expect(sync.pool.query(`update sync.entity set schedule = '*/5 * * *' where name = 'items'`))
+      .rejects.toThrow(/set schedule or sync_interval, not both/);
+    await sync.pool.query(`select pg_sleep(1)`);
+    expect(handle.reloads).toBe(reloads);
+  });
+
+  it('a threshold change is audited but does not restart the schedules', async () => {
+    const reloads = handle.reloads;
+    await sync.pool.query(`update sync.entity set failure_threshold = 5 where name = 'items'`);
+    await sync.pool.query(`select pg_sleep(1)`);
+    expect(handle.reloads).toBe(reloads);
+    const { rows } = await sync.pool.query(`select changes from sync.config_change where entity = 'items' order by id desc limit 1`);
+    expect(rows[0].changes).toEqual({ failure_threshold: { old: 3, new: 5 } });
+  });
+
+  it('disabling the entity drops its schedule from the running worker', async () => {
+    await sync.pool.query(`update sync.entity set enabled = false where name = 'items'`);
+    await until('the schedule dropped', async () => handle.reloads >= 2 && (await cronOf()) === null);
+  });
+});
+
+/** What the worker would schedule now for the entity (null when nothing). */
+async function cronOf(): Promise<string | null> {
+  const { cronItems } = await import('../src/worker/worker.js');
+  const item = (await cronItems(engine)).find((i) => i.identifier === 'sync:items');
+  return item ? item.identifier : null;
+}
