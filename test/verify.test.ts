@@ -106,11 +106,13 @@ describe('verification after a run', () => {
 
   it('a gap the re-sync cannot heal raises resync_failed', async () => {
     // A row the target refuses on every attempt: a trigger deletes it again.
-    await sync.pool.query(`create function drop_42() returns trigger language plpgsql as $$
-      begin delete from events where id = 42; return null; end $$;
-      create trigger drop_42 after insert or update on events for each statement execute function drop_42()`);
+    const id = Number((await source.pool.query('select min(id) as id from events')).rows[0].id);
+    await sync.pool.query(`create function drop_row() returns trigger language plpgsql as $$
+      begin delete from events where id = ${id}; return null; end $$;
+      create trigger drop_row after insert or update on events for each statement execute function drop_row()`);
     try {
-      const r = await engine.run('events', { trigger: 'manual', full: true });
+      await source.pool.query(`update events set at = timestamptz '2027-01-01', body = 'moved' where id = $1`, [id]);
+      const r = await engine.run('events', { trigger: 'manual' });
       expect(r.status).toBe('succeeded');
       const resync = await runKeyJobs('events');
       expect(resync.map((x) => x.status)).toEqual(['succeeded']);
@@ -118,7 +120,7 @@ describe('verification after a run', () => {
       expect(rows.map((a) => a.kind).sort()).toEqual(['gap', 'resync_failed']);
       expect(rows.find((a) => a.kind === 'resync_failed').message).toMatch(/still missing after a re-sync/);
     } finally {
-      await sync.pool.query('drop trigger drop_42 on events; drop function drop_42()');
+      await sync.pool.query('drop trigger drop_row on events; drop function drop_row()');
     }
   });
 });

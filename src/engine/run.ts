@@ -168,7 +168,10 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
       const direct = !opts.dryRun && !opts.keys && !ent.def.validate && !ent.def.version
         && (await target.query('select sync.can_load_direct($1) as ok', [name])).rows[0].ok;
       r = (direct ? await loadDirect(ctx) : null) ?? await loadStaged(ctx);
-      if (!opts.dryRun && !opts.window && ['succeeded', 'partial'].includes(r.status) && ent.verify) {
+      // A full snapshot leaves the target equal to the source by construction;
+      // an incremental run cannot see what went missing below its cursor.
+      const incremental = Boolean(ent.def.cursor) && !full;
+      if (incremental && !opts.dryRun && !opts.window && ['succeeded', 'partial'].includes(r.status) && ent.verify) {
         await verifyRun({ engine, target, name, runId: Number(r.run_id), def: ent.def, plan });
       }
     }
