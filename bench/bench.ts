@@ -157,7 +157,7 @@ export async function main(): Promise<void> {
         start_rss_mb: mb(m.startRssBytes),
         wal_bytes: m.walBytes,
         fetch_ms: run.phases.fetch ?? null,
-        merge_ms: run.phases.merge ?? null,
+        merge_ms: run.phases.merge === undefined ? null : run.phases.merge + (run.phases.validate ?? 0),
         run: {
           fetched: Number(run.fetched), inserted: Number(run.inserted), updated: Number(run.updated), deleted: Number(run.deleted),
           unchanged: Number(run.unchanged), quarantined: Number(run.quarantined), run_change_rows: Number(run.changes),

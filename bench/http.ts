@@ -267,7 +267,7 @@ export async function runHttpBench(benchRows: number | undefined): Promise<HttpB
       return {
         seconds: round(m.seconds), rows, rows_per_s: Math.round(rows / m.seconds),
         peak_rss_mb: mb(m.peakRssBytes), start_rss_mb: mb(m.startRssBytes), wal_bytes: m.walBytes,
-        fetch_ms: run.phases.fetch ?? null, merge_ms: run.phases.merge ?? null, phases: run.phases,
+        fetch_ms: run.phases.fetch ?? null, merge_ms: run.phases.merge === undefined ? null : run.phases.merge + (run.phases.validate ?? 0), phases: run.phases,
         // After the fetch: sync.cast_raw (typing, keep-last de-duplication), analyze, then sync.merge.
         cast_ms: Math.round(m.seconds * 1000 - (run.phases.fetch ?? 0) - (run.phases.merge ?? 0)),
         run: {

@@ -1951,6 +1951,7 @@ declare
   v_run sync.run;
   v_ent sync.entity;
   v_started timestamptz := clock_timestamp();
+  v_validated timestamptz;
   v_t text;
   v_s text;
   v_rel regclass;
@@ -2030,6 +2031,7 @@ begin
 
   perform sync._quarantine(p_run_id, v_ent, v_s::regclass, v_rel, v_cols);
   perform sync._check_rules(p_run_id, v_ent, v_s::regclass, v_rel, v_cols);
+  v_validated := clock_timestamp();
   execute format('select count(*), count(*) filter (where _sl_quarantined) from %s', v_s)
     into v_fetched, v_quarantined;
   -- Records rejected before staging with no usable key (a malformed CSV
@@ -2190,7 +2192,8 @@ begin
          unchanged = v_fetched - v_quarantined - v_ins - v_upd,
          quarantined = v_quarantined, deferred = greatest(v_missing - v_del, 0),
          cursor_after = v_cursor,
-         phases = phases || jsonb_build_object('merge', round(extract(epoch from clock_timestamp() - v_started) * 1000)),
+         phases = phases || jsonb_build_object('validate', round(extract(epoch from v_validated - v_started) * 1000),
+                                                'merge', round(extract(epoch from clock_timestamp() - v_validated) * 1000)),
          detail = detail || case when v_run.dry_run then jsonb_build_object('sample', v_sample) else '{}' end
    where id = p_run_id
   returning jsonb_build_object('run_id', id, 'status', status, 'fetched', fetched, 'inserted', inserted,
@@ -2319,7 +2322,7 @@ select r.entity, p.key as phase, count(*) as runs,
  where not r.dry_run and r.status in ('succeeded', 'partial') and r.started_at > now() - interval '7 days'
    and p.value ~ '^[0-9.]+$'
  group by r.entity, p.key;
-comment on view sync.phase_stats is 'p50 and p95 milliseconds of each phase (fetch, cast, merge, verify) per entity over the last 7 days of successful runs, with the median rows per second.';
+comment on view sync.phase_stats is 'p50 and p95 milliseconds of each phase (fetch, stage, validate, merge, verify) per entity over the last 7 days of successful runs, with the median rows per second.';
 
 create or replace view sync.error_counts as
 select e.entity, e.category,
