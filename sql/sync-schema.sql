@@ -2366,3 +2366,28 @@ as $$
 $$;
 comment on function sync.record_history(text, text[]) is 'Everything that happened to one record: each change a run made and each time it was quarantined, oldest first: select * from sync.record_history(''sellers'', ''S000123'').';
 create index if not exists run_error_key_idx on sync.run_error (entity, key);
+
+/*
+ * Live progress of running runs, for the operator API and dashboard: the
+ * engine reports about once a second; NOTIFY sync_progress tells listeners
+ * (server-sent events) without polling.
+ */
+alter table sync.run add column if not exists progress jsonb not null default '{}';
+comment on column sync.run.progress is 'Live progress while running: {"phase", "rows", "pages", "total", "rate", "eta_seconds", "at"}; the last report stays after the run ends.';
+
+create or replace function sync.report_progress(p_run_id bigint, p_progress jsonb) returns void
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_entity text;
+begin
+  update sync.run set progress = p_progress || jsonb_build_object('at', now())
+   where id = p_run_id
+  returning entity into v_entity;
+  if v_entity is not null then
+    perform pg_notify('sync_progress', json_build_object('run_id', p_run_id, 'entity', v_entity, 'progress', p_progress)::text);
+  end if;
+end
+$$;
+comment on function sync.report_progress(bigint, jsonb) is 'Records a running run''s progress and announces it on channel sync_progress (the engine calls it about once a second).';

@@ -81,3 +81,30 @@ async function cronOf(): Promise<string | null> {
   const item = (await cronItems(engine)).find((i) => i.identifier === 'sync:items');
   return item ? item.identifier : null;
 }
+
+describe('live progress', () => {
+  it('a run records its progress in sync.run.progress and announces it on sync_progress', async () => {
+    await source.pool.query('insert into items select generate_series(1, 20000) on conflict do nothing');
+    await source.pool.query('analyze items');
+    const listener = await sync.pool.connect();
+    const heard: { run_id: number; entity: string; progress: { phase: string } }[] = [];
+    listener.on('notification', (n) => { if (n.channel === 'sync_progress') heard.push(JSON.parse(n.payload!)); });
+    await listener.query('listen sync_progress');
+    try {
+      const r = await engine.run('items', { trigger: 'manual' });
+      expect(r.status).toBe('succeeded');
+      // Reports are written beside the run, not awaited by it.
+      const progress = await until('the last report', async () => {
+        const { rows } = await sync.pool.query('select progress from sync.run where id = $1', [r.runId]);
+        return rows[0].progress.phase === 'done' && rows[0].progress;
+      });
+      expect(progress).toMatchObject({ phase: 'done', rows: 20000 });
+      await until('the notifications', async () => heard.some((h) => h.progress.phase === 'done'));
+      expect(heard.every((h) => h.run_id === r.runId && h.entity === 'items')).toBe(true);
+      expect(heard.map((h) => h.progress.phase)).toContain('fetch');
+    } finally {
+      await listener.query('unlisten sync_progress');
+      listener.release();
+    }
+  });
+});

@@ -268,7 +268,7 @@ async function acknowledge(pool: Pool, id: number, by: string, json?: boolean): 
   }
   const after = (await pool.query<AlertRow>(`select ${ALERT_COLUMNS} from sync.alert a where a.id = $1`, [id])).rows[0];
   if (json) process.stdout.write(`${JSON.stringify(after, null, 2)}\n`);
-  else process.stdout.write(`acknowledged ${what} as ${by}: ${cut(after.message, 200)}\n`);
+  else process.stdout.write(`${cut(`acknowledged ${what} as ${by}`, outputWidth())}\n  ${cut(after.message, outputWidth() - 2)}\n`);
   return EXIT.ok;
 }
 

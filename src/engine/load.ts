@@ -1,4 +1,4 @@
-import type { PoolClient } from '../db/pool.js';
+import type { Pool, PoolClient } from '../db/pool.js';
 import { quoteIdent } from '../db/database.js';
 import { log } from '../log.js';
 import { copyFromSource, sourceSelect } from '../sources/postgres.js';
@@ -28,10 +28,22 @@ async function fetchInto(ctx: LoadContext, into: string): Promise<number> {
   const keys = opts.keys
     ? { sourceColumns: def.key.map((k) => plan.sourceColumns[plan.targetColumns.indexOf(k)] ?? k), values: opts.keys } : undefined;
   const select = sourceSelect(def, plan.sourceColumns, { tenantSourceColumn: plan.tenantSourceColumn, cursor: plan.cursor, keys });
+  const total = plan.cursor || opts.keys ? undefined : await estimatedRows(pool, def);
   return fetchPhase(engine.pool, ctx.target, runId, opts.signal, (signal) => copyFromSource({
     pool, url, entity: def, select, target: ctx.target, into, columns: plan.targetColumns, signal,
-    onRows: (r, bytes) => opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: r, bytes }),
+    onRows: (r, bytes) => opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: r, bytes, total }),
   }));
+}
+
+/** The planner's row estimate of a table source (for progress and ETA); undefined for a query or an unanalyzed table. */
+async function estimatedRows(pool: Pool, def: EntityConfig): Promise<number | undefined> {
+  if (!('table' in def.from)) return undefined;
+  const t = def.from.table as { schema: string; table: string };
+  const { rows } = await pool.query<{ n: number | null }>(
+    `select nullif(reltuples, -1)::float8 as n from pg_class where oid = to_regclass($1)`,
+    [`${quoteIdent(t.schema)}.${quoteIdent(t.table)}`]).catch(() => ({ rows: [] as { n: number | null }[] }));
+  const n = rows[0]?.n;
+  return n && n > 0 ? Math.round(n) : undefined;
 }
 
 /**

@@ -153,7 +153,7 @@ export async function loadHttpRun(args: {
         await target.query('rollback').catch(() => {});
         throw err;
       }
-      opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: line, bytes: 0 });
+      opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: line, bytes: 0, pages: page.page });
       // A backfill chunk ends where its window does: versions only grow.
       if (window && inWindow.length < page.records.length) break;
     }

@@ -7,6 +7,7 @@ import { blockingDependency, CancelledError, waitForDependencies } from './guard
 import { loadDirect, loadStaged, type LoadContext, type MergeResult } from './load.js';
 import { loadCsvRun, loadHttpRun } from './records.js';
 import { verifyRun } from './verify.js';
+import { reportingProgress } from './progress.js';
 
 export type Trigger = 'cron' | 'manual' | 'backfill' | 'resync' | 'dependency' | 'api';
 export type RunStatus = 'succeeded' | 'partial' | 'failed' | 'cancelled' | 'skipped' | 'already-running';
@@ -37,6 +38,10 @@ export interface Progress {
   phase: 'fetch' | 'merge' | 'done';
   rows: number;
   bytes: number;
+  /** Pages fetched (http sources). */
+  pages?: number;
+  /** Records expected in all, where the source says. */
+  total?: number;
 }
 
 export interface RunResult {
@@ -121,6 +126,7 @@ function errorMessage(err: unknown): string {
  */
 export async function runEntity(engine: Engine, name: string, opts: RunOptions): Promise<RunResult> {
   const { pool } = engine;
+  opts = { ...opts, onProgress: reportingProgress(pool, opts.onProgress) };
   const target = await pool.connect();
   let targetBroken = false;
   let runId: number | null = null;
