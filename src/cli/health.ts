@@ -44,13 +44,15 @@ export function cut(value: unknown, n: number): string {
   return chars.length <= n ? chars.join('') : `${chars.slice(0, Math.max(n - 1, 0)).join('')}…`;
 }
 
-/** 45 s, 3 min, 5 h, 2 d: a span for people (rounded down to its largest unit). */
+/** 45 s, 3 min, 5 h, 2 d: a span for people, rounded to its largest unit. */
 export function human(seconds: number): string {
-  const s = Math.max(0, Math.floor(seconds));
+  const s = Math.max(0, Math.round(seconds));
   if (s < 60) return `${s} s`;
-  if (s < 3600) return `${Math.floor(s / 60)} min`;
-  if (s < 86_400) return `${Math.floor(s / 3600)} h`;
-  return `${Math.floor(s / 86_400)} d`;
+  const min = Math.round(s / 60);
+  if (min < 60) return `${min} min`;
+  const h = Math.round(s / 3600);
+  if (h < 24) return `${h} h`;
+  return `${Math.round(s / 86_400)} d`;
 }
 
 export const ago = (seconds: number | null | undefined) => (seconds === null || seconds === undefined ? '' : `${human(seconds)} ago`);
@@ -62,7 +64,8 @@ export function duration(seconds: number | null | undefined): string {
   return seconds < 10 ? `${seconds.toFixed(1)} s` : human(seconds);
 }
 
-const pct = (v: number | null) => (v === null ? '–' : `${Math.round(v)}%`);
+// 99.6% shows as 99%, not 100%: 100% means no run failed (and 0% that none succeeded).
+const pct = (v: number | null) => (v === null ? '–' : `${v >= 100 ? 100 : v <= 0 ? 0 : Math.min(99, Math.max(1, Math.round(v)))}%`);
 
 /**
  * Prints rows with the table printer, keeping lines within the output width:
