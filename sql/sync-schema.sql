@@ -72,7 +72,8 @@ create table if not exists sync.run (
   error text,
   cancel_requested boolean not null default false,
   job_id text,
-  backend_pid integer default pg_backend_pid()
+  backend_pid integer default pg_backend_pid(),
+  progress jsonb not null default '{}'
 );
 create index if not exists run_entity_started_idx on sync.run (entity, started_at desc);
 create index if not exists run_running_idx on sync.run (entity) where status = 'running';
@@ -1035,6 +1036,10 @@ as $$
 declare
   v_interval interval;
 begin
+  if new.name not in ('retention') then
+    raise exception 'unknown setting %', new.name
+      using errcode = '23514', hint = 'settings: retention';
+  end if;
   if new.name = 'retention' then
     begin
       v_interval := new.value::interval;
@@ -1087,8 +1092,9 @@ declare
   v_step int;
 begin
   foreach v_part in array string_to_array(p_field, ',') loop
-    v_m := regexp_match(v_part, '^(\*|([0-9]+)(-([0-9]+))?)(/([0-9]+))?$');
-    if v_m is null then
+    -- graphile-worker's dialect: *, */n, a, a-b (a < b); no a-b/n, no a/n.
+    v_m := regexp_match(v_part, '^(\*|([0-9]{1,2})(-([0-9]{1,2}))?)(/([0-9]{1,2}))?$');
+    if v_m is null or (v_m[6] is not null and v_m[1] <> '*') or (v_m[4] is not null and v_m[4]::int <= v_m[2]::int) then
       return null;
     end if;
     if v_m[1] = '*' then
@@ -1107,7 +1113,7 @@ begin
   return array(select distinct x from unnest(v_out) x order by x);
 end
 $$;
-comment on function sync._cron_field(text, int, int) is 'The values one cron field (5, */15, 1-5, 0,30) allows within [p_min, p_max]; null when it is not valid.';
+comment on function sync._cron_field(text, int, int) is 'The values one cron field (5, */15, 1-5, 0,30) allows within [p_min, p_max], in graphile-worker''s dialect; null when it is not valid there.';
 
 create or replace function sync.cron_next(p_expr text, p_after timestamptz default now()) returns timestamptz
   language plpgsql stable
@@ -1140,10 +1146,11 @@ begin
   for i in 0..366 loop
     v_day := v_base::date + i;
     continue when not extract(month from v_day)::int = any (v_mon);
-    -- As cron: with both day fields restricted, either may match.
-    v_ok := case when v_f[3] = '*' and v_f[5] = '*' then true
-                 when v_f[3] = '*' then extract(dow from v_day)::int = any (v_dow)
-                 when v_f[5] = '*' then extract(day from v_day)::int = any (v_dom)
+    -- As graphile-worker: a day field is restricted when it excludes a day
+    -- ("1-31" is not); with both restricted, either may match.
+    v_ok := case when cardinality(v_dom) = 31 and cardinality(v_dow) = 7 then true
+                 when cardinality(v_dom) = 31 then extract(dow from v_day)::int = any (v_dow)
+                 when cardinality(v_dow) = 7 then extract(day from v_day)::int = any (v_dom)
                  else extract(day from v_day)::int = any (v_dom) or extract(dow from v_day)::int = any (v_dow) end;
     continue when not v_ok;
     foreach v_h in array v_hour loop
@@ -1157,7 +1164,7 @@ begin
   return null;
 end
 $$;
-comment on function sync.cron_next(text, timestamptz) is 'The next time after p_after (UTC) a five-field cron expression fires; null when it is not valid or never fires within a year.';
+comment on function sync.cron_next(text, timestamptz) is 'The next time after p_after (UTC) a five-field cron expression fires, read as graphile-worker reads it; null when it is not valid or never fires within a year.';
 
 create or replace function sync.interval_cron(p_interval interval) returns text
   language sql immutable
@@ -1209,7 +1216,7 @@ begin
     raise exception 'entity %: gap_threshold % is negative', new.name, new.gap_threshold
       using errcode = '23514', hint = '0 alerts on any gap';
   end if;
-  if new.throughput_factor <= 1 then
+  if new.throughput_factor = 'NaN' or new.throughput_factor <= 1 then
     raise exception 'entity %: throughput_factor % must be above 1', new.name, new.throughput_factor
       using errcode = '23514', hint = 'a run this many times slower than the median alerts, e.g. 3';
   end if;
@@ -1250,10 +1257,13 @@ declare
   v_changes jsonb;
 begin
   -- The cursor moves on every run: it is the engine's state, not a setting.
+  -- The definition is audited too: fullSchedule and the rules live there.
   select jsonb_object_agg(k, jsonb_build_object('old', v_old -> k, 'new', v_new -> k)) into v_changes
     from (select jsonb_object_keys(v_old || v_new) as k) keys
-   where k not in ('cursor_value', 'updated_at', 'created_at', 'definition', 'config_hash')
-     and (v_old -> k) is distinct from (v_new -> k);
+   where k not in ('cursor_value', 'updated_at', 'created_at', 'config_hash')
+     and (v_old -> k) is distinct from (v_new -> k)
+     -- A column absent on one side and null on the other did not change.
+     and not (coalesce(v_old -> k, 'null') = 'null' and coalesce(v_new -> k, 'null') = 'null');
   if v_changes is null then
     return null;
   end if;
@@ -2264,7 +2274,7 @@ select e.name as entity,
        e.sync_interval,
        case when e.enabled then sync.cron_next(coalesce(e.schedule, sync.interval_cron(e.sync_interval))) end as next_run_at,
        e.freshness,
-       e.freshness is not null and coalesce(ok.finished_at, e.created_at) < now() - e.freshness as stale,
+       e.enabled and e.freshness is not null and coalesce(ok.finished_at, e.created_at) < now() - e.freshness as stale,
        (select count(*) from sync.gap g where g.entity = e.name and g.resolved_at is null) as open_gaps
   from sync.entity e
   left join lateral (select * from sync.run r where r.entity = e.name and not r.dry_run
@@ -2372,7 +2382,6 @@ create index if not exists run_error_key_idx on sync.run_error (entity, key);
  * engine reports about once a second; NOTIFY sync_progress tells listeners
  * (server-sent events) without polling.
  */
-alter table sync.run add column if not exists progress jsonb not null default '{}';
 comment on column sync.run.progress is 'Live progress while running: {"phase", "rows", "pages", "total", "rate", "eta_seconds", "at"}; the last report stays after the run ends.';
 
 create or replace function sync.report_progress(p_run_id bigint, p_progress jsonb) returns void

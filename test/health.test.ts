@@ -375,9 +375,8 @@ describe('validation and audit of sync.entity settings', () => {
   });
 
   // The worker reloads its schedules on a sync_config notice naming `definition`
-  // (src/worker/worker.ts SCHEDULE_COLUMNS: fullSchedule lives there), but the
-  // audit trigger leaves `definition` out, so such a change is never announced.
-  it.fails('a change of definition (fullSchedule) is announced on sync_config, as the worker expects', async () => {
+  // (src/worker/worker.ts SCHEDULE_COLUMNS: fullSchedule lives there).
+  it('a change of definition (fullSchedule) is announced on sync_config, as the worker expects', async () => {
     const entity = fresh('fullschedule');
     await addEntity(db.pool, entity);
     await listener.drain(db.pool);
@@ -570,7 +569,7 @@ function cronField(i: number): fc.Arbitrary<string> {
 }
 
 // Day fields written other than "*" but allowing every day ("1-31", "0-6")
-// are where cron dialects part: see the it.fails test below. Kept out here.
+// are where cron dialects part: a test of their own below. Kept out here.
 const cronExpr = fc.tuple(...[0, 1, 2, 3, 4].map(cronField)).map((fs) => fs.join(' ')).filter((e) => {
   const f = e.split(' ');
   const full = (i: number) => (i === 2 ? values(f[2], 1, 31).size === 31 : new Set([...values(f[4], 0, 7)].map((d) => d % 7)).size === 7);
@@ -608,11 +607,10 @@ describe('cron helpers', () => {
     }
   });
 
-  // The SQL treats a day field as restricted when its text is not "*";
-  // graphile-worker, which runs the schedules, when it does not allow every
-  // value. They part on "1-31", "*/1" or "0-6": sync.status.next_run_at then
-  // names a time at which the worker does not run the entity.
-  it.fails('sync.cron_next agrees with graphile-worker when a day field allows every day without being "*"', async () => {
+  // graphile-worker, which runs the schedules, treats a day field as
+  // restricted when it does not allow every value ("1-31", "*/1", "0-6" are
+  // not): sync.status.next_run_at must name a time the worker runs.
+  it('sync.cron_next agrees with graphile-worker when a day field allows every day without being "*"', async () => {
     for (const expr of ['0 0 1-31 * 1', '0 0 1 * 0-6', '0 0 */1 * 1']) {
       const after = new Date('2026-01-06T12:00:00Z'); // a Tuesday
       const expected = referenceNext(expr, after)!;
@@ -626,9 +624,8 @@ describe('cron helpers', () => {
     for (const expr of ['0-30/5 * * * *', '5/15 * * * *', '5-5 * * * *']) expect(() => workerMatcher(expr), expr).toThrow();
   });
 
-  // The entity check accepts them (sync._cron_field allows a-b/n, n/step and a-a),
-  // so a schedule set with UPDATE passes, and the worker's reload then fails to parse it.
-  it.fails('the schedule check rejects cron syntax the worker cannot schedule', async () => {
+  // A schedule set with UPDATE that the worker cannot parse would fail its reload.
+  it('the schedule check rejects cron syntax the worker cannot schedule', async () => {
     const entity = fresh('gw');
     await addEntity(db.pool, entity);
     for (const expr of ['0-30/5 * * * *', '5/15 * * * *', '5-5 * * * *']) {
@@ -637,10 +634,8 @@ describe('cron helpers', () => {
     }
   });
 
-  // _cron_field casts the number to int: a value past 2^31 raises "integer out of
-  // range" instead of returning null, and the entity check's message then names
-  // neither the entity nor the field.
-  it.fails('a number too large for a cron field is invalid, not an error', async () => {
+  // Not "integer out of range": the entity check's message must name the entity and the field.
+  it('a number too large for a cron field is invalid, not an error', async () => {
     expect((await db.pool.query(`select sync.cron_next('99999999999 * * * *') as t`)).rows[0].t).toBeNull();
   });
 
