@@ -20,6 +20,8 @@ export interface RunOptions {
   /** Aborts the fetch (worker shutdown); the run ends cancelled. */
   signal?: AbortSignal;
   onProgress?: (p: Progress) => void;
+  /** Called once the run has its sync.run row (before the fetch). */
+  onStart?: (runId: number) => void;
   /** A backfill chunk: the half-open cursor range to read (no deletes; the cursor only moves forward). */
   window?: { from: string; to: string };
   /** Only these records, by the key columns' values as text: a re-sync of gaps or quarantined records. */
@@ -155,6 +157,7 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
       const started = await target.query('select sync.start_run($1, $2, $3, $4, $5, $6) as id',
         [name, opts.trigger, Boolean(opts.dryRun), full, columns, opts.jobId ?? null]);
       runId = started.rows[0].id as number;
+      opts.onStart?.(runId);
       if (opts.window) {
         await target.query(`update sync.run set detail = detail || jsonb_build_object('window', $2::jsonb) where id = $1`,
           [runId, JSON.stringify(opts.window)]);
