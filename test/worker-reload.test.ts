@@ -1,5 +1,6 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { testDatabases, type TestDatabase } from './helpers/db.js';
+import { until } from './helpers/until.js';
 import { engineFor } from './helpers/engine.js';
 import type { Engine } from '../src/engine/run.js';
 import { startWorker, type WorkerHandle } from '../src/worker/worker.js';
@@ -8,16 +9,6 @@ let sync: TestDatabase;
 let source: TestDatabase;
 let engine: Engine;
 let handle: WorkerHandle;
-
-async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, ms = 30_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 /** The cron identifiers the running graphile-worker registered (it records each schedule it serves). */
 const served = async () => (await sync.pool.query(

@@ -1,5 +1,6 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { testDatabases, type TestDatabase } from './helpers/db.js';
+import { until } from './helpers/until.js';
 import { engineFor } from './helpers/engine.js';
 import type { Engine } from '../src/engine/run.js';
 import { startWorker, cronItems, type WorkerHandle } from '../src/worker/worker.js';
@@ -7,16 +8,6 @@ import { startWorker, cronItems, type WorkerHandle } from '../src/worker/worker.
 let sync: TestDatabase;
 let source: TestDatabase;
 let engine: Engine;
-
-async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, ms = 30_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 const jobs = async () => (await sync.pool.query(
   `select queue_name, key, task_identifier, locked_by, attempts from graphile_worker.jobs order by id`)).rows;
