@@ -192,4 +192,26 @@ describe('validation rules and version conflicts', () => {
     // A mirror run does not delete the row whose update it refused.
     expect(await ids(sync, 'sellers')).toContain(1);
   });
+
+  it('sync.record_history tells one record\'s story: quarantined, retried, then merged', async () => {
+    const { rows } = await sync.pool.query(`select what, detail from sync.record_history('sellers', '5')`);
+    expect(rows.map((r) => r.what)).toEqual(['quarantined: integrity', 'quarantined: integrity', 'quarantined: integrity', 'insert']);
+    expect(rows[0].detail).toBe('property_id "99" has no match in public.properties.id');
+    expect(rows.at(-1)!.detail).toBe('manual');
+  });
+});
+
+describe('retention and the record key index', () => {
+  it('sync.maintain indexes closed months of sync.run_change by key, not the month being written', async () => {
+    await sync.pool.query(`select sync.ensure_log_partitions(now() - interval '2 months')`);
+    const r = (await sync.pool.query(`select sync.maintain() as r`)).rows[0].r;
+    expect(r.change_partitions_indexed).toBeGreaterThanOrEqual(1);
+    const { rows } = await sync.pool.query(`
+      select c.relname, exists (select 1 from pg_index i join pg_class x on x.oid = i.indexrelid
+                                 where i.indrelid = c.oid and x.relname like '%\\_key\\_idx') as keyed,
+             (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz <= now() - interval '1 day' as closed
+        from pg_inherits i join pg_class c on c.oid = i.inhrelid where i.inhparent = 'sync.run_change'::regclass`);
+    for (const p of rows) expect(p.keyed, p.relname).toBe(p.closed);
+    expect((await sync.pool.query(`select sync.maintain() as r`)).rows[0].r.change_partitions_indexed).toBe(0);
+  });
 });
