@@ -1700,13 +1700,22 @@ end
 $$;
 comment on function sync.replay(bigint[]) is 'Re-offers quarantined records (sync.run_error ids) after a fix: queues a run of just their keys. Returns the keys queued.';
 
+create table if not exists sync.heartbeat (
+  name text primary key,
+  beat_at timestamptz not null default now(),
+  beats bigint not null default 1
+);
+comment on table sync.heartbeat is 'Liveness: sync_tick (run every minute by a live worker) stamps the row ''worker''. A beat older than two minutes means no worker is running.';
+
 create or replace function sync.tick() returns jsonb
   language sql volatile
   set search_path to pg_catalog, public, pg_temp
 as $$
-  select jsonb_build_object('stale', sync.check_freshness(), 'retries', sync.request_retries())
+  insert into sync.heartbeat as h (name) values ('worker')
+  on conflict (name) do update set beat_at = now(), beats = h.beats + 1;
+  select jsonb_build_object('stale', sync.check_freshness(), 'retries', sync.request_retries());
 $$;
-comment on function sync.tick() is 'What the sync_tick task runs every minute: freshness alerts and due retries of quarantined records.';
+comment on function sync.tick() is 'What the sync_tick task runs every minute: the worker heartbeat, freshness alerts and due retries of quarantined records.';
 
 
 /*
@@ -2270,6 +2279,7 @@ select e.name as entity,
             when r.id is null then 'never run'
             when r.status in ('succeeded', 'partial') then 'ok'
             when r.status = 'skipped' then 'skipped'
+            when r.status = 'cancelled' then 'cancelled'
             else 'failing' end as state,
        r.id as last_run_id,
        r.status as last_status,
@@ -2295,7 +2305,7 @@ select e.name as entity,
   left join lateral (select r2.finished_at from sync.run r2
                       where r2.entity = e.name and not r2.dry_run and r2.status in ('succeeded', 'partial')
                       order by r2.started_at desc, r2.id desc limit 1) ok on true;
-comment on view sync.status is 'One row an entity: state (ok, failing, running, never run, disabled), the last run and its counts, the last success and the lag since it, open alerts and gaps, the next scheduled run, staleness.';
+comment on view sync.status is 'One row an entity: state (ok, failing, cancelled, skipped, running, never run, disabled), the last run and its counts, the last success and the lag since it, open alerts and gaps, the next scheduled run, staleness.';
 
 create or replace view sync.health as
 select e.name as entity,
