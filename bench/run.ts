@@ -13,6 +13,10 @@
  *   BENCH_HTTP_ROWS=200000                     records of the http source phases (bench/http.ts),
  *                                              run after the others into the same report and JSON
  *   BENCH_ONLY=http                            run only the http source phases
+ *   BENCH_EDGE_ROWS=100000                     readings of the edge push phases (bench/edge.ts, default
+ *                                              1,000,000), run last into the same report and JSON;
+ *                                              BENCH_EDGE_BATCH the larger batch (10,000)
+ *   BENCH_ONLY=edge                            run only the edge push phases
  *
  * The exit code is 0 even when a target is missed (this is a report); it is
  * non-zero only when the bench itself fails.
@@ -26,9 +30,12 @@ const { main } = await import('./bench.js');
 // The http source phases (bench/http*.ts) run after the Postgres ones; their
 // figures join the same report and JSON line, printed once both are done.
 const { finishWithHttp, holdReport } = await import('./http-report.js');
+// The edge push phases (bench/edge.ts) run last; their figures join the JSON line.
+const { edgeOnly, thenEdge } = await import('./edge.js');
 try {
   if (process.env.BENCH_ONLY === 'http') await finishWithHttp(null);
-  else {
+  else if (process.env.BENCH_ONLY === 'edge') await edgeOnly();
+  else await thenEdge(async () => {
     const held = holdReport();
     try {
       await main();
@@ -39,7 +46,7 @@ try {
     }
     held.stop();
     await finishWithHttp(held);
-  }
+  });
   process.exit(0);
 } catch (err) {
   console.error('bench failed:', err);

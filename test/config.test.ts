@@ -31,6 +31,16 @@ describe('config validation', () => {
       target: { schema: 'public', table: 'meters' } });
   });
 
+  it('tells a value of the wrong type from a missing one, without repeating the value (it may be a secret)', () => {
+    const raw = structuredClone(base) as any;
+    raw.entities.meters.key = 'id';
+    raw.entities.meters.enabled = 'sekret-value';
+    const p = problems(raw);
+    expect(p).toContain('entities.meters.key: must be an array, not a string');
+    expect(p).toContain('entities.meters.enabled: must be a boolean, not a string');
+    expect(p.join('\n')).not.toContain('sekret-value');
+  });
+
   it('names the JSON path of a bad field and says how to fix it', () => {
     const raw = structuredClone(base) as any;
     raw.entities.meters.mode = 'replace';

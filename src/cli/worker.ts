@@ -6,6 +6,7 @@ import { log } from '../log.js';
 import { mutateDemo, prepareDemo } from '../demo/seed.js';
 import { startWorker } from '../worker/worker.js';
 import { EXIT, openSession, type GlobalOptions } from './context.js';
+import { serveBesideWorker } from './serve.js';
 
 // The demo's remote changes a little every minute so each run has work.
 const DEMO_MUTATE_MS = 60_000;
@@ -24,6 +25,7 @@ export interface WorkerOptions extends GlobalOptions {
 export async function worker(opts: WorkerOptions): Promise<number> {
   const s = await openSession(opts);
   let timer: NodeJS.Timeout | undefined;
+  let api: { close(): Promise<void> } | null = null;
   try {
     const demoUrls = await prepareDemo(s.db.url, s.config);
     if (demoUrls.length) {
@@ -36,10 +38,11 @@ export async function worker(opts: WorkerOptions): Promise<number> {
     const handle = await startWorker(s.engine, {
       crontabFile: opts.crontab ?? path.join(PROJECT_ROOT, 'crontab'), concurrency: opts.concurrency,
     });
+    api = await serveBesideWorker(s, handle);
     // Work from the first minute: entities never synced start now. Only the
     // roots are queued; their dependents follow when they succeed.
     await s.pool.query(`select sync.request(name) from sync.entity e
-                         where enabled and depends_on = '{}'
+                         where enabled and direction = 'pull' and depends_on = '{}'
                            and not exists (select 1 from sync.run r where r.entity = e.name)`);
     log.info({ database: describeUrl(s.db.url) }, 'worker running; Ctrl-C stops it gracefully');
     const signal = await new Promise<NodeJS.Signals>((resolve) => {
@@ -57,10 +60,13 @@ export async function worker(opts: WorkerOptions): Promise<number> {
     });
     log.info({ signal }, 'shutting down: finishing running jobs');
     clearInterval(timer);
+    // The API first: no manual sync starts while the worker winds down.
+    await api?.close();
     await handle.stop();
     return EXIT.ok;
   } finally {
     clearInterval(timer);
+    await api?.close();
     await s.close();
     log.info('stopped');
   }

@@ -61,6 +61,11 @@ function describeIssue(issue: z.core.$ZodIssue): string {
   if (issue.code === 'invalid_type' && issue.input === undefined) {
     return `${where}: is required (${issue.expected}) — add it`;
   }
+  if (issue.code === 'invalid_type') {
+    const got = issue.input === null ? 'null' : Array.isArray(issue.input) ? 'an array' : typeof issue.input;
+    // The value itself is not repeated: it may be a secret from ${ENV}.
+    return `${where}: must be ${issue.expected === 'array' ? 'an array' : `a ${issue.expected}`}, not ${got === 'object' ? 'an object' : `a ${got}`}`;
+  }
   return `${where}: ${issue.message}`;
 }
 
@@ -72,7 +77,8 @@ export function parseConfig(raw: unknown, env: NodeJS.ProcessEnv = process.env, 
   const before = problems.length;
   const expanded = expandPresets(substituted, problems);
   if (problems.length > before) throw new ConfigError(file, problems);
-  const result = configSchema.safeParse(expanded);
+  // reportInput: a wrong-typed value is told apart from a missing one.
+  const result = configSchema.safeParse(expanded, { reportInput: true });
   if (!result.success) problems.push(...result.error.issues.map(describeIssue));
   if (problems.length) throw new ConfigError(file, problems);
   return result.data as Config;
@@ -114,5 +120,6 @@ export function maskSecrets(cfg: Config): Config {
     }
     return [name, s];
   }));
-  return { ...cfg, sources };
+  const server = cfg.server?.token ? { ...cfg.server, token: '***' } : cfg.server;
+  return { ...cfg, sources, ...(server ? { server } : {}) };
 }

@@ -63,9 +63,41 @@ const overlap = z.union([
     'must be an interval such as "5 minutes" (timestamp cursors) or a number (numeric cursors)'),
 ]);
 
+// A batch is one remote transaction: past this it holds the remote's locks
+// and WAL for long, and exactly-once needs nothing bigger.
+const MAX_PUSH_BATCH = 1_000_000;
+
+/** How a push entity picks, sends and retires local rows. */
+export const pushOptions = z.object({
+  syncedColumn: identifier.default('is_synchronized')
+    .describe('A boolean NOT NULL column of the local table: false marks a row not pushed yet.'),
+  orderBy: z.union([identifier.transform((c) => [c]), z.array(identifier).min(1)]).optional()
+    .describe('Local NOT NULL column(s) the rows are pushed in, e.g. "recorded_at"; the local primary key breaks ties. Default: the key.'),
+  batchSize: z.number().int().min(1).max(MAX_PUSH_BATCH).default(100)
+    .describe('Rows a batch: each batch is one remote transaction, and leaves the local table only after it commits.'),
+  afterPush: z.enum(['delete', 'mark']).default('delete')
+    .describe('What happens to a row once the remote has committed it: "delete" it locally, or "mark" it (syncedColumn = true).'),
+}).strict();
+export type PushOptions = z.infer<typeof pushOptions>;
+
+// Fields of a pull entity that mean nothing for a push entity, and why.
+const PUSH_UNUSED: [string, string][] = [
+  ['cursor', 'the rows to push are those whose push.syncedColumn is false'],
+  ['tenant', 'a push sends every pending row of the local table'],
+  ['softDelete', 'a push never deletes on the remote'],
+  ['deletedWhen', 'a push never deletes on the remote'],
+  ['validate', 'the remote table\'s own constraints judge pushed rows'],
+  ['version', 'a push only inserts rows the remote does not have'],
+  ['verify', 'a push accounts for every row in sync.run'],
+  ['schedule', 'push entities run in the edge cycle (`syncline edge`, or the sync_edge task)'],
+  ['interval', 'push entities run in the edge cycle (`syncline edge --interval`)'],
+  ['fullSchedule', 'push entities run in the edge cycle'],
+];
+
 export const entity = z.object({
   source: identifier.describe('Name of a source in "sources".'),
-  direction: z.enum(['pull', 'push']).default('pull'),
+  direction: z.enum(['pull', 'push']).default('pull')
+    .describe('"pull" (default): the source into the target. "push": rows of a local table (from) up to the source\'s table (target), exactly once (its mode is always "append"); see "push".'),
   from: z.union([
     z.object({ table: tableRef }).strict(),
     z.object({
@@ -126,6 +158,8 @@ export const entity = z.object({
   }).strict().optional().describe('Rules checked before the merge: failing records are quarantined in sync.run_error with the reason; the rest merge.'),
   version: z.object({ column: identifier }).strict().optional()
     .describe('A version or updated-at column: a source record older than the target\'s row is not applied, and the conflict is recorded.'),
+  push: pushOptions.optional()
+    .describe('For "direction": "push": "from" is the local table, "target" the table on the source\'s server, "key" its natural key (it needs a unique index there); pending rows go up in ordered batches.'),
 }).strict().superRefine((e, ctx) => {
   if (e.schedule && e.interval) {
     ctx.addIssue({ code: 'custom', path: ['interval'], message: 'give "schedule" (cron) or "interval", not both' });
@@ -146,10 +180,31 @@ export const entity = z.object({
   if ('query' in e.from && e.from.query.includes('{{cursor}}') && !e.cursor) {
     ctx.addIssue({ code: 'custom', path: ['from', 'query'], message: '{{cursor}} needs a "cursor" on the entity — add cursor: {"column": …} or remove the placeholder' });
   }
-  if (e.direction === 'push') {
-    ctx.addIssue({ code: 'custom', path: ['direction'], message: 'direction "push" is not available yet — use "pull"' });
+  checkPush(e, ctx);
+// A push only ever adds rows the remote lacks: its mode is "append". Should a
+// pull run ever be started on it, append never deletes or updates the local
+// table (mirror would delete the rows not yet pushed).
+}).transform((e) => (e.direction === 'push' ? { ...e, mode: 'append' as const } : e));
+
+/** A push entity reads a local table and has none of the pull-only fields. */
+function checkPush(e: { direction: string; mode: string; push?: unknown; from: object; dependsOn: string[] } & Record<string, unknown>, ctx: z.RefinementCtx): void {
+  if (e.push !== undefined && e.direction !== 'push') {
+    ctx.addIssue({ code: 'custom', path: ['push'], message: '"push" applies to "direction": "push" only — add the direction or remove "push"' });
   }
-});
+  if (e.direction !== 'push') return;
+  if (!('table' in e.from)) {
+    ctx.addIssue({ code: 'custom', path: ['from'], message: 'a push entity reads a local table: use "from": {"table": "readings"}' });
+  }
+  if (e.mode === 'upsert' || e.mode === 'soft-delete') {
+    ctx.addIssue({ code: 'custom', path: ['mode'], message: 'a push only inserts rows the remote does not have (mode "append") — remove "mode"' });
+  }
+  for (const [field, why] of PUSH_UNUSED) {
+    if (e[field] !== undefined) ctx.addIssue({ code: 'custom', path: [field], message: `does not apply to a push entity (${why}) — remove it` });
+  }
+  if (e.dependsOn.length) {
+    ctx.addIssue({ code: 'custom', path: ['dependsOn'], message: 'a push entity runs first in the edge cycle and depends on nothing — remove "dependsOn"' });
+  }
+}
 export type EntityConfig = z.infer<typeof entity>;
 
 const alerting = z.object({
@@ -165,8 +220,27 @@ const alerting = z.object({
   perHour: z.number().int().min(1).max(60).default(1).describe('E-mails at most per alert kind per entity per hour.'),
 }).strict();
 
+// A shorter bearer token is guessable; 16 characters of base64 are 96 bits.
+export const MIN_API_TOKEN_LENGTH = 16;
+export const DEFAULT_API_PORT = 8377;
+
+/** The operator API and dashboard (`syncline serve`, and `npm start` beside the worker). */
+export const serverOptions = z.object({
+  host: z.string().min(1).default('127.0.0.1')
+    .describe('Address to listen on (default 127.0.0.1). A non-loopback address needs a token.'),
+  port: z.number().int().min(0).max(65535).default(DEFAULT_API_PORT)
+    .describe(`TCP port (default ${DEFAULT_API_PORT}; 0 picks a free one).`),
+  token: z.string().refine((t) => t === '' || t.length >= MIN_API_TOKEN_LENGTH,
+    `must be at least ${MIN_API_TOKEN_LENGTH} characters — generate one, e.g. \`openssl rand -base64 24\``).optional()
+    .describe('Bearer token required by /api and /metrics; keep it in the environment: "${SYNCLINE_API_TOKEN}". Absent or empty: the SYNCLINE_API_TOKEN variable, else a token generated at start (loopback only).'),
+  withWorker: z.boolean().default(true)
+    .describe('`syncline worker` (what `npm start` runs) also serves the API and dashboard (default true).'),
+}).strict();
+export type ServerConfig = z.infer<typeof serverOptions>;
+
 export const config = z.object({
   $schema: z.string().optional(),
+  server: serverOptions.optional().describe('The operator API and dashboard: address, port, bearer token.'),
   alerts: alerting.optional().describe('Where alerts go besides sync.alert: e-mail over SMTP and a webhook.'),
   retention: interval('90 days').optional().describe('How long run logs, changes, errors and closed alerts are kept (default 90 days; written to sync.setting \'retention\', where a DBA may change it with UPDATE).'),
   sources: z.record(identifier, source),
@@ -196,6 +270,9 @@ export const config = z.object({
     e.dependsOn.forEach((d, i) => {
       if (!(d in c.entities)) {
         ctx.addIssue({ code: 'custom', path: ['entities', name, 'dependsOn', i], message: `entity "${d}" is not defined` });
+      } else if (c.entities[d].direction === 'push') {
+        ctx.addIssue({ code: 'custom', path: ['entities', name, 'dependsOn', i],
+          message: `entity "${d}" is a push entity: the edge cycle pushes before it pulls, so nothing needs to depend on it — remove it` });
       }
     });
   }

@@ -141,6 +141,11 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
       return { entity: name, runId: rows[0]?.id ?? null, status: 'already-running' };
     }
     const ent = await engine.loadEntity(name);
+    if (ent.def.direction === 'push') {
+      // Read as a pull, a push entity would copy the remote table down over unsent local rows.
+      return { entity: name, runId: null, status: 'skipped',
+        error: 'a push entity runs in the edge cycle (`syncline edge` or the sync_edge task), not as a pull' };
+    }
     // Nested records are replaced by parent: they re-sync with their parents, not by key.
     if (opts.keys && 'nested' in ent.def.from) opts = { ...opts, keys: undefined };
     if (!opts.dryRun) {

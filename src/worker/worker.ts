@@ -8,6 +8,7 @@ import { syncEntity } from '../../tasks/sync_entity.js';
 import { syncCleanup } from '../../tasks/sync_cleanup.js';
 import { syncAlert } from '../../tasks/sync_alert.js';
 import { syncTick, syncMaintain } from '../../tasks/sync_maintain.js';
+import { syncEdge } from '../../tasks/sync_edge.js';
 import { listenForConfig } from './reload.js';
 
 // After stop(), how long to wait for this worker's jobs to be released before
@@ -66,7 +67,7 @@ export async function startWorker(engine: Engine, opts: { crontabFile?: string; 
     const r = await run({
       events,
       pgPool: engine.pool,
-      taskList: { sync_entity: syncEntity(engine), sync_cleanup: syncCleanup, sync_alert: syncAlert(engine), sync_tick: syncTick, sync_maintain: syncMaintain },
+      taskList: { sync_entity: syncEntity(engine), sync_cleanup: syncCleanup, sync_alert: syncAlert(engine), sync_tick: syncTick, sync_maintain: syncMaintain, sync_edge: syncEdge(engine) },
       parsedCronItems: await cronItems(engine, opts.crontabFile),
       concurrency: opts.concurrency ?? 4,
       noHandleSignals: true,
