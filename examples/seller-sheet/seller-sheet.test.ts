@@ -277,6 +277,13 @@ describe('a published Google Sheet (CSV over HTTP, redirected, UTF-8 with BOM)',
     ]);
   });
 
+  it('each full read of the sheet records its count check: records merged or unchanged equal the rows in the table', async () => {
+    const { rows } = await db.pool.query(`select r.detail -> 'verify' as verify, (select count(*)::int from sales.sellers) as n
+      from sync.run r where r.entity = 'sellers' and r.status in ('succeeded', 'partial') order by r.id desc limit 1`);
+    expect(rows[0].verify).toEqual({ source: rows[0].n, target: rows[0].n, quarantined: 0 });
+    expect((await db.pool.query(`select count(*)::int as n from sync.alert where kind = 'gap'`)).rows[0].n).toBe(0);
+  });
+
   it('a tab that is not published says what to check', async () => {
     const cfg = parseConfig(exampleConfig(), { ...sheetEnv(`http://127.0.0.1:${(server.address() as AddressInfo).port}`),
       REGIONS_TAB: 'pub?gid=999&single=true&output=csv' });

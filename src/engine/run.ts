@@ -6,7 +6,7 @@ import { planColumns } from './columns.js';
 import { blockingDependency, CancelledError, waitForDependencies } from './guards.js';
 import { loadDirect, loadStaged, type LoadContext, type MergeResult } from './load.js';
 import { loadCsvRun, loadHttpRun } from './records.js';
-import { verifyRun } from './verify.js';
+import { recordCounts, verifyRun } from './verify.js';
 import { reportingProgress } from './progress.js';
 
 export type Trigger = 'cron' | 'manual' | 'backfill' | 'resync' | 'dependency' | 'api';
@@ -171,10 +171,13 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
     };
     let r: MergeResult;
     const kind = engine.config.sources[ent.def.source]?.kind;
-    if (kind === 'csv') {
-      r = await loadCsvRun({ engine, target, name, def: ent.def, opts, start });
-    } else if (kind === 'http') {
-      r = await loadHttpRun({ engine, target, name, def: ent.def, cursor: ent.cursor, opts, start });
+    if (kind === 'csv' || kind === 'http') {
+      r = kind === 'csv' ? await loadCsvRun({ engine, target, name, def: ent.def, opts, start })
+        : await loadHttpRun({ engine, target, name, def: ent.def, cursor: ent.cursor, opts, start });
+      const snapshot = !ent.def.cursor || full;
+      if (snapshot && !opts.dryRun && !opts.keys && !('nested' in ent.def.from) && ['succeeded', 'partial'].includes(r.status) && ent.verify) {
+        await recordCounts({ target, name, runId: Number(r.run_id), def: ent.def });
+      }
     } else {
       const plan = await planColumns(engine, name, ent.def, ent.cursor, full || Boolean(opts.keys), opts.window);
       const ctx: LoadContext = { engine, target, name, runId: await start(plan.targetColumns), def: ent.def, plan, opts };

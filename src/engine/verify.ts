@@ -72,6 +72,38 @@ async function cursorRange(target: PoolClient, def: EntityConfig, name: string):
   return r && r.lo !== null && r.hi !== null ? { lo: r.lo, hi: r.hi, type: r.type } : null;
 }
 
+/**
+ * The count check of a full read of a file or an API: the records merged or
+ * found unchanged (plus deletes deferred for references) against the target's
+ * rows after the merge, in sync.run.detail.verify. A plain mirror must match
+ * (quarantined records may keep an older row); a difference raises a gap
+ * alert, a match resolves it.
+ */
+export async function recordCounts(args: { target: PoolClient; name: string; runId: number; def: EntityConfig }): Promise<void> {
+  const { target, name, runId, def } = args;
+  const started = Date.now();
+  const { rows: [c] } = await target.query<{ source: string; target: string; quarantined: string }>(
+    `select r.inserted + r.updated + r.unchanged + coalesce(r.deferred, 0) as source, r.quarantined,
+            (select count(*) from ${targetName(def)} t where ${scopeOf(def)}) as target
+       from sync.run r where r.id = $1`, [runId]);
+  const detail = { source: Number(c.source), target: Number(c.target), quarantined: Number(c.quarantined) };
+  await target.query(
+    `update sync.run set detail = detail || jsonb_build_object('verify', $2::jsonb),
+                         phases = phases || jsonb_build_object('verify', $3::int) where id = $1`,
+    [runId, JSON.stringify(detail), Date.now() - started]);
+  // Records a source marks deleted count as fetched but are not rows: only a plain mirror must match.
+  if (def.mode !== 'mirror' || def.deletedWhen) return;
+  // A quarantined record keeps the row it would have replaced: the target may hold up to that many more.
+  if (detail.target < detail.source || detail.target > detail.source + detail.quarantined) {
+    await target.query(
+      `select sync.raise_alert('gap', 'warning', $1, $2, $3::jsonb)`,
+      [name, `${name}: the source had ${detail.source} records (and ${detail.quarantined} quarantined) and the target holds ${detail.target} after a full run (run ${runId})`,
+        JSON.stringify({ ...detail, run_id: runId })]);
+  } else {
+    await target.query(`select sync.resolve_alerts($1, array['gap'])`, [name]);
+  }
+}
+
 async function hasOpenGaps(target: PoolClient, entity: string): Promise<boolean> {
   const { rows } = await target.query('select exists (select 1 from sync.gap where entity = $1 and resolved_at is null) as g', [entity]);
   return rows[0].g;
