@@ -3,6 +3,7 @@
  * worker: auth, every route, manual runs to completion, one run an entity,
  * cancel, config through the database's own validation, alerts, metrics.
  */
+import { until as waitFor } from './helpers/until.js';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -43,15 +44,7 @@ const ENTITIES = {
   [ODD]: { source: 'src', from: { table: 'parents' }, target: 'parents', key: ['id'], mode: 'upsert', enabled: false },
 };
 
-async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, ms = 60_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const until = <T>(what: string, fn: () => Promise<T | null | undefined | false>) => waitFor(what, fn, 60_000);
 
 interface Answer {
   status: number;

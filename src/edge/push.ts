@@ -1,3 +1,4 @@
+import { takeEntityLock } from '../engine/run.js';
 import { performance } from 'node:perf_hooks';
 import type { EntityConfig } from '../config/schema.js';
 import { connectionHint, type Pool, type PoolClient } from '../db/pool.js';
@@ -37,21 +38,6 @@ export interface PushTarget {
 
 // How long a push waits for its entity's lock before reporting that a run
 // has it (sync.cleanup takes it for a moment to find dead runs).
-const LOCK_WAIT = '3s';
-
-async function takeEntityLock(client: PoolClient, entity: string): Promise<boolean> {
-  await client.query(`set lock_timeout = '${LOCK_WAIT}'`);
-  try {
-    await client.query('select pg_advisory_lock(sync.entity_lock_key($1))', [entity]);
-    return true;
-  } catch (err) {
-    if ((err as { code?: string }).code === '55P03') return false;
-    throw err;
-  } finally {
-    await client.query('reset lock_timeout').catch(() => {});
-  }
-}
-
 /** What a run's batches add up to: counts, milliseconds per phase, and each batch's duration. */
 class Tally {
   rows = 0;

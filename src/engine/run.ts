@@ -220,7 +220,8 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
 // session is gone (it holds the lock until then), short for a real overlap.
 const LOCK_WAIT = '3s';
 
-async function takeEntityLock(client: PoolClient, name: string): Promise<boolean> {
+/** The entity's session lock: at once if free, else after up to LOCK_WAIT; false when another run keeps it. */
+export async function takeEntityLock(client: PoolClient, name: string): Promise<boolean> {
   const { rows } = await client.query('select pg_try_advisory_lock(sync.entity_lock_key($1)) as ok', [name]);
   if (rows[0].ok) return true;
   try {
