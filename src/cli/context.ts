@@ -2,6 +2,7 @@ import path from 'node:path';
 import { loadConfig, ConfigError, DEFAULT_CONFIG_FILE } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { openDatabase, migrateDatabase, type Database } from '../db/database.js';
+import { prepareEdgeEnv } from '../edge/env.js';
 import { makePool, type Pool } from '../db/pool.js';
 import { Engine } from '../engine/run.js';
 
@@ -32,6 +33,9 @@ export function readConfig(opts: GlobalOptions): Config {
  */
 export async function openSession(opts: GlobalOptions): Promise<Session> {
   const config = readConfig(opts);
+  // POSTGRES_SYNC_* (this database) and POSTGRES_CLIENT_* (an edge's remote)
+  // stand in for DATABASE_URL and POSTGRES_CLIENT_URL in every command.
+  prepareEdgeEnv(opts.config);
   const db = await openDatabase();
   try {
     await migrateDatabase(db.url);

@@ -1,6 +1,5 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { applyConfig, formatDiff } from '../config/apply.js';
 import { ConfigError, DEFAULT_CONFIG_FILE } from '../config/load.js';
@@ -39,30 +38,13 @@ async function reachLocal(url: string): Promise<void> {
   }
 }
 
-// graphile-migrate refuses (instead of waiting) while another process
-// migrates the same database: two edges started together both migrate.
-const MIGRATE_RETRIES = 20;
-const MIGRATE_RETRY_MS = 250;
-
-async function openMigratedSession(opts: GlobalOptions): Promise<Session> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await openSession(opts);
-    } catch (err) {
-      if ((err as Error).message !== 'Failed to get exclusive lock' || attempt >= MIGRATE_RETRIES) throw err;
-      log.debug({ attempt }, 'another process is migrating this database; waiting for it');
-      await sleep(MIGRATE_RETRY_MS * attempt);
-    }
-  }
-}
-
 /** The config's env, the local database checked first, then the session (migrated). */
 async function edgeSession(opts: GlobalOptions): Promise<Session> {
   const filled = prepareEdgeEnv(opts.config);
   if (filled.length) log.info({ filled }, `connection URLs built from ${filled.map((f) => (f === 'DATABASE_URL' ? 'POSTGRES_SYNC_*' : 'POSTGRES_CLIENT_*')).join(' and ')}`);
   if (process.env.DATABASE_URL) await reachLocal(process.env.DATABASE_URL);
   try {
-    return await openMigratedSession(opts);
+    return await openSession(opts);
   } catch (err) {
     if (!(err instanceof ConfigError) || !err.problems.some((p) => p.includes('POSTGRES_CLIENT_URL'))) throw err;
     throw new ConfigError(err.file, err.problems.map((p) => (p.includes('POSTGRES_CLIENT_URL')

@@ -59,16 +59,29 @@ export async function migrateDatabase(url: string): Promise<void> {
     await pool.end();
   }
   try {
-    await graphileMigrate({
-      connectionString: url,
-      migrationsFolder: MIGRATIONS_FOLDER,
-      logger: migrateLogger(),
-    });
+    await migrateWaiting(url);
   } finally {
     // graphile-migrate keeps its pool open for a moment after use and calls
     // process.exit(1) if an idle connection of it fails: close it now, before
     // anything (the CLI stopping the embedded server) can cut it.
     clearAllPools();
+  }
+}
+
+// graphile-migrate refuses (instead of waiting) while another process
+// migrates the same database: a worker and a CLI started together both do.
+const MIGRATE_RETRIES = 20;
+const MIGRATE_RETRY_MS = 250;
+
+async function migrateWaiting(url: string): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await graphileMigrate({ connectionString: url, migrationsFolder: MIGRATIONS_FOLDER, logger: migrateLogger() });
+      return;
+    } catch (err) {
+      if ((err as Error).message !== 'Failed to get exclusive lock' || attempt >= MIGRATE_RETRIES) throw err;
+      await new Promise((r) => setTimeout(r, MIGRATE_RETRY_MS * attempt));
+    }
   }
 }
 
