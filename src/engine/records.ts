@@ -94,7 +94,7 @@ export async function loadHttpRun(args: {
   const { engine, target, name, def, opts, cursor } = args;
   const src = engine.config.sources[def.source] as HttpSourceConfig;
   const { http, nested } = def.from as { http: HttpEntityOptions; nested?: Nested };
-  const fields = { ...(def.columns && !Array.isArray(def.columns) ? def.columns : {}), ...http.fields };
+  const fields = recordFields(def, http);
   const parentColumns = nested ? Object.keys(nested.parent) : [];
   const parentKey = nested?.parentKey ?? parentColumns;
   const listed = Array.isArray(def.columns) ? def.columns
@@ -272,8 +272,7 @@ function backfillWindow(def: EntityConfig, http: HttpEntityOptions, w: { from: s
       + 'put {{from}} and {{to}} in from.http.params (e.g. "updated_since": "{{from}}", "updated_before": "{{to}}"), '
       + 'or use version pagination with a numeric version cursor');
   }
-  const column = def.cursor.column;
-  const path = http.fields?.[column] ?? (def.columns && !Array.isArray(def.columns) ? def.columns[column] : undefined) ?? column;
+  const path = fieldPath(def, http, def.cursor.column);
   return {
     after: (BigInt(w.from) - 1n).toString(),
     keeps: (r: unknown) => {
@@ -282,6 +281,16 @@ function backfillWindow(def: EntityConfig, http: HttpEntityOptions, w: { from: s
     },
     params: null,
   };
+}
+
+/** Target column → the record path it reads: the endpoint's fields, else the entity's column mapping. */
+function recordFields(def: EntityConfig, http: HttpEntityOptions): Record<string, string> {
+  return { ...(def.columns && !Array.isArray(def.columns) ? def.columns : {}), ...http.fields };
+}
+
+/** The record path a column reads (its own name when nothing maps it). */
+function fieldPath(def: EntityConfig, http: HttpEntityOptions, column: string): string {
+  return recordFields(def, http)[column] ?? column;
 }
 
 /** A chunk bound as an API wants it: a Postgres timestamp in ISO 8601 UTC, anything else as it is. */
@@ -307,9 +316,7 @@ async function parentsSyncedUpTo(engine: Engine, runId: number,
      update sync.run set detail = detail || jsonb_strip_nulls(jsonb_build_object('parents_upto', p.upto))
        from p where id = $1 returning p.cursor_value`, [runId, parent.name]);
   if (!parent.def.cursor) return null;
-  const column = parent.def.cursor.column;
-  const path = parent.http.fields?.[column]
-    ?? (parent.def.columns && !Array.isArray(parent.def.columns) ? parent.def.columns[column] : undefined) ?? column;
+  const path = fieldPath(parent.def, parent.http, parent.def.cursor.column);
   const upTo = rows[0]?.cursor_value as string | null;
   return (r) => {
     const v = toText(getPath(r, path));

@@ -1,3 +1,4 @@
+import pg from 'pg';
 import { quoteIdent } from '../db/database.js';
 import type { PoolClient } from '../db/pool.js';
 import { copyFromSource, sourceSelect } from '../sources/postgres.js';
@@ -19,7 +20,7 @@ export async function verifyRun(args: { engine: Engine; target: PoolClient; name
   const range = await cursorRange(target, def, name);
   const sourceOf = (c: string) => plan.sourceColumns[plan.targetColumns.indexOf(c)] ?? c;
   const inRange = (alias: string, column: string) => (range
-    ? `${alias}.${quoteIdent(column)} between ${literal(range.lo)}::${range.type} and ${literal(range.hi)}::${range.type}` : 'true');
+    ? `${alias}.${quoteIdent(column)} between ${pg.escapeLiteral(range.lo)}::${range.type} and ${pg.escapeLiteral(range.hi)}::${range.type}` : 'true');
   const select = (cols: string[]) => `select * from (${sourceSelect(def, cols, { tenantSourceColumn: plan.tenantSourceColumn })}) s
     where ${range ? inRange('s', sourceOf(def.cursor!.column)) : 'true'}`;
   const [{ rows: [src] }, { rows: [tgt] }] = await Promise.all([
@@ -121,11 +122,7 @@ function keyArray(def: EntityConfig): string {
 /** The rows the entity owns in its target: its tenant's, and not soft-deleted. */
 function scopeOf(def: EntityConfig): string {
   const parts = ['true'];
-  if (def.tenant) parts.push(`t.${quoteIdent(def.tenant.column)} = ${literal(def.tenant.value)}`);
+  if (def.tenant) parts.push(`t.${quoteIdent(def.tenant.column)} = ${pg.escapeLiteral(def.tenant.value)}`);
   if (def.mode === 'soft-delete' && def.softDelete) parts.push(`t.${quoteIdent(def.softDelete.column)} is null`);
   return parts.join(' and ');
-}
-
-function literal(v: string): string {
-  return `'${v.replaceAll("'", "''")}'`;
 }
