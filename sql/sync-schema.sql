@@ -614,7 +614,9 @@ begin
   if v_ent.cursor_column is not null then
     select format_type(a.atttypid, a.atttypmod) into v_cursor_type
       from pg_attribute a where a.attrelid = v_t::regclass and a.attname = v_ent.cursor_column;
-    execute format('select max(t.%I)::text from %s t where %s', v_ent.cursor_column, v_t, v_scope) into v_cursor;
+    -- Never backwards: an incremental run into an emptied target may copy nothing.
+    execute format('select greatest(max(t.%I), %L::%s)::text from %s t where %s',
+                   v_ent.cursor_column, v_run.cursor_before, v_cursor_type, v_t, v_scope) into v_cursor;
     update sync.entity set cursor_value = v_cursor where name = v_ent.name and cursor_value is distinct from v_cursor;
   end if;
   update sync.run

@@ -123,6 +123,19 @@ describe('verification after a run', () => {
       await sync.pool.query('drop trigger drop_row on events; drop function drop_row()');
     }
   });
+  it('a target emptied behind its back: the incremental run loads straight in, the cursor stays, and the re-sync restores every row', async () => {
+    await takeKeyJobs('events');
+    await sync.pool.query(`update sync.gap set resolved_at = now() where resolved_at is null`);
+    const cursor = (await sync.pool.query(`select cursor_value from sync.entity where name = 'events'`)).rows[0].cursor_value;
+    await sync.pool.query('delete from events');
+    const r = await engine.run('events', { trigger: 'manual' });
+    expect(r).toMatchObject({ status: 'succeeded', fetched: 0 });
+    expect((await sync.pool.query(`select cursor_value from sync.entity where name = 'events'`)).rows[0].cursor_value).toBe(cursor);
+    const all = await ids(source, 'events');
+    expect((await sync.pool.query(`select count(*)::int as n from sync.gaps where entity = 'events'`)).rows[0].n).toBe(all.length);
+    await runKeyJobs('events');
+    expect(await ids(sync, 'events')).toEqual(all);
+  });
 });
 
 describe('validation rules and version conflicts', () => {
