@@ -1,11 +1,12 @@
 import { pino } from 'pino';
 
 // Anything that may carry a credential is redacted wherever it appears in a
-// log object: connection strings, auth blocks, headers.
+// log object: connection strings, auth blocks, headers (a configured header
+// may be any name: X-Api-Key, X-Shop-Token …), tokens.
 const REDACT_PATHS = [
   'password', '*.password', 'connectionString', '*.connectionString',
-  'url', '*.url', '*.*.url', 'auth', '*.auth', '*.*.auth', 'headers.authorization',
-  '*.headers.authorization', 'token', '*.token',
+  'url', '*.url', '*.*.url', 'auth', '*.auth', '*.*.auth', 'headers', '*.headers', '*.*.headers',
+  'token', '*.token',
 ];
 
 // JSON lines for log collectors; readable lines for a person at a terminal.
@@ -21,7 +22,12 @@ export const log = pino({
 
 export type Logger = typeof log;
 
-/** Replaces the password of any postgres:// URL inside a message. */
+/**
+ * Replaces the password of any URL inside a message (postgres://user:pw@,
+ * smtp://, https://), and the password, sslpassword and sslkey parameters of
+ * a postgres URL.
+ */
 export function maskUrls(text: string): string {
-  return text.replace(/(postgres(?:ql)?:\/\/[^:@/\s]*:)[^@\s]*@/gi, '$1***@');
+  return text.replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^:@/\s]*:)[^@\s]*@/gi, '$1***@')
+    .replace(/\bpostgres(?:ql)?:\/\/\S+/gi, (url) => url.replace(/([?&](?:password|sslpassword|sslkey)=)[^&#\s]*/gi, '$1***'));
 }

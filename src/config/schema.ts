@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { httpEntityOptions, httpSource, type HttpSourceConfig } from '../sources/http/schema.js';
+import { httpEntityOptions, httpSource, redirectPolicy, type HttpSourceConfig } from '../sources/http/schema.js';
 
 // Names reach SQL only through format('%I') or quoteIdent, so any character
 // is safe; these limits only keep them printable and within Postgres' 63 bytes.
@@ -49,6 +49,7 @@ export const csvSource = z.object({
   timeZone: z.string().optional()
     .describe('Time zone of timestamps written without an offset, e.g. "Europe/Berlin" (default: UTC).'),
   headers: z.record(z.string(), z.string()).optional().describe('HTTP headers for a URL (put tokens in ${ENV}).'),
+  redirects: redirectPolicy.optional().describe('A redirect to another host: without "headers" it is followed (a published Google Sheet moves to googleusercontent.com); with them "same-origin" (the default) refuses it and "follow-without-credentials" follows it without the headers.'),
 }).strict();
 
 export const source = z.discriminatedUnion('kind', [postgresSource, csvSource, httpSource]);

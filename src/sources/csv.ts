@@ -3,6 +3,8 @@ import path from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { parse } from 'csv-parse';
 import type { CsvSourceConfig, EntityConfig } from '../config/schema.js';
+import { CriticalError } from './http/errors.js';
+import { fetchFollowing } from './http/redirect.js';
 
 // A header row longer than this is not a header: refuse rather than guess.
 const MAX_HEADER_COLUMNS = 1000;
@@ -48,7 +50,7 @@ export function csvLocation(src: CsvSourceConfig, file: string, configDir: strin
   return path.resolve(configDir, base, file);
 }
 
-async function openBytes(location: string, headers: Record<string, string> | undefined, signal: AbortSignal): Promise<Readable> {
+async function openBytes(location: string, src: Pick<CsvSourceConfig, 'headers' | 'redirects'>, signal: AbortSignal): Promise<Readable> {
   if (!/^https?:\/\//.test(location)) {
     const stream = createReadStream(location);
     await new Promise<void>((resolve, reject) => {
@@ -57,13 +59,29 @@ async function openBytes(location: string, headers: Record<string, string> | und
     });
     return stream;
   }
-  const res = await fetch(location, { headers, signal, redirect: 'follow' }).catch((err) => {
-    throw new Error(`cannot fetch ${new URL(location).origin}: ${(err as Error).message} — check the URL and the network`, { cause: err });
+  const url = new URL(location);
+  const headers = src.headers ?? {};
+  // Without headers there is nothing to keep from another host: a published
+  // Google Sheet answers from *.googleusercontent.com and must keep working.
+  const policy = Object.keys(headers).length ? src.redirects ?? 'same-origin' : 'follow-without-credentials';
+  // Messages show where, never a query string (a signed URL's token is in it).
+  const describe = (u: URL | string) => {
+    const x = new URL(String(u));
+    return x.pathname === '/' ? x.origin : `${x.origin}${x.pathname}`;
+  };
+  const { response: res } = await fetchFollowing({
+    url, home: url.origin, headers, bareHeaders: {}, secrets: Object.values(headers), policy, describe, signal,
+    advice: (other) => `use the URL it redirects to on ${other} as the file's location if that host may have the headers, `
+      + 'or set "redirects": "follow-without-credentials" on the csv source to follow such redirects without them',
+  }).catch((err) => {
+    if (err instanceof CriticalError) throw err;
+    throw new Error(`cannot fetch ${url.origin}: ${(err as Error).message} — check the URL and the network`, { cause: err });
   });
   if (!res.ok || !res.body) {
+    await res.body?.cancel().catch(() => undefined);
     const hint = res.status === 404 ? 'check the URL (for a Google Sheet: File → Share → Publish to web → CSV)'
       : res.status === 401 || res.status === 403 ? 'the file is not public or the credentials are wrong' : 'the server refused the request';
-    throw new Error(`fetching ${new URL(location).pathname} answered ${res.status}: ${hint}`);
+    throw new Error(`fetching ${url.pathname} answered ${res.status}: ${hint}`);
   }
   return Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
 }
@@ -86,7 +104,7 @@ export async function openCsv(src: CsvSourceConfig, e: EntityConfig, targetColum
   signal: AbortSignal): Promise<CsvReader> {
   const file = (e.from as { file: string }).file;
   const location = csvLocation(src, file, configDir);
-  const bytes = await openBytes(location, src.headers, signal);
+  const bytes = await openBytes(location, src, signal);
   const rejects: CsvReject[] = [];
   const parser = bytes.pipe(decoder(src.encoding)).pipe(parse({
     bom: true, delimiter: src.delimiter, quote: src.quote, relax_quotes: true, info: true, raw: true,

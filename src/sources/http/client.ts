@@ -2,7 +2,8 @@ import { log as rootLog, type Logger } from '../../log.js';
 import { CriticalError, TransientError, type ErrorCategory } from './errors.js';
 import { parseJson } from './json.js';
 import type { HttpSourceConfig } from './schema.js';
-import { makeMasker } from './secrets.js';
+import { fetchFollowing } from './redirect.js';
+import { makeMasker, secretsOf } from './secrets.js';
 import { backoffMs, parseRetryAfter, sleep } from './timing.js';
 
 // A Retry-After beyond this is not waited out inside a run: the run fails as
@@ -18,6 +19,9 @@ const RATE_LIMIT_FALLBACK_MS = 1_000;
 // explanation, not a whole HTML page.
 const ERROR_SNIPPET_CHARS = 300;
 
+// What every request sends; a request to another origin sends only these.
+const BARE_HEADERS: Readonly<Record<string, string>> = { accept: 'application/json', 'user-agent': 'syncline' };
+
 /** Where the client takes a turn before each attempt and reports what the vendor said. */
 export interface RequestBudget {
   take(signal?: AbortSignal): Promise<void>;
@@ -27,6 +31,14 @@ export interface RequestBudget {
 export interface HttpResponse {
   /** The URL requested (with credentials; use client.describe() for messages). */
   url: URL;
+  /** Where the answer came from after redirects (url when there were none). */
+  finalUrl: URL;
+  /**
+   * The answer came from another origin than baseUrl's, or by way of one
+   * (redirects: "follow-without-credentials"): it was fetched without the
+   * source's credentials, so it may hold less than the API has.
+   */
+  crossOrigin: boolean;
   status: number;
   headers: Headers;
   body: unknown;
@@ -55,6 +67,10 @@ type Attempt =
  * count toward `retries.max`. A 429 waits exactly as long as Retry-After says
  * and counts only toward `retries.rateLimited`: a vendor saying "later" is
  * not a failure, but a vendor saying it forever must still end the run.
+ *
+ * Redirects (redirect.ts): on baseUrl's origin they keep the headers and
+ * auth; to another origin they are a critical error, unless the source sets
+ * redirects: "follow-without-credentials" (then the response is crossOrigin).
  */
 export class HttpClient {
   readonly mask: (text: string) => string;
@@ -63,7 +79,7 @@ export class HttpClient {
   private readonly random: () => number;
 
   constructor(readonly source: HttpSourceConfig, private readonly opts: HttpClientOptions) {
-    this.mask = makeMasker(source.auth);
+    this.mask = makeMasker(source.auth, Object.values(source.headers));
     this.base = new URL(source.baseUrl);
     this.log = opts.logger ?? rootLog;
     this.random = opts.random ?? Math.random;
@@ -123,7 +139,7 @@ export class HttpClient {
   }
 
   private headers(): Record<string, string> {
-    const h: Record<string, string> = { accept: 'application/json', 'user-agent': 'syncline', ...this.source.headers };
+    const h: Record<string, string> = { ...BARE_HEADERS, ...this.source.headers };
     const auth = this.source.auth;
     if (auth && 'bearer' in auth) h.authorization = `Bearer ${auth.bearer}`;
     if (auth && 'basic' in auth) h.authorization = `Basic ${Buffer.from(`${auth.basic.username}:${auth.basic.password}`).toString('base64')}`;
@@ -145,26 +161,36 @@ export class HttpClient {
     const both = signal ? AbortSignal.any([signal, timeout]) : timeout;
     let res: Response;
     let text: string;
+    let finalUrl: URL;
+    let crossOrigin: boolean;
     try {
-      res = await fetch(this.authorized(url), { headers: this.headers(), signal: both, redirect: 'follow' });
+      ({ response: res, url: finalUrl, crossOrigin } = await fetchFollowing({
+        url: this.authorized(url), home: this.base.origin, headers: this.headers(), bareHeaders: BARE_HEADERS,
+        authorize: (u) => this.authorized(u), secrets: [...secretsOf(this.source.auth), ...Object.values(this.source.headers)],
+        secretParams: this.source.auth && 'query' in this.source.auth ? [this.source.auth.query.name] : [],
+        policy: this.source.redirects, describe: (u) => this.describe(u), signal: both,
+        advice: (other) => `point sources.${this.opts.name}.baseUrl at ${this.describe(other)} if that is where the API lives, `
+          + `or set sources.${this.opts.name}.redirects to "follow-without-credentials" to follow such redirects without the configured headers, auth and secret query parameters`,
+      }));
       text = await res.text();
     } catch (err) {
+      if (err instanceof CriticalError) throw err;
       if (signal?.aborted) throw signal.reason;
       if (timeout.aborted) return { kind: 'retry', what: `no complete answer within ${this.source.timeoutMs} ms`, category: 'network', cause: err };
       return { kind: 'retry', what: this.mask(networkProblem(err)), category: 'network', cause: err };
     }
     const remaining = Number.parseInt(res.headers.get('x-ratelimit-remaining') ?? '', 10);
     if (Number.isFinite(remaining) && res.status !== 429) await this.opts.budget?.feedback({ remaining });
-    return this.judge(url, res, text);
+    return this.judge(url, res, text, { finalUrl, crossOrigin });
   }
 
-  private judge(url: URL, res: Response, text: string): Attempt {
+  private judge(url: URL, res: Response, text: string, via: { finalUrl: URL; crossOrigin: boolean }): Attempt {
     const status = `HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ''}`;
     if (res.status === 429) return { kind: 'rate-limited', what: status, retryAfterMs: parseRetryAfter(res.headers.get('retry-after')) };
     if (res.status >= 500 || res.status === 408) return { kind: 'retry', what: status, category: 'network' };
     if (res.status >= 200 && res.status < 300) {
       const parsed = parseJson(text);
-      if (parsed.ok) return { kind: 'ok', response: { url, status: res.status, headers: res.headers, body: parsed.value } };
+      if (parsed.ok) return { kind: 'ok', response: { url, ...via, status: res.status, headers: res.headers, body: parsed.value } };
       if (parsed.truncated) return { kind: 'retry', what: `${status} with a truncated JSON body (${text.length} characters)`, category: 'network' };
       throw new CriticalError(`GET ${this.describe(url)} answered ${status} with a body that is not JSON (${this.snippet(text)}); `
         + `check sources.${this.opts.name}.baseUrl and the entity's path point at the JSON API`, 'validation', this.describe(url), res.status);

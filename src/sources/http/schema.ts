@@ -35,6 +35,17 @@ export const retries = z.object({
 }).strict();
 export type Retries = z.infer<typeof retries>;
 
+/**
+ * What a redirect to another origin does. "same-origin" (the default)
+ * refuses it: the source's credentials stay with the host they were written
+ * for. "follow-without-credentials" follows it with none of the configured
+ * headers, auth or secret query parameters.
+ */
+export const redirectPolicy = z.enum(['same-origin', 'follow-without-credentials'], {
+  error: 'redirects must be "same-origin" or "follow-without-credentials"',
+});
+export type RedirectPolicy = z.infer<typeof redirectPolicy>;
+
 export const httpSource = z.object({
   kind: z.literal('http'),
   baseUrl: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL such as "https://shop.retail.lightspeed.app/api/2.0"' }),
@@ -43,6 +54,8 @@ export const httpSource = z.object({
   timeoutMs: z.number().int().positive().max(600_000).default(30_000).describe('Per attempt, body included.'),
   retries: retries.default({ max: 5, baseMs: 500, maxMs: 30_000, rateLimited: 20 }),
   headers: z.record(headerName, z.string()).default({}),
+  redirects: redirectPolicy.default('same-origin')
+    .describe('A redirect to another host: "same-origin" refuses it (credentials stay with baseUrl\'s host); "follow-without-credentials" follows it without the configured headers, auth or secret query parameters.'),
   timeZone: z.string().optional().describe('Time zone of timestamps the API sends without an offset, e.g. "Pacific/Auckland" (default: UTC).'),
   preset: z.string().min(1).optional().describe('Name of a preset whose defaults this source builds on (e.g. "lightspeed-x").'),
 }).strict();

@@ -11,17 +11,28 @@ export function secretsOf(auth: HttpAuth | undefined): string[] {
     return [password, Buffer.from(`${username}:${password}`).toString('base64')];
   }
   if ('header' in auth) return [auth.header.value];
-  return [auth.query.value, encodeURIComponent(auth.query.value), new URLSearchParams({ v: auth.query.value }).toString().slice(2)];
+  return spellings(auth.query.value);
+}
+
+// Secrets shorter than this are not searched for: replacing one or two
+// characters everywhere would garble a message without hiding anything.
+export const MIN_SECRET_LENGTH = 3;
+
+/** A value as it may appear in a URL or a message: plain, percent-encoded, form-encoded. */
+export function spellings(value: string): string[] {
+  return [...new Set([value, encodeURIComponent(value), new URLSearchParams({ v: value }).toString().slice(2)])];
 }
 
 /**
  * Replaces every occurrence of a secret (and the auth query parameter's
  * value in any URL) in a text about to be logged or stored, so a token
- * never reaches logs, sync.run or sync.run_error.
+ * never reaches logs, sync.run or sync.run_error. `extra` are more secrets
+ * of the source: its configured header values.
  */
-export function makeMasker(auth: HttpAuth | undefined): (text: string) => string {
+export function makeMasker(auth: HttpAuth | undefined, extra: readonly string[] = []): (text: string) => string {
   // Longest first, so a secret containing another is masked whole.
-  const secrets = [...new Set(secretsOf(auth))].filter((s) => s.length >= 3).sort((a, b) => b.length - a.length);
+  const secrets = [...new Set([...secretsOf(auth), ...extra.flatMap(spellings)])]
+    .filter((s) => s.length >= MIN_SECRET_LENGTH).sort((a, b) => b.length - a.length);
   const queryName = auth && 'query' in auth ? auth.query.name : undefined;
   return (text: string) => {
     let out = text;
