@@ -383,6 +383,34 @@ describe('config', () => {
     const { rows } = await sync.pool.query(`select failure_threshold, schedule, freshness, retry_delay::text from sync.entity where name = 'parents'`);
     expect(rows[0]).toEqual({ failure_threshold: 5, schedule: null, freshness: null, retry_delay: '00:05:00' });
   });
+
+  it('reads a number given as text only in decimal digits: "0x10", "1e3", " 16 ", "Infinity" are a 400', async () => {
+    for (const v of ['0x10', '1e3', ' 16 ', 'Infinity', '16.0.1']) {
+      const r = await call('/api/sync/config/parents', { method: 'PUT', body: { failure_threshold: v } });
+      expect({ status: r.status, body: r.body }, v).toEqual({ status: 400,
+        body: { error: 'PUT /api/sync/config/parents: failure_threshold: must be a whole number', field: 'failure_threshold' } });
+    }
+    const factor = await call('/api/sync/config/parents', { method: 'PUT', body: { throughput_factor: '2.5' } });
+    expect(factor.body.entity).toMatchObject({ throughput_factor: 2.5 });
+    await call('/api/sync/config/parents', { method: 'PUT', body: { throughput_factor: 3 } });
+    const { rows } = await sync.pool.query(`select failure_threshold from sync.entity where name = 'parents'`);
+    expect(rows[0].failure_threshold).toBe(5);
+  });
+
+  it('answers a U+0000 anywhere in a body or a path with a 4xx naming the field, not a 500', async () => {
+    for (const field of ['schedule', 'retry_delay', 'freshness']) {
+      const r = await call('/api/sync/config/parents', { method: 'PUT', body: { [field]: '5 minutes\u0000' } });
+      expect({ status: r.status, body: r.body }, field).toEqual({ status: 400, body: {
+        error: `PUT /api/sync/config/parents: ${field}: must not contain the character U+0000`, hint: 'remove the \\u0000 from the value', field } });
+    }
+    const ack = await call('/api/alerts/1/ack', { method: 'POST', body: { by: 'ops\u0000' } });
+    expect(ack).toMatchObject({ status: 400, body: { field: 'by' } });
+    const manual = await call('/api/sync/manual', { method: 'POST', body: { entities: ['parents', 'x\u0000'] } });
+    expect(manual).toMatchObject({ status: 400, body: { error: expect.stringMatching(/entities\[1\]: must not contain the character U\+0000/), field: 'entities' } });
+    expect((await call('/api/sync/config/par%00ents', { method: 'PUT', body: { verify: true } })).status).toBe(404);
+    const { rows } = await sync.pool.query(`select schedule, freshness, retry_delay::text from sync.entity where name = 'parents'`);
+    expect(rows[0]).toEqual({ schedule: null, freshness: null, retry_delay: '00:05:00' });
+  });
 });
 
 describe('alerts', () => {

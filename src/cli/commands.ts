@@ -4,7 +4,7 @@ import { applyConfig, diffConfig, formatDiff } from '../config/apply.js';
 import { maskSecrets } from '../config/load.js';
 import { connectionHint, describeUrl } from '../db/pool.js';
 import { runMany, exitCode } from '../engine/plan.js';
-import { sourceColumns, sourceUrl } from '../sources/postgres.js';
+import { sourceColumns, sourceConnection, sourceUrl } from '../sources/postgres.js';
 import { prepareDemo } from '../demo/seed.js';
 import { openCsv } from '../sources/csv.js';
 import { httpSourceClient } from '../sources/http/source.js';
@@ -61,7 +61,8 @@ export async function check(opts: GlobalOptions): Promise<number> {
     for (const [name, src] of Object.entries(s.config.sources)) {
       if (src.kind !== 'postgres') continue; // a file source is checked through its entities below
       const url = sourceUrl(src, s.db.url);
-      const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
+      // The same read-only session settings as a sync's source connections.
+      const c = new pg.Client({ ...sourceConnection(url), connectionTimeoutMillis: 10_000 });
       try {
         await c.connect();
         await c.query('begin transaction read only; select 1; rollback');
@@ -93,7 +94,9 @@ export async function check(opts: GlobalOptions): Promise<number> {
         const cols = await sourceColumnCount(s, e);
         line(true, `entity ${name}: source yields ${cols} columns, target ${target.schema}.${target.table} exists${note}`);
       } catch (err) {
-        line(false, `entity ${name}: the source cannot be read: ${(err as Error).message} — check "from" in the config`);
+        // A message that already says how to fix it (after " — ") needs no second hint.
+        const message = (err as Error).message;
+        line(false, `entity ${name}: the source cannot be read: ${message}${message.includes(' — ') ? '' : ' — check "from" in the config'}`);
       }
     }
     await edge.close();

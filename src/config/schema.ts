@@ -1,9 +1,18 @@
 import { z } from 'zod';
 import { httpEntityOptions, httpSource, redirectPolicy, type HttpSourceConfig } from '../sources/http/schema.js';
+import { templateProblem } from '../sources/sql-text.js';
 
 // Names reach SQL only through format('%I') or quoteIdent, so any character
 // is safe; these limits only keep them printable and within Postgres' 63 bytes.
-const identifier = z.string().min(1, 'must not be empty').max(63, 'must be at most 63 characters (a Postgres identifier)')
+// Bytes, not characters: Postgres cuts a longer name to 63 bytes, and the
+// cut name is then "a column that does not exist".
+const MAX_IDENTIFIER_BYTES = 63;
+const identifierTooLong = (s: string) =>
+  `must be at most ${MAX_IDENTIFIER_BYTES} bytes in UTF-8 (a Postgres identifier; "é" takes 2) — this one has ${Buffer.byteLength(s)}: shorten it`;
+const identifier = z.string().min(1, 'must not be empty')
+  // .max (characters) stays for the JSON Schema; the byte count is the real limit.
+  .max(MAX_IDENTIFIER_BYTES, { abort: true, error: (iss) => identifierTooLong(iss.input as string) })
+  .refine((s) => Buffer.byteLength(s) <= MAX_IDENTIFIER_BYTES, { abort: true, error: (iss) => identifierTooLong(iss.input as string) })
   .refine((s) => !/[\u0000-\u001f]/.test(s), 'must not contain control characters');
 
 /** `table`, `schema.table`, or {schema, table} for names that contain dots. */
@@ -12,6 +21,11 @@ export const tableRef = z.union([
     const parts = s.split('.');
     if (parts.length > 2 || parts.some((p) => p === '')) {
       ctx.addIssue({ code: 'custom', message: `"${s}" is not "table" or "schema.table" — use {"schema": …, "table": …} for names containing dots` });
+      return z.NEVER;
+    }
+    const long = parts.find((p) => Buffer.byteLength(p) > MAX_IDENTIFIER_BYTES);
+    if (long) {
+      ctx.addIssue({ code: 'custom', message: `"${long}" ${identifierTooLong(long)}` });
       return z.NEVER;
     }
     return parts.length === 2 ? { schema: parts[0], table: parts[1] } : { schema: 'public', table: parts[0] };
@@ -268,6 +282,10 @@ export const config = z.object({
     if (src?.kind === 'csv' && e.cursor) {
       ctx.addIssue({ code: 'custom', path: ['entities', name, 'cursor'], message: 'a csv file is read whole on every run: remove "cursor"' });
     }
+    // Here and not in the entity schema: a definition written into sync.entity
+    // by hand meets the run's own defenses (sourceColumns, copyFromSource).
+    const queryProblem = 'query' in e.from ? templateProblem(e.from.query) : null;
+    if (queryProblem) ctx.addIssue({ code: 'custom', path: ['entities', name, 'from', 'query'], message: queryProblem });
     e.dependsOn.forEach((d, i) => {
       if (!(d in c.entities)) {
         ctx.addIssue({ code: 'custom', path: ['entities', name, 'dependsOn', i], message: `entity "${d}" is not defined` });

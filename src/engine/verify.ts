@@ -1,7 +1,7 @@
 import pg from 'pg';
 import { quoteIdent } from '../db/database.js';
 import type { PoolClient } from '../db/pool.js';
-import { copyFromSource, sourceSelect } from '../sources/postgres.js';
+import { copyFromSource, querySource, sourceSelect } from '../sources/postgres.js';
 import type { EntityConfig } from '../config/schema.js';
 import type { Plan } from './columns.js';
 import type { Engine } from './run.js';
@@ -24,7 +24,7 @@ export async function verifyRun(args: { engine: Engine; target: PoolClient; name
   const select = (cols: string[]) => `select * from (${sourceSelect(def, cols, { tenantSourceColumn: plan.tenantSourceColumn })}) s
     where ${range ? inRange('s', sourceOf(def.cursor!.column)) : 'true'}`;
   const [{ rows: [src] }, { rows: [tgt] }] = await Promise.all([
-    pool.query<{ n: string }>(`select count(*) as n from (${select(plan.sourceColumns)}) v`),
+    querySource<{ n: string }>(pool, `select count(*) as n from (${select(plan.sourceColumns)}) v`),
     target.query<{ n: string; quarantined: string }>(
       `select (select count(*) from ${targetName(def)} t where ${scopeOf(def)} and ${range ? inRange('t', def.cursor!.column) : 'true'}) as n,
               (select count(*) from sync.run_error e where e.entity = $1 and e.resolved_at is null and e.key is not null

@@ -65,8 +65,25 @@ export async function readJson(req: IncomingMessage): Promise<unknown> {
   }
 }
 
+/** The path of the first string (value or key) in `value` holding U+0000, or null. */
+function nulAt(value: unknown, path: (string | number)[] = []): (string | number)[] | null {
+  if (typeof value === 'string') return value.includes('\u0000') ? path : null;
+  if (typeof value !== 'object' || value === null) return null;
+  for (const [k, v] of Object.entries(value)) {
+    const found = k.includes('\u0000') ? [...path, k] : nulAt(v, [...path, Array.isArray(value) ? Number(k) : k]);
+    if (found) return found;
+  }
+  return null;
+}
+
 /** `value` validated by `schema`, or a 400 naming each field and what is wrong with it. */
 export function parseWith<T extends z.ZodType>(schema: T, value: unknown, what: string, hint?: string): z.infer<T> {
+  // Postgres text cannot hold U+0000: refused here, it is a 400 and not a failed query.
+  const nul = nulAt(value);
+  if (nul) {
+    throw new HttpError(400, `${what}: ${nul.length ? `${formatPath(nul)}: ` : ''}must not contain the character U+0000`,
+      'remove the \\u0000 from the value', nul.length ? { field: String(nul[0]) } : {});
+  }
   // reportInput: a type issue whose input is undefined is a missing field (JSON has no undefined).
   const result = schema.safeParse(value, { reportInput: true });
   if (result.success) return result.data;

@@ -71,6 +71,8 @@ export function match(routes: Compiled[], method: string, path: string):
     } catch {
       continue;
     }
+    // No name in Postgres holds U+0000 (and a query with one fails): nothing is there.
+    if (Object.values(params).some((v) => v.includes('\u0000'))) continue;
     return { route: r, params };
   }
   return { route: null, allowed };

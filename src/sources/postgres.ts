@@ -5,6 +5,7 @@ import { to as copyTo, from as copyFrom } from 'pg-copy-streams';
 import type { EntityConfig, PostgresSourceConfig } from '../config/schema.js';
 import { quoteIdent } from '../db/database.js';
 import { connectionHint, makePool, type Pool } from '../db/pool.js';
+import { renderTemplate, SqlTextError, statementProblem } from './sql-text.js';
 
 const lit = (v: string) => pg.escapeLiteral(v);
 
@@ -32,6 +33,24 @@ export function sourceUrl(src: PostgresSourceConfig, syncUrl: string): string {
   return u.toString();
 }
 
+// Every source session starts read-only, so a statement outside our own
+// read-only transactions cannot write either; and with standard strings, so
+// a backslash in '…' means what the query lexer (sql-text.ts) assumes.
+const SOURCE_OPTIONS = '-c default_transaction_read_only=on -c standard_conforming_strings=on';
+
+/**
+ * Connection settings of a source session. pg lets an `options` parameter
+ * in the URL replace the `options` we pass: it is moved in front of ours,
+ * so ours come last and win.
+ */
+export function sourceConnection(url: string): { connectionString: string; options: string } {
+  if (!/[?&]options=/.test(url)) return { connectionString: url, options: SOURCE_OPTIONS };
+  const u = new URL(url);
+  const own = u.searchParams.get('options');
+  u.searchParams.delete('options');
+  return { connectionString: u.toString(), options: `${own} ${SOURCE_OPTIONS}` };
+}
+
 /** One pool a source, shared by every entity reading from it. */
 export class SourcePools {
   private pools = new Map<string, Pool>();
@@ -41,7 +60,8 @@ export class SourcePools {
     const url = sourceUrl(src, this.syncUrl);
     let pool = this.pools.get(name);
     if (!pool) {
-      pool = makePool(url, { max: 4, application_name: 'syncline (read-only source)' });
+      const { connectionString, options } = sourceConnection(url);
+      pool = makePool(connectionString, { max: 4, application_name: 'syncline (read-only source)', options });
       this.pools.set(name, pool);
     }
     return { pool, url };
@@ -59,9 +79,12 @@ function baseQuery(e: EntityConfig, tenant: string | undefined, cursorLiteral: s
     return `select * from ${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
   }
   if (!('query' in e.from)) throw new Error('a postgres source reads a table or a query, not a file');
-  return e.from.query
-    .replaceAll('{{tenant}}', tenant === undefined ? 'null' : lit(tenant))
-    .replaceAll('{{cursor}}', cursorLiteral);
+  try {
+    return renderTemplate(e.from.query, { tenant: tenant === undefined ? 'null' : lit(tenant), cursor: cursorLiteral });
+  } catch (err) {
+    if (err instanceof SqlTextError) throw new Error(`from.query ${err.message}`, { cause: err });
+    throw err;
+  }
 }
 
 function cursorBound(c: CursorFilter): string | null {
@@ -99,21 +122,70 @@ export function sourceSelect(
     where.push(opts.keys.values.length ? `(${cols}) in (values ${rows})` : 'false');
   }
   const list = sourceColumns === '*' ? '*' : sourceColumns.map((c) => `q.${quoteIdent(c)}`).join(', ');
-  return `select ${list} from (${base}) q${where.length ? ` where ${where.join(' and ')}` : ''}`;
+  // The query on lines of its own: a trailing -- comment ends at its newline.
+  return `select ${list} from (\n${base}\n) q${where.length ? ` where ${where.join(' and ')}` : ''}`;
 }
 
-/** Column names the source query yields (runs it with limit 0). */
-export async function sourceColumns(pool: Pool, url: string, e: EntityConfig): Promise<string[]> {
+/**
+ * A query over the extended protocol, which PostgreSQL runs only when the
+ * text is one statement ("cannot insert multiple commands into a prepared
+ * statement" otherwise): a query that hides a second statement fails here.
+ */
+export const oneStatement = (text: string): pg.QueryConfig => ({ text, values: [], queryMode: 'extended' }) as pg.QueryConfig;
+
+/** One query on a source in a read-only transaction, rolled back so nothing the query sets outlives it. */
+export async function querySource<R extends pg.QueryResultRow>(pool: Pool, text: string): Promise<pg.QueryResult<R>> {
+  const client = await pool.connect();
+  try {
+    await client.query('begin transaction read only');
+    return await client.query<R>(oneStatement(text));
+  } finally {
+    await client.query('rollback').catch(() => {});
+    client.release();
+  }
+}
+
+// SQLSTATEs of a lost connection or a server shutting down: not the query's fault.
+const CONNECTION_LOST = /^(08|57P0)/;
+
+/**
+ * Why PostgreSQL refused the wrapped query, with the line of the user's
+ * query it points at; `wrapLines`: the lines of `text` before the query.
+ */
+function refusal(err: { message?: string; position?: string }, text: string, e: EntityConfig, wrapLines: number): string {
+  if (/cannot insert multiple commands/.test(err.message ?? '')) return 'it holds more than one statement (a ";" followed by more SQL)';
+  const at = Number(err.position);
+  const line = at > 0 ? text.slice(0, at - 1).split('\n').length - wrapLines : 0;
+  const inQuery = 'query' in e.from && line >= 1 && line <= e.from.query.split('\n').length;
+  return `${err.message ?? String(err)}${inQuery ? ` (line ${line})` : ''}`;
+}
+
+/** A failed read of the entity's source as a sentence about its "from"; the SQLSTATE stays for classification. */
+function unreadable(err: unknown, e: EntityConfig, text: string, wrapLines: number, name?: string): unknown {
+  const pgErr = err as { code?: string; message?: string; position?: string; cause?: unknown };
+  if (CONNECTION_LOST.test(pgErr.code ?? '')) return err;
+  const who = name === undefined ? '' : `entity "${name}": `;
+  if (pgErr.cause instanceof SqlTextError) return new Error(`${who}${pgErr.message}`, { cause: err });
+  const [what, fix] = 'query' in e.from ? ['from.query cannot be run', 'fix the SELECT']
+    : ['from.table cannot be read', 'check the table name and that the source\'s user may read it'];
+  return Object.assign(new Error(`${who}${what}: ${refusal(pgErr, text, e, wrapLines)} — ${fix}`, { cause: err }), { code: pgErr.code });
+}
+
+/** Column names the source query yields: it runs with limit 0, as one statement. */
+export async function sourceColumns(pool: Pool, url: string, e: EntityConfig, name?: string): Promise<string[]> {
   const client = await pool.connect().catch((err) => { throw connectionHint(err, url, `source "${e.source}"`); });
+  let text = '';
   try {
     await client.query('begin transaction isolation level repeatable read, read only');
-    const res = await client.query(`${sourceSelect(e, '*', {})} limit 0`);
-    await client.query('rollback');
+    text = `${sourceSelect(e, '*', {})} limit 0`;
+    const res = await client.query(oneStatement(text));
+    if (!res.fields?.length) throw new Error('it yields no columns: select the columns to sync');
     return res.fields.map((f) => f.name);
   } catch (err) {
-    await client.query('rollback').catch(() => {});
-    throw err;
+    // sourceSelect puts the user's query on lines of its own, from line 2.
+    throw unreadable(err, e, text, 1, name);
   } finally {
+    await client.query('rollback').catch(() => {});
     client.release();
   }
 }
@@ -169,17 +241,25 @@ export async function copyFromSource(args: {
   signal: AbortSignal;
   onRows: (rows: number, bytes: number) => void;
 }): Promise<number> {
+  // COPY goes over the simple protocol, which runs every statement in the
+  // text: it must be one, by our lexer and then by PostgreSQL's parser.
+  const problem = statementProblem(args.select);
+  if (problem) throw new Error(`the source query ${problem}; nothing was run`);
   const client = await args.pool.connect().catch((err) => { throw connectionHint(err, args.url, `source "${args.entity.source}"`); });
   let broken = false;
   try {
     await client.query('begin transaction isolation level repeatable read, read only');
     await client.query(SOURCE_SESSION);
+    const probe = `select * from (\n${args.select}\n) s limit 0`;
+    await client.query(oneStatement(probe)).catch((err) => { throw unreadable(err, args.entity, probe, 2); });
     let rows = 0;
-    const from: Readable = client.query(copyTo(`copy (${args.select}) to stdout`));
+    const from: Readable = client.query(copyTo(`copy (\n${args.select}\n) to stdout`));
     const into: Writable = args.target.query(copyFrom(
       `copy ${args.into} (${args.columns.map(quoteIdent).join(', ')}) from stdin`));
     await pipeline(from, rowCounter((r, b) => { rows = r; args.onRows(r, b); }), into, { signal: args.signal });
-    await client.query('commit');
+    // Not commit: a read-only transaction has nothing to keep, and a rollback
+    // undoes a session setting the query changed (set_config(…, false)).
+    await client.query('rollback');
     return rows;
   } catch (err) {
     broken = true;

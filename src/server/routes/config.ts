@@ -22,9 +22,12 @@ const INTERVALS = Object.keys(TUNABLES).filter((k) => TUNABLES[k as Tunable] ===
 const APPLICATION_NAME = 'syncline api';
 
 const INT32 = 2 ** 31;
-/** A number given as a number or a numeric string (a form field), within the column type's range. */
+// What a form field holds: plain decimal digits. Number() would also read
+// "0x10", "1e3", " 16 " and "Infinity", which nobody types meaning a count.
+const DECIMAL = /^-?\d+(\.\d+)?$/;
+/** A number given as a number or a decimal string (a form field), within the column type's range. */
 const numberField = (whole: boolean, max: number) => z.preprocess(
-  (v) => (typeof v === 'string' && v.trim() !== '' ? Number(v) : v),
+  (v) => (typeof v === 'string' && DECIMAL.test(v) ? Number(v) : v),
   z.number({ error: whole ? 'must be a whole number' : 'must be a number' })
     .refine((n) => !whole || Number.isInteger(n), 'must be a whole number')
     .refine((n) => Math.abs(n) < max, `must be between -${max} and ${max}`));
