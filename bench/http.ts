@@ -38,7 +38,7 @@ import { ensureDatabase, migrateDatabase, quoteIdent } from '../src/db/database.
 import { freePort, startEmbedded, type EmbeddedServer } from '../src/db/embedded.js';
 import { makePool } from '../src/db/pool.js';
 import { Engine, type RunResult } from '../src/engine/run.js';
-import { copyLine } from '../src/sources/csv.js';
+import { copyLine } from '../src/db/copy.js';
 import { HttpClient } from '../src/sources/http/client.js';
 import { recordMapper } from '../src/sources/http/fields.js';
 import { httpSource } from '../src/sources/http/schema.js';

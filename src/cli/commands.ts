@@ -130,6 +130,7 @@ export interface SyncOptions extends GlobalOptions {
   dryRun?: boolean;
   full?: boolean;
   verbose?: boolean;
+  confirmDeletes?: boolean;
 }
 
 export async function sync(entities: string[], opts: SyncOptions): Promise<number> {
@@ -164,7 +165,7 @@ export async function sync(entities: string[], opts: SyncOptions): Promise<numbe
     let results;
     try {
       results = await runMany(s.engine, names, {
-        trigger: 'manual', dryRun: opts.dryRun, full: opts.full,
+        trigger: 'manual', dryRun: opts.dryRun, full: opts.full, confirmDeletes: opts.confirmDeletes,
         onProgress: (p) => {
           if (!started.has(p.entity)) {
             started.set(p.entity, Date.now());

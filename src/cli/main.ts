@@ -42,6 +42,7 @@ program.command('sync').description('sync entities now (all enabled ones by defa
   .option('--tables <list>', 'comma-separated entities to sync (same as naming them)')
   .option('--dry-run', 'compute and show the changes without writing them')
   .option('--full', 'ignore the cursor: fetch everything (mirror deletes apply)')
+  .option('--confirm-deletes', 'confirm the deletes the delete guard held in the entity\'s last run, then sync (they apply if the source still lacks those rows)')
   .option('--verbose', 'also print phase timings and cursors')
   .action(run((entities: string[], o: cmd.SyncOptions) => cmd.sync(entities, { ...globals(), ...o })));
 

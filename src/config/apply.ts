@@ -43,6 +43,9 @@ export function entityTunables(e: EntityConfig): Record<string, string | number 
     retry_limit: e.retry?.limit,
     retry_delay: e.retry?.delay,
     verify: e.verify,
+    delete_guard: e.deleteGuard === undefined ? undefined : e.deleteGuard !== false,
+    delete_guard_percent: e.deleteGuard ? e.deleteGuard.maxPercent : undefined,
+    delete_guard_rows: e.deleteGuard ? e.deleteGuard.maxRows : undefined,
   };
   return Object.fromEntries(Object.entries(all).filter(([, v]) => v !== undefined)) as Record<string, string | number | boolean>;
 }

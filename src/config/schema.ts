@@ -58,6 +58,8 @@ export const csvSource = z.object({
     .describe('Directory or base URL the entities\' files are relative to (default: the config file\'s directory). A published Google Sheet: its CSV export URL.'),
   delimiter: z.string().length(1, 'must be one character').default(','),
   quote: z.string().length(1, 'must be one character').default('"'),
+  lineEnding: z.enum(['auto', 'lf', 'crlf', 'cr']).default('auto')
+    .describe('What ends a record: "auto" (default) reads LF, CRLF and CR alike and treats a file that mixes them as possibly damaged (a mirror then deletes nothing); "lf", "crlf" or "cr" accept only that one.'),
   encoding: z.string().default('utf-8').refine((enc) => { try { new TextDecoder(enc); return true; } catch { return false; } },
     'is not an encoding this Node.js knows — use e.g. "utf-8", "windows-1252", "latin1"'),
   timeZone: z.string().optional()
@@ -101,6 +103,7 @@ const PUSH_UNUSED: [string, string][] = [
   ['tenant', 'a push sends every pending row of the local table'],
   ['softDelete', 'a push never deletes on the remote'],
   ['deletedWhen', 'a push never deletes on the remote'],
+  ['deleteGuard', 'a push never deletes on the remote'],
   ['validate', 'the remote table\'s own constraints judge pushed rows'],
   ['version', 'a push only inserts rows the remote does not have'],
   ['verify', 'a push accounts for every row in sync.run'],
@@ -126,7 +129,7 @@ export const entity = z.object({
     }).strict(),
     z.object({ http: httpEntityOptions.describe('An http source\'s endpoint: path, params ({{cursor}} becomes the cursor; a param whose value is only {{cursor}} is left out on a first run), recordsPath, pagination, fields.') }).strict(),
     z.object({ file: z.string().min(1).describe('A csv source\'s file: a path relative to the source\'s location, or a URL.') }).strict(),
-    z.object({ query: z.string().min(1).describe('A SELECT. {{tenant}} becomes the tenant value and {{cursor}} the cursor lower bound, as quoted literals; {{cursor}} is null on a first or --full run, so write ({{cursor}} is null or updated_at > {{cursor}}). Tenant and cursor filters are also applied around the query.') }).strict(),
+    z.object({ query: z.string().min(1).describe('One SELECT (WITH, VALUES or TABLE), no other statement: it runs on a read-only session. {{tenant}} becomes the tenant value and {{cursor}} the cursor lower bound, as quoted literals; {{cursor}} is null on a first or --full run, so write ({{cursor}} is null or updated_at > {{cursor}}). Tenant and cursor filters are also applied around the query.') }).strict(),
   ]).describe('What to read on the source: a table, or a query template.'),
   target: tableRef.describe('The target table (yours; Syncline never creates it).'),
   key: z.array(identifier).min(1, 'needs at least one key column').describe('Target columns identifying a record.'),
@@ -173,6 +176,15 @@ export const entity = z.object({
   }).strict().optional().describe('Rules checked before the merge: failing records are quarantined in sync.run_error with the reason; the rest merge.'),
   version: z.object({ column: identifier }).strict().optional()
     .describe('A version or updated-at column: a source record older than the target\'s row is not applied, and the conflict is recorded.'),
+  deleteGuard: z.union([
+    z.literal(false),
+    z.object({
+      maxPercent: z.number().min(0).max(100).optional()
+        .describe('Hold the deletes of a run that would delete more than this percentage of the entity\'s rows (default 50).'),
+      maxRows: z.number().int().min(0).optional()
+        .describe('Hold the deletes of a run that would delete more than this many rows (default: no limit by count).'),
+    }).strict(),
+  ]).optional().describe('Mirror and soft-delete runs hold large deletes for confirmation (`syncline sync <entity> --confirm-deletes`, or select sync.confirm_deletes(run_id)); a run that would delete every row is always held. false turns the guard off.'),
   push: pushOptions.optional()
     .describe('For "direction": "push": "from" is the local table, "target" the table on the source\'s server, "key" its natural key (it needs a unique index there); pending rows go up in ordered batches.'),
 }).strict().superRefine((e, ctx) => {

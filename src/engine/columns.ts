@@ -40,7 +40,7 @@ export async function planColumns(engine: Engine, name: string, def: EntityConfi
   else if (def.columns) mapping = Object.entries(def.columns);
   else {
     const { pool, url } = engine.pgSource(def.source);
-    const available = new Set(await sourceColumns(pool, url, def));
+    const available = new Set(await sourceColumns(pool, url, def, name));
     mapping = rows.map((r) => r.attname).filter((c) => available.has(c)).map((c) => [c, c]);
   }
   const sourceOf = (col: string) => mapping.find((m) => m[0] === col)?.[1] ?? col;

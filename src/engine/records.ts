@@ -6,11 +6,14 @@ import type { HttpEntityOptions } from '../sources/http/schema.js';
 import { httpSourceClient } from '../sources/http/source.js';
 import { compareVersions, paginate, type PageState } from '../sources/http/paginate.js';
 import { log } from '../log.js';
-import { recordMapper, toText } from '../sources/http/fields.js';
+import { recordReader, toText, type MappedRecord } from '../sources/http/fields.js';
 import { getPath } from '../sources/http/path.js';
 import { quoteIdent } from '../db/database.js';
 import type { PoolClient } from '../db/pool.js';
-import { copyLine, openCsv } from '../sources/csv.js';
+import { openCsv } from '../sources/csv.js';
+import { copyLine } from '../db/copy.js';
+import { RawWriter, type RawRecord } from './raw-writer.js';
+import { CrawlWatch, checkDrift, doubt, proveOffsetDeletes, wouldDelete } from './snapshot.js';
 import { fetchPhase } from './guards.js';
 import { targetColumns } from './columns.js';
 import { mergeStaging, type MergeResult } from './load.js';
@@ -41,38 +44,34 @@ export async function loadCsvRun(args: {
   await fetchPhase(engine.pool, target, runId, opts.signal, async (signal) => {
     signal.addEventListener('abort', () => reading.abort(signal.reason), { once: true });
     const { rows } = await target.query('select sync.create_raw_staging($1) as raw', [runId]);
+    const writer = new RawWriter(target, rows[0].raw, columns, def.key);
+    const none = columns.map(() => null);
     let count = 0;
-    async function* lines() {
-      for await (const r of reader.records) {
-        count += 1;
-        if (count % 1000 === 0) opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: count, bytes: 0 });
-        yield copyLine([r.line, ...r.values, JSON.stringify({ line: r.line, record: r.raw })]);
-      }
+    let batch: RawRecord[] = [];
+    // Parsing the next batch overlaps writing the last one.
+    let writing: Promise<void> = Promise.resolve();
+    const flush = async () => {
+      const b = batch;
+      batch = [];
+      await writing;
+      writing = inTransaction(target, () => writer.write(b));
+      opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: count, bytes: 0 });
+    };
+    for await (const r of reader.records) {
+      count += 1;
+      batch.push(r.error ? { line: r.line, values: none, raw: r.raw, error: r.error }
+        : { line: r.line, values: r.values, raw: { line: r.line, record: r.raw } });
+      if (batch.length >= CSV_BATCH) await flush();
     }
-    await pipeline(Readable.from(lines()), target.query(copyFrom(
-      `copy ${rows[0].raw} (_sl_line, ${columns.map(quoteIdent).join(', ')}, _sl_raw) from stdin`)));
-    opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: count, bytes: 0 });
-    await recordRejects(target, runId, name, reader.rejects);
+    await flush();
+    await writing;
+    for (const d of reader.doubts()) await doubt(target, runId, d);
   });
   await castRaw(target, runId, src.timeZone, false);
   return mergeStaging({
     engine, target, name, runId, def, opts,
     plan: { targetColumns: columns, sourceColumns: reader.mapping.map(([, h]) => h), sourceKeyUnique: false },
   });
-}
-
-/** Lines the parser could not read: quarantined with their line number, counted as fetched. */
-async function recordRejects(target: PoolClient, runId: number, entity: string,
-  rejects: { line: number; message: string; raw: string | undefined }[]): Promise<void> {
-  if (!rejects.length) return;
-  await target.query(
-    `with r as (select * from jsonb_to_recordset($3::jsonb) as x(line bigint, message text, raw text))
-     insert into sync.run_error (run_id, entity, category, message, payload)
-     select $1, $2, 'validation', format('line %s: %s', r.line, r.message), jsonb_build_object('line', r.line, 'text', r.raw) from r`,
-    [runId, entity, JSON.stringify(rejects)]);
-  await target.query(
-    `update sync.run set detail = detail || jsonb_build_object('unkeyed_rejects',
-       coalesce((detail ->> 'unkeyed_rejects')::bigint, 0) + $2) where id = $1`, [runId, rejects.length]);
 }
 
 /**
@@ -104,43 +103,49 @@ export async function loadHttpRun(args: {
   const feeds = parent && !opts.full && !opts.window && !opts.keys ? await parentFeeds(engine, name, parent.name) : null;
   const runId = await args.start(columns);
   if (nested && feeds) {
-    await feedNested({ engine, target, name, runId, opts, feeds, columns, fields, nested, parentKey });
+    await feedNested({ engine, target, name, runId, opts, feeds, columns, fields, nested, parentKey, keepAbsent: http.absent === 'keep' });
+    if (http.absent === 'keep') await checkDrift(target, runId, name, http.optional ?? [], fields);
     return mergeNested(args, runId, src, parentKey, columns, fields);
   }
   const incremental = def.cursor && !opts.full && !opts.window && !opts.keys ? cursor : null;
   const window = opts.window ? backfillWindow(def, http, opts.window) : null;
   const endpoint = withCursor(http, incremental, window?.params ?? null);
   const client = httpSourceClient(def.source, src, engine.pool);
-  const map = nested ? nestedMapper(columns, fields, nested) : (r: unknown) => [{ values: recordMapper(columns, fields)(r), raw: r }];
+  const keepAbsent = http.absent === 'keep';
+  const map = nested ? nestedMapper(columns, fields, nested, keepAbsent)
+    : ((read) => (r: unknown) => [{ ...read(r), raw: r }])(absentAware(recordReader(columns, fields), keepAbsent));
   const synced = parent ? await parentsSyncedUpTo(engine, runId, parent) : null;
   const children = nested || opts.dryRun || opts.keys ? [] : await nestedChildren(engine, name, def, http);
+  // Only a whole listing can be checked against the total the API reports.
+  const watch = new CrawlWatch(endpoint.pagination, !incremental && !window && !nested && !opts.keys);
   await fetchPhase(engine.pool, target, runId, opts.signal, async (signal) => {
     const resumed = await adoptPages(target, runId, columns);
     const raw = resumed ? rawTable(runId)
       : (await target.query('select sync.create_raw_staging($1) as raw', [runId])).rows[0].raw as string;
+    const writer = new RawWriter(target, raw, columns, def.key);
     const parents = nested ? await parentsTable(target, runId, parentKey, !resumed) : null;
-    const copySql = `copy ${raw} (_sl_line, ${columns.map(quoteIdent).join(', ')}, _sl_raw) from stdin`;
     const after = window ? window.after : incremental;
     const resumeFrom = resumed ? resumed.resume ?? undefined
       : endpoint.pagination.style === 'version' && after !== null
         ? { style: 'version' as const, index: 0, after } : undefined;
     let line = resumed?.records ?? 0;
+    if (resumed) watch.resumed();
     // Resumed after the last page was saved: everything is fetched already.
     const pages = resumed && resumed.resume === null ? [] : paginate(client, endpoint, { resumeFrom, signal, entity: name });
     for await (const page of pages) {
-      const lines: string[] = [];
+      watch.page(page);
+      const staged: RawRecord[] = [];
       // Children only of parents their own entity has merged: a sale rung up
       // after the sales run would otherwise bring line items with no sale.
       const inWindow = window ? page.records.filter(window.keeps) : page.records;
       const records = synced ? inWindow.filter(synced) : inWindow;
       for (const [i, r] of records.entries()) {
-        for (const m of map(r)) lines.push(copyLine([++line, ...m.values, JSON.stringify(m.raw)]));
+        for (const m of map(r)) staged.push({ line: ++line, ...m });
         // Let timers run now and then: the next page's request must leave on its reserved slot.
         if (i % YIELD_EVERY === YIELD_EVERY - 1) await new Promise((resolve) => setImmediate(resolve));
       }
-      await target.query('begin');
-      try {
-        if (lines.length) await pipeline(Readable.from(lines), target.query(copyFrom(copySql)));
+      await inTransaction(target, async () => {
+        await writer.write(staged);
         if (parents && nested && records.length) {
           const keys = records.map((p) => copyLine(parentKey.map((c) => toText(getPath(p, nested.parent[c])))));
           await pipeline(Readable.from(keys), target.query(copyFrom(`copy ${parents} from stdin`)));
@@ -148,19 +153,23 @@ export async function loadHttpRun(args: {
         await target.query(
           `update sync.run set detail = detail || jsonb_build_object('resume', $2::jsonb, 'pages', $3::int, 'records', $4::int)
             where id = $1`, [runId, JSON.stringify(page.next), page.page, line]);
-        await target.query('commit');
-      } catch (err) {
-        await target.query('rollback').catch(() => {});
-        throw err;
-      }
+      });
       opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: line, bytes: 0, pages: page.page });
       // A backfill chunk ends where its window does: versions only grow.
       if (window && inWindow.length < page.records.length) break;
     }
+    for (const d of watch.doubts()) await doubt(target, runId, d);
   });
+  if (keepAbsent) await checkDrift(target, runId, name, http.optional ?? [], fields);
   if (children.length) await target.query('select sync.keep_feed($1, $2)', [runId, children]);
   if (!nested) {
-    await castRaw(target, runId, src.timeZone, true);
+    const deleting = wouldDelete(def, opts);
+    if (deleting) await watch.checkRepeats(target, runId, def.key);
+    await castRaw(target, runId, src.timeZone, endpoint.pagination.style === 'version');
+    if (deleting) {
+      await proveOffsetDeletes({ engine, target, name, runId, def, http: endpoint, client, fields,
+        stage: (found: unknown[]) => stageFound(target, runId, columns, def.key, found, map, src.timeZone) });
+    }
     return mergeStaging({
       engine, target, name, runId, def, opts,
       plan: { targetColumns: columns, sourceColumns: columns.map((c) => fields[c] ?? c), sourceKeyUnique: false },
@@ -173,7 +182,8 @@ export async function loadHttpRun(args: {
 async function mergeNested(args: { engine: Engine; target: PoolClient; name: string; def: EntityConfig; opts: RunOptions },
   runId: number, src: HttpSourceConfig, parentKey: string[], columns: string[], fields: Record<string, string>): Promise<MergeResult> {
   const { engine, target, name, def, opts } = args;
-  await castRaw(target, runId, src.timeZone, true);
+  const { http } = def.from as { http: HttpEntityOptions };
+  await castRaw(target, runId, src.timeZone, http.pagination.style === 'version');
   await target.query(`update sync.run set detail = detail || jsonb_build_object('parent_scope', $2::jsonb) where id = $1`,
     [runId, JSON.stringify(parentKey)]);
   const merged = await mergeStaging({
@@ -189,7 +199,7 @@ async function mergeNested(args: { engine: Engine; target: PoolClient; name: str
  * kept (sync.feed_nested): exploded in SQL, no request to the API.
  */
 async function feedNested(a: { engine: Engine; target: PoolClient; name: string; runId: number; opts: RunOptions;
-  feeds: number[]; columns: string[]; fields: Record<string, string>; nested: Nested; parentKey: string[] }): Promise<void> {
+  feeds: number[]; columns: string[]; fields: Record<string, string>; nested: Nested; parentKey: string[]; keepAbsent: boolean }): Promise<void> {
   const { engine, target, runId, opts, nested } = a;
   await fetchPhase(engine.pool, target, runId, opts.signal, async () => {
     await target.query('select sync.create_raw_staging($1)', [runId]);
@@ -199,6 +209,7 @@ async function feedNested(a: { engine: Engine; target: PoolClient; name: string;
       columns: a.columns.map((c) => nested.parent[c] !== undefined
         ? { column: c, path: nested.parent[c], parent: true } : { column: c, path: a.fields[c] ?? c, parent: false }),
       parentKey: a.parentKey.map((c) => ({ column: c, path: nested.parent[c] })),
+      keepAbsent: a.keepAbsent,
     };
     const { rows } = await target.query('select sync.feed_nested($1, $2, $3) as n', [runId, a.feeds, JSON.stringify(spec)]);
     log.debug({ entity: a.name, runId, feeds: a.feeds, records: rows[0].n }, 'nested records taken from the parent\'s runs');
@@ -244,17 +255,35 @@ interface Nested {
 }
 
 /** Each parent record → its nested children, each with the parent's columns (sale_id ← the sale's id). */
-function nestedMapper(columns: string[], fields: Record<string, string>, nested: Nested) {
-  const child = recordMapper(columns, fields);
+function nestedMapper(columns: string[], fields: Record<string, string>, nested: Nested, keepAbsent: boolean) {
+  const child = absentAware(recordReader(columns, fields), keepAbsent);
   const fromParent = columns.map((c) => nested.parent[c]);
   return (parent: unknown) => {
     const items = getPath(parent, nested.path);
     return (Array.isArray(items) ? items : []).map((item) => {
-      const values = child(item);
+      const { values, absent } = child(item);
       fromParent.forEach((p, i) => { if (p !== undefined) values[i] = toText(getPath(parent, p)); });
-      return { values, raw: item };
+      const own = absent?.filter((c) => nested.parent[c] === undefined);
+      return { values, absent: own?.length ? own : undefined, raw: item };
     });
   };
+}
+
+/** With absent: "null" (an API that leaves empty fields out) a missing field is simply null. */
+function absentAware(read: (r: unknown) => MappedRecord, keepAbsent: boolean): (r: unknown) => MappedRecord {
+  return keepAbsent ? read : (r) => ({ values: read(r).values });
+}
+
+/** Records found by a lookup, staged and typed after the crawl's own (their lines follow on). */
+async function stageFound(target: PoolClient, runId: number, columns: string[], key: string[], found: unknown[],
+  map: (r: unknown) => (MappedRecord & { raw: unknown })[], timeZone: string | undefined): Promise<void> {
+  const { rows } = await target.query('select sync.create_raw_staging($1) as raw', [runId]);
+  const { rows: [n] } = await target.query<{ lines: number }>(
+    `select coalesce((detail ->> 'records')::int, 0) as lines from sync.run where id = $1`, [runId]);
+  let line = n.lines;
+  const staged = found.flatMap((r) => map(r).map((m) => ({ line: ++line, ...m })));
+  await inTransaction(target, () => new RawWriter(target, rows[0].raw, columns, key).write(staged));
+  await castRaw(target, runId, timeZone, false);
 }
 
 /**
@@ -343,6 +372,23 @@ async function castRaw(target: PoolClient, runId: number, timeZone: string | und
 // Records mapped between two turns of the event loop.
 const YIELD_EVERY = 200;
 
+// CSV records a COPY: big enough that COPY's overhead vanishes, small enough
+// that a refused record is found in one batch.
+const CSV_BATCH = 5000;
+
+/** `fn` inside a transaction on the run's connection (savepoints need one). */
+async function inTransaction<T>(target: PoolClient, fn: () => Promise<T>): Promise<T> {
+  await target.query('begin');
+  try {
+    const out = await fn();
+    await target.query('commit');
+    return out;
+  } catch (err) {
+    await target.query('rollback').catch(() => {});
+    throw err;
+  }
+}
+
 function rawTable(runId: number): string {
   return `sync_staging.${quoteIdent(`run_${runId}_raw`)}`;
 }
@@ -360,7 +406,7 @@ async function adoptPages(target: PoolClient, runId: number, columns: string[]):
   const { rows: cols } = await target.query<{ name: string }>(
     `select attname as name from pg_attribute where attrelid = $1::regclass and attnum > 0 and not attisdropped order by attnum`,
     [rawTable(runId)]);
-  const expected = ['_sl_line', ...columns, '_sl_raw'];
+  const expected = ['_sl_line', ...columns, '_sl_raw', '_sl_error', '_sl_absent'];
   if (cols.map((c) => c.name).join('\u0000') !== expected.join('\u0000')) {
     await target.query(`drop table ${rawTable(runId)}`);
     return null;

@@ -24,6 +24,8 @@ export interface RunOptions {
   onStart?: (runId: number) => void;
   /** A backfill chunk: the half-open cursor range to read (no deletes; the cursor only moves forward). */
   window?: { from: string; to: string };
+  /** Confirms the deletes the entity's latest run held (sync.confirm_deletes) before running. */
+  confirmDeletes?: boolean;
   /** Only these records, by the key columns' values as text: a re-sync of gaps or quarantined records. */
   keys?: string[][];
   /**
@@ -57,6 +59,10 @@ export interface RunResult {
   unchanged?: number;
   quarantined?: number;
   deferred?: number;
+  /** Deletes the delete guard held for confirmation. */
+  held?: number;
+  /** Why deletes were held or skipped (a doubtful snapshot), and how to confirm. */
+  note?: string | null;
   cursor?: string | null;
   sample?: { action: string; key: Record<string, unknown>; changed: string[] | null }[];
   error?: string;
@@ -157,6 +163,7 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
         return { entity: name, runId: rows[0].id, status: 'skipped', error: reason };
       }
     }
+    if (opts.confirmDeletes && !opts.dryRun) opts = { ...opts, full: await confirmHeld(pool, name) || opts.full };
     const full = Boolean(opts.full);
     const start = async (columns: string[]) => {
       const started = await target.query('select sync.start_run($1, $2, $3, $4, $5, $6) as id',
@@ -198,6 +205,7 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
       entity: name, runId: id, status: r.status as RunStatus, fetched: r.fetched, inserted: r.inserted as number,
       updated: r.updated as number, deleted: r.deleted as number, unchanged: r.unchanged as number,
       quarantined: r.quarantined as number, deferred: r.deferred as number, cursor: r.cursor as string | null,
+      held: (r.held as number | undefined) ?? 0, note: (r.note as string | null | undefined) ?? null,
       sample: (r.sample as RunResult['sample']) ?? undefined,
     };
   } catch (err) {
@@ -234,6 +242,21 @@ export async function takeEntityLock(client: PoolClient, name: string): Promise<
   } finally {
     await client.query('reset lock_timeout').catch(() => {});
   }
+}
+
+/**
+ * Confirms the deletes the entity's latest holding run held, so this run may
+ * make them; true when that run read a full snapshot (this one must too).
+ */
+async function confirmHeld(pool: Pool, name: string): Promise<boolean> {
+  const { rows } = await pool.query<{ id: number; full_refresh: boolean }>(
+    `select r.id, r.full_refresh from sync.run r
+      where r.entity = $1 and r.deletes_confirmed_at is null and exists (select 1 from sync.held_delete h where h.run_id = r.id)
+      order by r.id desc limit 1`, [name]);
+  if (!rows.length) return false;
+  await pool.query('select sync.confirm_deletes($1, $2, false)', [rows[0].id, process.env.USER ?? null]);
+  log.info({ entity: name, runId: rows[0].id }, 'held deletes confirmed');
+  return rows[0].full_refresh;
 }
 
 /** Closes the run as failed or cancelled (opening a row for it if it never started). */

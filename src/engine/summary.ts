@@ -16,6 +16,9 @@ export function summary(r: RunResult, ms?: number): string {
     `-${n(r.deleted)} deleted`, `${n(r.unchanged)} unchanged`];
   if (r.quarantined) parts.push(`${n(r.quarantined)} quarantined (see sync.run_error)`);
   if (r.deferred) parts.push(`${n(r.deferred)} deletes deferred`);
-  return `${head}: ${parts.join(', ')} — run ${r.runId}${ms === undefined ? '' : `, ${(ms / 1000).toFixed(1)} s`}`;
+  if (r.held) parts.push(`${n(r.held)} deletes held`);
+  const line = `${head}: ${parts.join(', ')} — run ${r.runId}${ms === undefined ? '' : `, ${(ms / 1000).toFixed(1)} s`}`;
+  // Why nothing (or not everything) was deleted, and how to confirm.
+  return r.note ? `${line}\n    ${r.note}` : line;
 }
 

@@ -83,11 +83,13 @@ async function cursorRange(target: PoolClient, def: EntityConfig, name: string):
 export async function recordCounts(args: { target: PoolClient; name: string; runId: number; def: EntityConfig }): Promise<void> {
   const { target, name, runId, def } = args;
   const started = Date.now();
-  const { rows: [c] } = await target.query<{ source: string; target: string; quarantined: string }>(
+  const { rows: [c] } = await target.query<{ source: string; target: string; quarantined: string; kept: string }>(
     `select r.inserted + r.updated + r.unchanged + coalesce(r.deferred, 0) as source, r.quarantined,
+            coalesce(r.held, 0) + coalesce((r.detail ->> 'kept')::bigint, 0) as kept,
             (select count(*) from ${targetName(def)} t where ${scopeOf(def)}) as target
        from sync.run r where r.id = $1`, [runId]);
-  const detail = { source: Number(c.source), target: Number(c.target), quarantined: Number(c.quarantined) };
+  // Rows whose delete was held or skipped (a doubtful snapshot) are still there, on purpose.
+  const detail = { source: Number(c.source) + Number(c.kept), target: Number(c.target), quarantined: Number(c.quarantined) };
   await target.query(
     `update sync.run set detail = detail || jsonb_build_object('verify', $2::jsonb),
                          phases = phases || jsonb_build_object('verify', $3::int) where id = $1`,

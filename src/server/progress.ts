@@ -27,7 +27,7 @@ export interface RunProgress {
   startedAt: Date;
   finishedAt: Date | null;
   elapsedSeconds: number;
-  counts: Record<'fetched' | 'inserted' | 'updated' | 'deleted' | 'unchanged' | 'quarantined' | 'deferred', number | null>;
+  counts: Record<'fetched' | 'inserted' | 'updated' | 'deleted' | 'unchanged' | 'quarantined' | 'deferred' | 'held', number | null>;
   error: string | null;
 }
 
@@ -49,6 +49,7 @@ interface Row {
   unchanged: number | null;
   quarantined: number | null;
   deferred: number | null;
+  held: number | null;
   error: string | null;
   previous_fetched: number | null;
 }
@@ -58,7 +59,7 @@ export async function readProgress(pool: Pool, runId: number): Promise<RunProgre
   const { rows } = await pool.query<Row>(
     `select r.id::float8 as id, r.entity, r.status, r.trigger, r.dry_run, r.progress, r.cancel_requested,
             r.started_at, r.finished_at, extract(epoch from coalesce(r.finished_at, now()) - r.started_at)::float8 as elapsed,
-            r.fetched, r.inserted, r.updated, r.deleted, r.unchanged, r.quarantined, r.deferred, r.error,
+            r.fetched, r.inserted, r.updated, r.deleted, r.unchanged, r.quarantined, r.deferred, r.held, r.error,
             (select p.fetched from sync.run p
               where p.entity = r.entity and p.id < r.id and p.status in ('succeeded', 'partial') and p.full_refresh = r.full_refresh
                 and p.detail -> 'keys' is null and p.detail -> 'window' is null
@@ -76,7 +77,8 @@ function toProgress(r: Row): RunProgress {
   const done = r.status === 'succeeded' || r.status === 'partial';
   return {
     runId: r.id, entity: r.entity, status: r.status, trigger: r.trigger, dryRun: r.dry_run,
-    phase: p.phase ?? (r.status === 'running' ? 'starting' : r.status),
+    // The last report may be the merge's: a finished run is done whatever it said.
+    phase: done ? 'done' : p.phase ?? (r.status === 'running' ? 'starting' : r.status),
     rows, pages: p.pages ?? null, total, totalEstimated: reported === null && total !== null,
     percent: done ? 100 : percentOf(rows, total, p.phase),
     ratePerSecond: rate,
@@ -84,7 +86,7 @@ function toProgress(r: Row): RunProgress {
     cancelRequested: r.cancel_requested, startedAt: r.started_at, finishedAt: r.finished_at, elapsedSeconds: r.elapsed,
     counts: {
       fetched: r.fetched, inserted: r.inserted, updated: r.updated, deleted: r.deleted,
-      unchanged: r.unchanged, quarantined: r.quarantined, deferred: r.deferred,
+      unchanged: r.unchanged, quarantined: r.quarantined, deferred: r.deferred, held: r.held,
     },
     error: r.error,
   };

@@ -5,6 +5,7 @@ import { parse } from 'csv-parse';
 import type { CsvSourceConfig, EntityConfig } from '../config/schema.js';
 import { CriticalError } from './http/errors.js';
 import { fetchFollowing } from './http/redirect.js';
+import { lineEndingDoubt, lineEndingScanner, type LineEndings } from './csv-lines.js';
 
 // A header row longer than this is not a header: refuse rather than guess.
 const MAX_HEADER_COLUMNS = 1000;
@@ -12,16 +13,12 @@ const MAX_HEADER_COLUMNS = 1000;
 export interface CsvRecord {
   /** Line of the file where the record starts (1 = the header). */
   line: number;
-  /** Values in the order of the mapping's target columns. */
+  /** Values in the order of the mapping's target columns (none for an unreadable line). */
   values: (string | null)[];
   /** The record as read, header → value, for the quarantine. */
-  raw: Record<string, string>;
-}
-
-export interface CsvReject {
-  line: number;
-  message: string;
-  raw: string | undefined;
+  raw: Record<string, unknown>;
+  /** Why the line could not be read; such a record is quarantined. */
+  error?: string;
 }
 
 export interface CsvReader {
@@ -30,8 +27,8 @@ export interface CsvReader {
   /** Target column → header, as resolved against the file's header row. */
   mapping: [string, string][];
   records: AsyncIterable<CsvRecord>;
-  /** Lines the parser could not read (filled while records are consumed). */
-  rejects: CsvReject[];
+  /** Why the file may not be whole (known once the records are read); empty when nothing is in doubt. */
+  doubts: () => string[];
 }
 
 /** A header as a column name: "Seller Number" → seller_number. */
@@ -97,19 +94,22 @@ function decoder(encoding: string): Transform {
 
 /**
  * Opens an entity's CSV file and reads its header. Records stream one at a
- * time (memory stays flat); a line the parser cannot read is collected in
- * `rejects` with its line number and the rest go on.
+ * time (memory stays flat). A line the parser cannot read comes in order as
+ * a record with an `error` (and no values): it is quarantined, and it makes
+ * the snapshot doubtful, as does a file whose line endings change midway.
  */
 export async function openCsv(src: CsvSourceConfig, e: EntityConfig, targetColumns: string[], configDir: string,
   signal: AbortSignal): Promise<CsvReader> {
   const file = (e.from as { file: string }).file;
   const location = csvLocation(src, file, configDir);
   const bytes = await openBytes(location, src, signal);
-  const rejects: CsvReject[] = [];
-  const parser = bytes.pipe(decoder(src.encoding)).pipe(parse({
+  const rejects: CsvRecord[] = [];
+  const endings: LineEndings = {};
+  const parser = bytes.pipe(decoder(src.encoding)).pipe(lineEndingScanner(src.quote, src.delimiter, endings)).pipe(parse({
     bom: true, delimiter: src.delimiter, quote: src.quote, relax_quotes: true, info: true, raw: true,
+    record_delimiter: RECORD_DELIMITERS[src.lineEnding ?? 'auto'],
     skip_empty_lines: true, skip_records_with_error: true,
-    on_skip: (err, raw) => { rejects.push({ line: Number(err?.lines ?? 0), message: err?.message ?? 'unreadable line', raw }); },
+    on_skip: (err, raw) => { rejects.push(unreadable(err, raw)); },
   }));
   signal.addEventListener('abort', () => parser.destroy(signal.reason as Error), { once: true });
   const it = parser[Symbol.asyncIterator]() as AsyncIterator<{ record: string[]; info: { lines: number }; raw: string }>;
@@ -119,24 +119,48 @@ export async function openCsv(src: CsvSourceConfig, e: EntityConfig, targetColum
   if (header.length > MAX_HEADER_COLUMNS) throw new Error(`${file}: the first line has ${header.length} fields; is it a header row?`);
   const mapping = resolveMapping(e, header, targetColumns, file);
   const index = mapping.map(([, h]) => header.indexOf(h));
-  const tenant = e.tenant ? { at: header.indexOf(mapping.find(([t]) => t === e.tenant!.column)?.[1] ?? ''), value: e.tenant.value } : null;
   async function* records(): AsyncGenerator<CsvRecord> {
     for (;;) {
       const next = await it.next();
+      // Lines skipped while reading up to this record come first, in file order.
+      yield* rejects.splice(0);
       if (next.done) return;
       const { record, info, raw } = next.value;
-      // info.lines is where the record ends; a quoted value may span lines.
-      const line = info.lines - (raw.replace(/\r?\n$/, '').match(/\n/g)?.length ?? 0);
-      // A sheet holding several tenants: only this entity's rows are its records.
-      if (tenant && tenant.at >= 0 && record[tenant.at] !== tenant.value) continue;
       yield {
-        line,
+        line: info.lines - breaks(raw.replace(/(\r\n|\n|\r)$/, '')),
         values: index.map((i) => (record[i] === undefined || record[i] === '' ? null : record[i])),
         raw: Object.fromEntries(header.map((h, i) => [h, record[i]])),
       };
     }
   }
-  return { header, mapping, records: records(), rejects };
+  return {
+    header, mapping, records: records(),
+    doubts: () => [lineEndingDoubt(endings)].filter((d): d is string => d !== null),
+  };
+}
+
+// "auto" accepts every line ending (and the scan reports a file that mixes them).
+const RECORD_DELIMITERS: Record<string, string[]> = {
+  auto: ['\r\n', '\n', '\r'], lf: ['\n'], crlf: ['\r\n'], cr: ['\r'],
+};
+
+/** Line breaks in a text. */
+function breaks(text: string): number {
+  return text.match(/\r\n|\n|\r/g)?.length ?? 0;
+}
+
+/** A line the parser skipped, as a record carrying the reason, numbered where it starts. */
+function unreadable(err: { code?: string; lines?: number; message?: string } | undefined, raw: string | undefined): CsvRecord {
+  const text = raw ?? '';
+  const end = Number(err?.lines ?? 0);
+  if (err?.code === 'CSV_QUOTE_NOT_CLOSED') {
+    // The parser read on to the end of the file looking for the closing quote.
+    const line = end - breaks(text);
+    return { line, values: [], raw: { line, text }, error: `line ${line}: a quoted value opened on this line is never closed, `
+      + `so lines ${line}–${Math.max(line, end - 1)} could not be read — check the quotes on line ${line}` };
+  }
+  const line = end - breaks(text.replace(/(\r\n|\n|\r)$/, ''));
+  return { line, values: [], raw: { line, text }, error: `line ${line}: ${err?.message ?? 'unreadable line'}` };
 }
 
 /**
@@ -159,10 +183,4 @@ function resolveMapping(e: EntityConfig, header: string[], targetColumns: string
     if (!wanted.some(([t]) => t === k)) throw new Error(`${file} has no header for the key column "${k}" — map it in "columns"`);
   }
   return wanted as [string, string][];
-}
-
-/** One record as a line of COPY text format (tab-separated, \N for null). */
-export function copyLine(values: (string | number | null)[]): string {
-  return `${values.map((v) => (v === null ? '\\N' : String(v).replace(/\\/g, '\\\\').replace(/\t/g, '\\t')
-    .replace(/\n/g, '\\n').replace(/\r/g, '\\r'))).join('\t')}\n`;
 }

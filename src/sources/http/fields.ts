@@ -28,6 +28,29 @@ export function recordMapper(columns: readonly string[], fields?: Record<string,
   return (record) => paths.map((p) => toText(getPath(record, p)));
 }
 
+/** A record's values a column, and the columns whose field it lacks (a missing field is not a null). */
+export interface MappedRecord {
+  values: (string | null)[];
+  absent?: string[];
+}
+
+/**
+ * Like recordMapper, and also noting the columns whose path the record does
+ * not have at all, so the merge can leave those values alone.
+ */
+export function recordReader(columns: readonly string[], fields?: Record<string, string>): (record: unknown) => MappedRecord {
+  const paths = fieldPaths(columns, fields);
+  return (record) => {
+    let absent: string[] | undefined;
+    const values = paths.map((p, i) => {
+      const v = getPath(record, p);
+      if (v === undefined) (absent ??= []).push(columns[i]);
+      return toText(v);
+    });
+    return { values, absent };
+  };
+}
+
 /** The same values keyed by column name, for messages and quarantined payloads. */
 export function mapRecord(record: unknown, columns: readonly string[], fields?: Record<string, string>): Record<string, string | null> {
   const values = recordMapper(columns, fields)(record);

@@ -18,6 +18,7 @@ export type PageState =
   | { style: 'cursor'; index: number; cursor: string | null }
   | { style: 'next-link'; index: number; url: string | null }
   | { style: 'version'; index: number; after: string | null }
+  | { style: 'keyset'; index: number; after: string | null }
   | { style: 'none'; index: number };
 
 export interface Page {
@@ -33,6 +34,10 @@ export interface Page {
    * next incremental run.
    */
   next: PageState | null;
+  /** How many records the whole listing has, where the API says (from.http.totalPath). */
+  total?: number;
+  /** The answer came from another origin than the source's baseUrl (a redirect followed without credentials). */
+  crossOrigin: boolean;
 }
 
 export interface PaginateOptions {
@@ -46,7 +51,7 @@ export interface PaginateOptions {
   entity?: string;
 }
 
-interface Fetched { state: PageState; records: unknown[]; next: PageState | null }
+interface Fetched { state: PageState; records: unknown[]; next: PageState | null; total?: number; crossOrigin: boolean }
 
 /** The state of a crawl's first page. */
 export function firstState(p: Pagination): PageState {
@@ -56,6 +61,7 @@ export function firstState(p: Pagination): PageState {
     case 'cursor': return { style: 'cursor', index: 0, cursor: null };
     case 'next-link': return { style: 'next-link', index: 0, url: null };
     case 'version': return { style: 'version', index: 0, after: null };
+    case 'keyset': return { style: 'keyset', index: 0, after: null };
     case 'none': return { style: 'none', index: 0 };
   }
 }
@@ -87,7 +93,7 @@ export async function* paginate(client: HttpClient, entity: HttpEntityOptions, o
       if (got.records.length === 0) return;
       if (got.state.index + 1 >= MAX_PAGES) throw tooManyPages(client, entity, got.state);
       if (got.next) pending = fetchOne(got.next);
-      yield { records: got.records, page: got.state.index + 1, state: got.state, next: got.next };
+      yield { records: got.records, page: got.state.index + 1, state: got.state, next: got.next, total: got.total, crossOrigin: got.crossOrigin };
     }
   } finally {
     stop.abort(); // a caller that stops early must not leave a request running
@@ -99,7 +105,23 @@ async function fetchPage(client: HttpClient, entity: HttpEntityOptions, state: P
   const { path, params } = request(entity, state);
   const res = await client.getJson(path, params, signal);
   const records = recordsOf(client, entity, res, name);
-  return { state, records, next: records.length === 0 ? null : nextState(client, entity.pagination, state, res, records) };
+  return {
+    state, records, next: records.length === 0 ? null : nextState(client, entity.pagination, state, res, records),
+    total: totalOf(client, entity, res), crossOrigin: Boolean((res as { crossOrigin?: boolean }).crossOrigin),
+  };
+}
+
+/** The listing's size as the response reports it at totalPath; a clear error when it is not a number. */
+function totalOf(client: HttpClient, entity: HttpEntityOptions, res: HttpResponse): number | undefined {
+  if (!entity.totalPath) return undefined;
+  const v = getPath(res.body, entity.totalPath);
+  const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 0) {
+    throw new CriticalError(`the response of GET ${client.describe(res.url)} has no record count at "${entity.totalPath}"; `
+      + 'set totalPath to where the API reports the total (Directus: add "meta": "filter_count" to params and use "meta.filter_count"), or remove it',
+    'validation', client.describe(res.url));
+  }
+  return n;
 }
 
 /** The path (or absolute URL) and query parameters a state asks for. */
@@ -111,6 +133,8 @@ function request(entity: HttpEntityOptions, s: PageState): { path: string; param
   if ((p.style === 'cursor' || p.style === 'version') && p.sizeParam && p.size) params[p.sizeParam] = String(p.size);
   if (s.style === 'cursor' && p.style === 'cursor' && s.cursor !== null) params[p.param] = s.cursor;
   if (s.style === 'version' && p.style === 'version' && s.after !== null) params[p.param] = s.after;
+  if (p.style === 'keyset' && p.sizeParam && p.size) params[p.sizeParam] = String(p.size);
+  if (s.style === 'keyset' && p.style === 'keyset' && s.after !== null) params[p.param] = s.after;
   // A next link already carries every parameter the API wants.
   if (s.style === 'next-link' && s.url !== null) return { path: s.url, params: {} };
   return { path: entity.path, params };
@@ -146,6 +170,7 @@ function nextState(client: HttpClient, p: Pagination, s: PageState, res: HttpRes
       return { style: 'next-link', index, url };
     }
     case 'version': return { style: 'version', index, after: nextVersion(client, p, s.after, res) };
+    case 'keyset': return { style: 'keyset', index, after: lastKey(client, p, s.after, res, records) };
     case 'none': return null;
   }
 }
@@ -160,6 +185,23 @@ function nextVersion(client: HttpClient, p: Pagination, after: string | null, re
   const next = String(v);
   if (after !== null && compareVersions(next, after) <= 0) throw stuck(client, res, `version ${next}, not past the ${after}`);
   return next;
+}
+
+/** The key of a keyset page's last record, checked to have moved past the page's own start. */
+function lastKey(client: HttpClient, p: Pagination, after: string | null, res: HttpResponse, records: unknown[]): string {
+  const path = p.style === 'keyset' ? p.keyPath : 'id';
+  const v = getPath(records[records.length - 1], path);
+  if (typeof v !== 'number' && typeof v !== 'string') {
+    throw new CriticalError(`the last record of GET ${client.describe(res.url)} has no key at "${path}"; `
+      + 'set pagination.keyPath to where each record holds the key the API sorts by', 'validation', client.describe(res.url));
+  }
+  const key = String(v);
+  if (after !== null && compareVersions(key, after) <= 0) {
+    throw new CriticalError(`GET ${client.describe(res.url)} returned records up to key ${key}, not past ${after}: the API does not sort `
+      + `by "${path}" or ignores the filter — add the sort to params (e.g. "sort": "${path}") and check pagination.param`,
+    'validation', client.describe(res.url));
+  }
+  return key;
 }
 
 /** Versions as Lightspeed sends them: integers beyond 2^53 compare exactly; other strings by text. */

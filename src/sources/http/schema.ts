@@ -98,8 +98,15 @@ export const pagination = z.discriminatedUnion('style', [
     sizeParam: paramName.optional(),
     size: z.number().int().positive().optional(),
   }).strict(),
+  z.object({
+    style: z.literal('keyset'),
+    param: paramName.describe('Query parameter that asks for records whose key is past a value, e.g. "filter[id][_gt]" (Directus) or "since_id".'),
+    keyPath: dottedPath.default('id').describe('Where each record holds the key the API sorts by; the last record\'s value goes into "param".'),
+    sizeParam: paramName.optional(),
+    size: z.number().int().positive().optional(),
+  }).strict().describe('Keyset pagination: each page asks for the records after the last key seen, sorted by key (put the sort in params, e.g. "sort": "id"). Rows deleted or added during a crawl cannot shift the pages: recommended for mirrors.'),
   z.object({ style: z.literal('none') }).strict(),
-], { error: 'pagination.style must be one of "page", "offset", "cursor", "next-link", "version" or "none"' });
+], { error: 'pagination.style must be one of "page", "offset", "cursor", "next-link", "version", "keyset" or "none"' });
 export type Pagination = z.infer<typeof pagination>;
 
 export const httpEntityOptions = z.object({
@@ -108,6 +115,18 @@ export const httpEntityOptions = z.object({
   recordsPath: dottedPath.optional().describe('Where the record array is in the body; default: the body itself (or "data" for the version style).'),
   pagination: pagination.default({ style: 'none' }),
   fields: z.record(nonEmpty, dottedPath).optional().describe('{targetColumn: "path.in.record"}; unlisted columns map by the same name.'),
+  totalPath: dottedPath.optional()
+    .describe('Where each response reports how many records the whole listing has, e.g. "meta.filter_count" (Directus, with "meta": "filter_count" in params): a crawl whose count or total moves is not a complete snapshot.'),
+  lookup: z.object({
+    param: paramName.describe('Query parameter that filters by a list of keys, e.g. "filter[id][_in]".'),
+    separator: z.string().min(1).default(','),
+    batch: z.number().int().min(1).max(1000).default(100).describe('Keys asked for in one request.'),
+  }).strict().optional()
+    .describe('How to ask the API for chosen records by key: before a mirror crawled by offset or page deletes rows, it asks for exactly those keys, and any the API still has are merged instead.'),
+  absent: z.enum(['keep', 'null']).default('keep')
+    .describe('A mapped field missing from a record: "keep" (default) leaves the row\'s value alone, and a field missing from every record fails the run (schema drift); "null" reads it as empty (APIs that leave empty fields out, as Airtable does).'),
+  optional: z.array(nonEmpty).optional()
+    .describe('Columns whose field may be missing from every record without failing the run (their values are left alone).'),
 }).strict();
 export type HttpEntityOptions = z.infer<typeof httpEntityOptions>;
 export type HttpEntityInput = z.input<typeof httpEntityOptions>;

@@ -55,6 +55,8 @@ export const airtable: Preset<z.infer<typeof options>> = {
     recordsPath: 'records',
     pagination: { style: 'cursor', param: 'offset', cursorPath: 'offset', sizeParam: 'pageSize', size: AIRTABLE_MAX_PAGE_SIZE },
     fields: { created_time: 'createdTime' },
+    // Airtable leaves an empty cell out of `fields`: missing is empty here.
+    absent: 'null',
   }),
   endpointNames: 'the name (or id) of a table of the base',
 };
