@@ -15,7 +15,7 @@ beforeAll(async () => {
   await source.pool.query(ddl);
   await sync.pool.query(ddl);
   engine = await engineFor(sync, source, {
-    items_a: { source: 'src', from: { table: 'items' }, target: 'items', key: ['tenant', 'id'],
+    items_a: { source: 'src', from: { table: 'items' }, target: 'items', key: ['tenant', 'id'], deleteGuard: false,
       columns: ['tenant', 'id', 'name', 'price', 'tags', 'updated_at'], tenant: { column: 'tenant', value: 'a' } },
   });
 });

@@ -24,7 +24,8 @@ const KEYS: Record<string, string[]> = {
 };
 const NAMES = Object.keys(KEYS);
 const entity = (t: string, extra: object = {}) => ({
-  source: 'src', from: { table: t }, target: t, key: KEYS[t], mode: 'mirror', tenant: { column: 'tenant', value: 'x' }, ...extra,
+  // Merge mechanics (deferred deletes): the delete guard has tests of its own.
+  source: 'src', from: { table: t }, target: t, key: KEYS[t], mode: 'mirror', tenant: { column: 'tenant', value: 'x' }, deleteGuard: false, ...extra,
 });
 
 beforeAll(async () => {

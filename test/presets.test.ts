@@ -72,7 +72,7 @@ describe('preset expansion', () => {
     expect(httpOf(cfg, 'products')).toEqual({
       path: 'Stock%20Levels', params: {}, recordsPath: 'records',
       pagination: { style: 'cursor', param: 'offset', cursorPath: 'offset', sizeParam: 'pageSize', size: 100 },
-      fields: { created_time: 'createdTime' },
+      fields: { created_time: 'createdTime' }, absent: 'null',
     });
   });
 
@@ -98,7 +98,7 @@ describe('preset expansion', () => {
     expect(httpOf(cfg, 'categories')).toEqual({
       path: 'product_categories', params: { include: 'family' }, recordsPath: 'data.categories',
       pagination: { style: 'cursor', param: 'after', cursorPath: 'page_info.last_seen', sizeParam: 'page_size', size: 200 },
-      fields: { parent_id: 'parent_category_id' },
+      fields: { parent_id: 'parent_category_id' }, absent: 'keep',
     });
     expect(httpOf(cfg, 'categories_own_parent').fields).toBeUndefined();
     // Another pagination style replaces the preset's whole.
@@ -174,7 +174,7 @@ describe('a lightspeed-x entity parses into the http options of its endpoint', (
       [endpoint]: { source: 'shop', from: { http: { endpoint } }, target: endpoint, key: ['id'], cursor: { column: 'version' } },
     }), { LS_TOKEN: 't' });
     expect(httpOf(cfg, endpoint)).toEqual({
-      path: endpoint, params: {},
+      path: endpoint, params: {}, absent: 'keep',
       pagination: { style: 'version', param: 'after', versionPath: 'version.max', sizeParam: 'page_size' },
     });
   });

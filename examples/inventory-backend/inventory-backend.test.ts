@@ -91,6 +91,8 @@ describe('the example config', () => {
       pagination: { style: 'cursor', param: 'offset', cursorPath: 'offset', sizeParam: 'pageSize', size: 100 },
       // The preset's default for a created_time column; this entity has none, so it is unused.
       fields: { created_time: 'createdTime' },
+      // Airtable leaves empty cells out: a missing field is empty, not schema drift.
+      absent: 'null',
     });
     // Where the entity's columns map names the column, the preset's field gives way.
     expect((cfg.entities.products.from as { http: HttpEntityOptions }).http.fields).toBeUndefined();

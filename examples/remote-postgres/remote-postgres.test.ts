@@ -114,6 +114,13 @@ async function syncChecked(engine: Engine, remote: Pool, local: Pool, names = EN
 
 const counts = (r: RunResult) => ({ inserted: r.inserted, updated: r.updated, deleted: r.deleted });
 
+/** Rows of each local table. */
+async function snapshotCounts(local: Pool): Promise<Record<string, number>> {
+  const { rows } = await local.query(`select (select count(*) from metering.tenants)::int as tenants, (select count(*) from metering.meters)::int as meters,
+    (select count(*) from metering.registers)::int as registers, (select count(*) from metering.device_register)::int as device_register`);
+  return rows[0];
+}
+
 describe('the example config', () => {
   it('validates, with the remote URL from the environment and acme as the default tenant', () => {
     const cfg = parseConfig(json('syncline.config.json'), { REMOTE_DATABASE_URL: 'postgres://reader:pw@db.example.com/metering' });
@@ -402,15 +409,27 @@ describe('a tenant removed on the remote', () => {
   });
   afterAll(() => engine?.close());
 
-  // Every level of the local hierarchy defers its deletes until the level
-  // below lets go: one full `sync` still converges, because runMany re-runs
-  // deferred entities children first.
-  it('leaves the local tables empty after one full sync, parents included', async () => {
+  // An empty snapshot of a filled table is exactly what a broken source looks
+  // like: the delete guard holds every delete until an operator confirms.
+  it('holds every delete of the full sync, then empties the local tables once confirmed, parents included', async () => {
     await source.pool.query(`delete from tenants where tenant_id = 'acme'`);
-    const results = await syncChecked(engine, source.pool, sync.pool, ENTITIES, { full: true });
+    const before = await snapshotCounts(sync.pool);
+    const held = await syncChecked(engine, source.pool, sync.pool, ENTITIES, { full: true });
+    expect(Object.values(held).map((r) => [r.status, r.deleted])).toEqual(ENTITIES.map(() => ['partial', 0]));
+    expect(held.tenants.held).toBe(1);
+    expect(held.tenants.note).toMatch(/--confirm-deletes/);
+    expect(await snapshotCounts(sync.pool)).toEqual(before);
+    const alerts = await sync.pool.query(`select entity from sync.alert where kind = 'deletes_held' and resolved_at is null order by entity`);
+    expect(alerts.rows.map((a) => a.entity)).toEqual([...ENTITIES].sort());
+    // Every level of the local hierarchy defers its deletes until the level
+    // below lets go: one confirmed `sync` still converges, because runMany
+    // re-runs deferred entities children first.
+    const results = await syncChecked(engine, source.pool, sync.pool, ENTITIES, { full: true, confirmDeletes: true });
     expect(Object.values(results).map((r) => r.status)).toEqual(['succeeded', 'succeeded', 'succeeded', 'succeeded']);
     await expectLocalEqualsRemote(source.pool, sync.pool);
     expect(results.tenants).toMatchObject({ deleted: 1, deferred: 0 });
+    expect((await sync.pool.query(`select count(*)::int as n from sync.alert where kind = 'deletes_held' and resolved_at is null`)).rows[0].n)
+      .toBe(0);
   });
 });
 

@@ -33,7 +33,7 @@ describe('http entity options', () => {
       .toEqual({ style: 'page', param: 'page', sizeParam: 'per_page', size: 100, start: 1 });
     expect(httpEntityOptions.parse({ path: 'products', pagination: { style: 'version' } }).pagination)
       .toEqual({ style: 'version', param: 'after', versionPath: 'version.max' });
-    expect(httpEntityOptions.parse({ path: 'x' })).toEqual({ path: 'x', params: {}, pagination: { style: 'none' } });
+    expect(httpEntityOptions.parse({ path: 'x' })).toEqual({ path: 'x', params: {}, pagination: { style: 'none' }, absent: 'keep' });
   });
 
   test('params become strings; fields must be dotted paths', () => {
@@ -46,6 +46,6 @@ describe('http entity options', () => {
     expect(messages(httpEntityOptions.safeParse({ path: 'x', pagination: { style: 'next-link', from: 'body' } })))
       .toEqual(['pagination.path: next-link from "body" needs "path", the dotted path to the next URL such as "links.next"']);
     expect(messages(httpEntityOptions.safeParse({ path: 'x', pagination: { style: 'pages' } })).join())
-      .toMatch(/pagination.style must be one of "page", "offset", "cursor", "next-link", "version" or "none"/);
+      .toMatch(/pagination.style must be one of "page", "offset", "cursor", "next-link", "version", "keyset" or "none"/);
   });
 });

@@ -5,10 +5,12 @@ import type { AddressInfo, Socket } from 'node:net';
  * A vendor API on 127.0.0.1 for tests, one endpoint a pagination style, each
  * following the contract of the APIs Syncline targets:
  *
- * - GET /pages?page=&per_page=       → {"data": {"items": […]}} (1-based pages)
+ * - GET /pages?page=&per_page=       → {"data": {"items": […]}, "meta": {"total": n}} (1-based pages)
  * - GET /offsets?offset=&limit=      → […] (a bare array)
+ *   Both also answer ?ids=1,2,3 with just those records (a lookup by key).
+ * - GET /keyset?after=&limit=        → {"data": […]}: records with id > after, by id
  * - GET /cursor?offset=&pageSize=    → {"records": […], "offset": "<token>"} (Airtable:
- *                                      the token is absent on the last page)
+ *                                      the token is absent on the last page; see cursorBy)
  * - GET /link-body?p=                → {"results": […], "links": {"next": "/link-body?p=2"}}
  * - GET /link-header?p=              → […] with `Link: <http://…/link-header?p=2>; rel="next"`
  * - GET /updated?since=&before=&page= → {"data": {"items": […]}}: records updated in
@@ -42,6 +44,16 @@ export class Vendor {
   private closed = false;
   /** Called before each /version answer: the place to change records mid-crawl. */
   beforeVersionPage?: () => void;
+  /** Called before every answer, with the request: the place to change records mid-crawl on any endpoint. */
+  beforeAnswer?: (url: URL) => void;
+  /** Called with every answer sent whole (200, no fault): exactly what the client received. */
+  served?: (url: URL, body: string) => void;
+  /**
+   * What a /cursor token holds: 'offset' (default), a position in the
+   * listing, so rows deleted mid-crawl shift the pages; 'key', the last id
+   * sent, pages sorted by id (a stable cursor, as Airtable's is).
+   */
+  cursorBy: 'offset' | 'key' = 'offset';
   /** Answered instead of the normal handler when set (for one-off contracts). */
   override?: (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => boolean;
   retryAfter = '0';
@@ -101,6 +113,7 @@ export class Vendor {
     if (body === undefined) return;
     if (fault === 'truncated') return this.truncate(res, body);
     if (fault === 'cut') return this.cut(res, body);
+    this.served?.(url, body);
     res.writeHead(200, { 'content-type': 'application/json' }).end(body);
   }
 
@@ -135,14 +148,30 @@ export class Vendor {
     res.write(body.slice(0, Math.max(1, Math.floor(body.length / 2))), () => res.socket?.destroy());
   }
 
+  /** A /cursor page whose token is the last id sent: the records past it, by id. */
+  private cursorByKey(q: URLSearchParams): string {
+    const after = q.has('offset') ? Number(Buffer.from(q.get('offset')!, 'base64url').toString()) : 0;
+    const rest = [...this.records].sort((a, b) => a.id - b.id).filter((r) => r.id > after);
+    const page = rest.slice(0, q.has('pageSize') ? Number(q.get('pageSize')) : PAGE_SIZE);
+    const more = rest.length > page.length;
+    return JSON.stringify({ records: page, ...(more ? { offset: Buffer.from(String(page[page.length - 1].id)).toString('base64url') } : {}) });
+  }
+
   private answer(url: URL, res: http.ServerResponse): string | undefined {
     const q = url.searchParams;
     const num = (name: string, dflt: number) => (q.has(name) ? Number(q.get(name)) : dflt);
+    this.beforeAnswer?.(url);
+    const ids = q.has('ids') ? new Set(q.get('ids')!.split(',').map(Number)) : null;
     switch (url.pathname) {
       case '/pages': {
+        if (ids) return JSON.stringify({ data: { items: this.records.filter((r) => ids.has(r.id)) }, meta: { total: ids.size } });
         const size = num('per_page', PAGE_SIZE);
         const from = (num('page', 1) - 1) * size;
-        return JSON.stringify({ data: { items: this.records.slice(from, from + size) } });
+        return JSON.stringify({ data: { items: this.records.slice(from, from + size) }, meta: { total: this.records.length } });
+      }
+      case '/keyset': {
+        const page = [...this.records].sort((a, b) => a.id - b.id).filter((r) => r.id > num('after', 0)).slice(0, num('limit', PAGE_SIZE));
+        return JSON.stringify({ data: page });
       }
       case '/updated': {
         const since = q.get('since') ?? '';
@@ -153,10 +182,12 @@ export class Vendor {
         return JSON.stringify({ data: { items: items.slice(from, from + PAGE_SIZE) } });
       }
       case '/offsets': {
+        if (ids) return JSON.stringify(this.records.filter((r) => ids.has(r.id)));
         const from = num('offset', 0);
         return JSON.stringify(this.records.slice(from, from + num('limit', PAGE_SIZE)));
       }
       case '/cursor': {
+        if (this.cursorBy === 'key') return this.cursorByKey(q);
         const from = q.has('offset') ? Number(Buffer.from(q.get('offset')!, 'base64url').toString()) : 0;
         const to = from + num('pageSize', PAGE_SIZE);
         const more = to < this.records.length;
@@ -197,6 +228,7 @@ export const ENDPOINTS = {
   'next-link-body': { path: 'link-body', recordsPath: 'results', pagination: { style: 'next-link', from: 'body', path: 'links.next' } },
   'next-link-header': { path: 'link-header', pagination: { style: 'next-link', from: 'header' } },
   version: { path: 'version', pagination: { style: 'version', param: 'after', versionPath: 'version.max', sizeParam: 'page_size', size: PAGE_SIZE } },
+  keyset: { path: 'keyset', recordsPath: 'data', pagination: { style: 'keyset', param: 'after', keyPath: 'id', sizeParam: 'limit', size: PAGE_SIZE } },
 } as const;
 export type EndpointName = keyof typeof ENDPOINTS;
 export const ENDPOINT_NAMES = Object.keys(ENDPOINTS) as EndpointName[];

@@ -64,7 +64,7 @@ describe('hostile identifiers and values (property)', () => {
 
         const engine = await engineFor(sync, source, {
           [entity]: {
-            source: 'src', from: { table: { schema, table } }, target: { schema, table }, key: [tenantCol, idCol], mode,
+            source: 'src', from: { table: { schema, table } }, target: { schema, table }, key: [tenantCol, idCol], mode, deleteGuard: false,
             columns: mapped ? { [tenantCol]: sc.t, [idCol]: sc.i, [colA]: sc.a, [colB]: sc.b } : [tenantCol, idCol, colA, colB],
             tenant: { column: tenantCol, value: tenant },
             ...(mode === 'soft-delete' ? { softDelete: { column: 'deleted at; "x"' } } : {}),
@@ -107,7 +107,7 @@ describe('column names the merge uses internally', () => {
       await source.pool.query(`${ddl}; insert into internal_names values (1, 'one'), (2, 'two'), (2, 'dup')`);
       await sync.pool.query(`${ddl.replace('(id int,', '(id int primary key,')}; insert into internal_names values (3, 'stale')`);
       const engine = await engineFor(sync, source, {
-        internal: { source: 'src', from: { table: 'internal_names' }, target: 'internal_names', key: ['id'] },
+        internal: { source: 'src', from: { table: 'internal_names' }, target: 'internal_names', key: ['id'], deleteGuard: false },
       });
       try {
         const r = await engine.run('internal', { trigger: 'manual' });

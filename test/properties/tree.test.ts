@@ -19,7 +19,7 @@ beforeAll(async () => {
   await sync.pool.query(`${ddl}; ${fk}`);
   engine = await engineFor(sync, source, {
     categories: { source: 'src', from: { table: 'categories' }, target: 'categories', key: KEY, mode: 'mirror',
-      tenant: { column: 'tenant', value: 't' } },
+      tenant: { column: 'tenant', value: 't' }, deleteGuard: false },
   });
 });
 afterAll(() => engine.close());

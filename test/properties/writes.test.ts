@@ -29,6 +29,7 @@ const KEY = ['tenant', 'id'];
 const ENTITIES: Record<string, unknown> = {
   ...Object.fromEntries(TENANTS.map((t, i) => [`mirror_${i}`, {
     source: 'src', from: { table: 'items' }, target: 'items', key: KEY, mode: 'mirror', tenant: { column: 'tenant', value: t },
+    deleteGuard: false, // any change, however large: the delete guard has tests of its own
   }])),
   upsert_all: { source: 'src', from: { table: 'items' }, target: 'items', key: KEY, mode: 'upsert' },
   append_all: { source: 'src', from: { table: 'items' }, target: 'items', key: KEY, mode: 'append' },
