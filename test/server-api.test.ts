@@ -384,6 +384,19 @@ describe('config', () => {
     expect(rows[0]).toEqual({ failure_threshold: 5, schedule: null, freshness: null, retry_delay: '00:05:00' });
   });
 
+  it('changes the delete guard like any tunable, and the database judges its values', async () => {
+    const set = await call('/api/sync/config/parents', { method: 'PUT', body: { delete_guard_percent: '20', delete_guard_rows: '100' } });
+    expect(set.status).toBe(200);
+    expect(set.body.entity).toMatchObject({ delete_guard: true, delete_guard_percent: 20, delete_guard_rows: 100 });
+    expect(set.body.changed).toEqual(['delete_guard_percent', 'delete_guard_rows']);
+    const cleared = await call('/api/sync/config/parents', { method: 'PUT', body: { delete_guard_rows: '', delete_guard: false } });
+    expect(cleared.body.entity).toMatchObject({ delete_guard: false, delete_guard_rows: null });
+    const bad = await call('/api/sync/config/parents', { method: 'PUT', body: { delete_guard_percent: 150 } });
+    expect(bad.status).toBe(400);
+    expect(bad.body).toMatchObject({ error: 'entity parents: delete_guard_percent 150 is not between 0 and 100', field: 'delete_guard_percent' });
+    await call('/api/sync/config/parents', { method: 'PUT', body: { delete_guard: true, delete_guard_percent: 50 } });
+  });
+
   it('reads a number given as text only in decimal digits: "0x10", "1e3", " 16 ", "Infinity" are a 400', async () => {
     for (const v of ['0x10', '1e3', ' 16 ', 'Infinity', '16.0.1']) {
       const r = await call('/api/sync/config/parents', { method: 'PUT', body: { failure_threshold: v } });

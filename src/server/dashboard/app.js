@@ -494,8 +494,9 @@ function resizeCharts() {
 
 // ------------------------------------------------------------------ configuration
 
-const FIELDS = ['schedule', 'sync_interval', 'freshness', 'failure_threshold', 'gap_threshold', 'throughput_factor', 'retry_limit', 'retry_delay'];
-const SWITCHES = ['enabled', 'verify'];
+const FIELDS = ['schedule', 'sync_interval', 'freshness', 'failure_threshold', 'gap_threshold', 'throughput_factor', 'retry_limit', 'retry_delay',
+  'delete_guard_percent', 'delete_guard_rows'];
+const SWITCHES = ['enabled', 'verify', 'delete_guard'];
 
 function configOf(entity) {
   return state.config.find((c) => c.entity === entity);

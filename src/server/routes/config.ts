@@ -14,6 +14,7 @@ import type { Request, Route, ServerContext } from '../router.js';
 const TUNABLES = {
   schedule: 'text', sync_interval: 'interval', freshness: 'interval', failure_threshold: 'integer', gap_threshold: 'bigint',
   throughput_factor: 'numeric', retry_limit: 'integer', retry_delay: 'interval', verify: 'boolean', enabled: 'boolean',
+  delete_guard: 'boolean', delete_guard_percent: 'numeric', delete_guard_rows: 'bigint',
 } as const;
 type Tunable = keyof typeof TUNABLES;
 const INTERVALS = Object.keys(TUNABLES).filter((k) => TUNABLES[k as Tunable] === 'interval') as Tunable[];
@@ -45,12 +46,17 @@ const ConfigBody = z.object({
   retry_delay: z.string().trim().min(1, 'must not be empty: an interval such as "5 minutes"').max(200),
   verify: z.boolean(),
   enabled: z.boolean(),
+  delete_guard: z.boolean(),
+  delete_guard_percent: numberField(false, 1e12),
+  // Empty clears the limit by count.
+  delete_guard_rows: z.union([z.literal('').transform(() => null), z.null(), numberField(true, Number.MAX_SAFE_INTEGER)]),
 }).partial().strict().refine((b) => Object.keys(b).length > 0, `give at least one of: ${Object.keys(TUNABLES).join(', ')}`);
 
 const SELECT_TUNABLES = `select e.name as entity, e.enabled, e.mode, e.source, e.target_schema || '.' || e.target_table as target,
     e.depends_on as "dependsOn", e.schedule,
     ${INTERVALS.map((c) => `extract(epoch from e.${c})::float8 as ${c}_s, e.${c}::text as ${c}_text`).join(', ')},
-    e.failure_threshold, e.gap_threshold, e.throughput_factor::float8 as throughput_factor, e.retry_limit, e.verify
+    e.failure_threshold, e.gap_threshold, e.throughput_factor::float8 as throughput_factor, e.retry_limit, e.verify,
+    e.delete_guard, e.delete_guard_percent::float8 as delete_guard_percent, e.delete_guard_rows
   from sync.entity e`;
 
 /** An interval as people write it and Postgres reads it back: "15 minutes", "2 hours". */
