@@ -13,8 +13,8 @@ import type { HttpEntityOptions } from '../sources/http/schema.js';
 import type { EntityConfig } from '../config/schema.js';
 import { EXIT, openSession, readConfig, UsageError, type GlobalOptions, type Session } from './context.js';
 import { makeChunkReporter, makeReporter } from './progress.js';
-import { enqueueBackfill, runBackfill } from '../engine/backfill.js';
-import { summary } from '../engine/summary.js';
+import { BackfillInputError, checkBackfillRange, enqueueBackfill, runBackfill } from '../engine/backfill.js';
+import { summary, withRunSeconds } from '../engine/summary.js';
 
 async function withSession<T>(opts: GlobalOptions, fn: (s: Session) => Promise<T>): Promise<T> {
   const s = await openSession(opts);
@@ -213,6 +213,13 @@ export async function backfill(entity: string, opts: BackfillCliOptions): Promis
   return withSession(opts, async (s) => {
     await applyConfig(s.pool, s.config, { onlyAdd: true });
     const o = { from: opts.from, to: opts.to, chunk: opts.chunk };
+    // A bad range is the caller's to fix (exit 2), found before any source is read.
+    try {
+      await checkBackfillRange(s.engine, entity, o);
+    } catch (err) {
+      if (err instanceof BackfillInputError) throw new UsageError(err.message, { cause: err });
+      throw err;
+    }
     if (opts.enqueue) {
       const n = await enqueueBackfill(s.engine, entity, o);
       process.stdout.write(`enqueued ${n} chunk job(s) for ${entity} on queue sync:${entity}; \`status\` shows progress\n`);
@@ -225,7 +232,7 @@ export async function backfill(entity: string, opts: BackfillCliOptions): Promis
     } finally {
       reporter.close();
     }
-    for (const r of results) process.stdout.write(`${summary(r)}\n`);
+    for (const r of await withRunSeconds(s.pool, results)) process.stdout.write(`${summary(r)}\n`);
     const cursor = (await s.pool.query('select cursor_value from sync.entity where name = $1', [entity])).rows[0]?.cursor_value;
     const code = exitCode(results);
     if (code === EXIT.ok || code === EXIT.partial) {

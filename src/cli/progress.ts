@@ -6,7 +6,12 @@ export interface Reporter {
   /** Total rows expected for an entity (the last run's count), if known. */
   start(entity: string, expected: number | null): void;
   progress(p: Progress): void;
-  finish(result: RunResult, ms: number): void;
+  /**
+   * The summary line of a result. Its seconds are the run's own from
+   * sync.run (`result.seconds`, filled by withRunSeconds); `ms` is printed
+   * only for a result without them.
+   */
+  finish(result: RunResult, ms?: number): void;
   close(): void;
 }
 

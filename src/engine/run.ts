@@ -66,6 +66,10 @@ export interface RunResult {
   cursor?: string | null;
   sample?: { action: string; key: Record<string, unknown>; changed: string[] | null }[];
   error?: string;
+  /** How long the run took by sync.run (finished_at - started_at); see withRunSeconds in summary.ts. */
+  seconds?: number;
+  /** Each run of an entity run more than once in a wave (a deferred-delete pass), in order. */
+  passes?: RunResult[];
 }
 
 /** The engine's shared parts: the Syncline database, the config's sources, their pools. */
