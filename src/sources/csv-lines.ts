@@ -19,6 +19,13 @@ export function lineEndingDoubt(e: LineEndings): string | null {
     + 'it may be two files run together or a damaged upload';
 }
 
+/** A file whose records end otherwise than `lineEnding` says: its last values carry stray characters. */
+export function configuredEndingDoubt(configured: string, e: LineEndings): string | null {
+  if (configured === 'auto' || !e.first || e.first === configured) return null;
+  return `the file's records end in ${NAMES[e.first]}, not ${NAMES[configured as LineEnding]} as the source's lineEnding says: `
+    + 'set "lineEnding": "auto" (or the right one)';
+}
+
 /**
  * Passes text through unchanged while noting which delimiter ends each
  * record: only outside quoted values (a quoted cell may hold line breaks of
@@ -70,4 +77,35 @@ export function lineEndingScanner(quote: string, delimiter: string, found: LineE
       done();
     },
   });
+}
+
+/**
+ * Whether a record's text holds a quoted value that spans a line break and
+ * ends at a quote followed by more text. Relaxing quotes (as hand-written
+ * sheets need: `"Big" Tony`) the parser then reads on as if the value were
+ * not quoted, so a stray or lost quote silently runs the lines up to the next
+ * quote together into one record, and the records on them go missing.
+ * Follows csv-parse: "" inside a quoted value is a quote.
+ */
+export function quoteRunsLinesTogether(raw: string, quote: string, delimiter: string): boolean {
+  let fieldStart = true;
+  for (let i = 0; i < raw.length; i++) {
+    if (!(fieldStart && raw[i] === quote)) {
+      fieldStart = raw[i] === delimiter;
+      continue;
+    }
+    let spans = false;
+    for (i++; i < raw.length; i++) {
+      const c = raw[i];
+      if (c === '\r' || c === '\n') spans = true;
+      if (c !== quote) continue;
+      if (raw[i + 1] === quote) { i++; continue; }
+      const next = raw[i + 1];
+      if (next === undefined || next === delimiter || next === '\r' || next === '\n') break;
+      if (spans) return true;
+      break; // on the value's own line: read as text, as relaxed quotes want
+    }
+    fieldStart = false;
+  }
+  return false;
 }

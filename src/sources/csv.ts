@@ -5,7 +5,7 @@ import { parse } from 'csv-parse';
 import type { CsvSourceConfig, EntityConfig } from '../config/schema.js';
 import { CriticalError } from './http/errors.js';
 import { fetchFollowing } from './http/redirect.js';
-import { lineEndingDoubt, lineEndingScanner, type LineEndings } from './csv-lines.js';
+import { configuredEndingDoubt, lineEndingDoubt, lineEndingScanner, quoteRunsLinesTogether, type LineEndings } from './csv-lines.js';
 
 // A header row longer than this is not a header: refuse rather than guess.
 const MAX_HEADER_COLUMNS = 1000;
@@ -126,8 +126,17 @@ export async function openCsv(src: CsvSourceConfig, e: EntityConfig, targetColum
       yield* rejects.splice(0);
       if (next.done) return;
       const { record, info, raw } = next.value;
+      const line = info.lines - countedBreaks(raw);
+      if (quoteRunsLinesTogether(raw, src.quote, src.delimiter)) {
+        // A stray or lost quote, not a value with a line break: the lines it
+        // swallowed are records of their own, so this one cannot be trusted.
+        const last = line + breaks(raw.replace(/(\r\n|\n|\r)$/, ''));
+        yield { line, values: [], raw: { line, text: raw }, error: `line ${line}: a quoted value opened on this line ends at a quote `
+          + `inside the text of line ${last}, so lines ${line}–${last} were read as one record — check the quotes on line ${line}` };
+        continue;
+      }
       yield {
-        line: info.lines - breaks(raw.replace(/(\r\n|\n|\r)$/, '')),
+        line,
         values: index.map((i) => (record[i] === undefined || record[i] === '' ? null : record[i])),
         raw: Object.fromEntries(header.map((h, i) => [h, record[i]])),
       };
@@ -135,7 +144,8 @@ export async function openCsv(src: CsvSourceConfig, e: EntityConfig, targetColum
   }
   return {
     header, mapping, records: records(),
-    doubts: () => [lineEndingDoubt(endings)].filter((d): d is string => d !== null),
+    doubts: () => [lineEndingDoubt(endings), configuredEndingDoubt(src.lineEnding ?? 'auto', endings)]
+      .filter((d): d is string => d !== null),
   };
 }
 
@@ -149,17 +159,26 @@ function breaks(text: string): number {
   return text.match(/\r\n|\n|\r/g)?.length ?? 0;
 }
 
+/**
+ * Line breaks inside a record's text as csv-parse counts them in `lines`:
+ * a \r and a \n each (a CRLF in a quoted value counts twice), and not the
+ * break that ends the record (or the file).
+ */
+function countedBreaks(raw: string): number {
+  return (raw.match(/[\r\n]/g)?.length ?? 0) - (/[\r\n]$/.test(raw) ? 1 : 0);
+}
+
 /** A line the parser skipped, as a record carrying the reason, numbered where it starts. */
 function unreadable(err: { code?: string; lines?: number; message?: string } | undefined, raw: string | undefined): CsvRecord {
   const text = raw ?? '';
   const end = Number(err?.lines ?? 0);
+  const line = end - countedBreaks(text);
   if (err?.code === 'CSV_QUOTE_NOT_CLOSED') {
     // The parser read on to the end of the file looking for the closing quote.
-    const line = end - breaks(text);
+    const last = line + breaks(text.replace(/(\r\n|\n|\r)$/, ''));
     return { line, values: [], raw: { line, text }, error: `line ${line}: a quoted value opened on this line is never closed, `
-      + `so lines ${line}–${Math.max(line, end - 1)} could not be read — check the quotes on line ${line}` };
+      + `so lines ${line}–${last} could not be read — check the quotes on line ${line}` };
   }
-  const line = end - breaks(text.replace(/(\r\n|\n|\r)$/, ''));
   return { line, values: [], raw: { line, text }, error: `line ${line}: ${err?.message ?? 'unreadable line'}` };
 }
 
