@@ -374,9 +374,9 @@ describe('validation and audit of sync.entity settings', () => {
     expect(await listener.drain(db.pool)).toEqual([]);
   });
 
-  // The worker reloads its schedules on a sync_config notice naming `definition`
-  // (src/worker/worker.ts SCHEDULE_COLUMNS: fullSchedule lives there).
-  it('a change of definition (fullSchedule) is announced on sync_config, as the worker expects', async () => {
+  // Listeners of sync_config (a dashboard, a DBA's script) learn of changes to
+  // the definition too: fullSchedule and the validate rules live there.
+  it('a change of definition (fullSchedule) is announced on sync_config', async () => {
     const entity = fresh('fullschedule');
     await addEntity(db.pool, entity);
     await listener.drain(db.pool);

@@ -150,7 +150,7 @@ describe('runMany', () => {
     expect((await sync.pool.query('select id from meters order by id')).rows).toEqual([{ id: 1 }, { id: 2 }]);
     const results = await runMany(engine, ['meters', 'device_register'], { trigger: 'manual' });
     const by = Object.fromEntries(results.map((r) => [r.entity, r]));
-    expect(by.device_register).toMatchObject({ status: 'succeeded', deleted: 1 });
+    expect(by.device_register, JSON.stringify(by.device_register)).toMatchObject({ status: 'succeeded', deleted: 1 });
     expect(by.meters).toMatchObject({ status: 'succeeded', deleted: 1, deferred: 0 });
     expect((await sync.pool.query('select id from meters order by id')).rows).toEqual([{ id: 2 }]);
     const log = await sync.pool.query(`select c.action, c.key from sync.run_change c join sync.run r on r.id = c.run_id

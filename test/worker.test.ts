@@ -32,10 +32,17 @@ const ENTITIES = {
 };
 
 describe('worker', () => {
-  it('sync.request enqueues one job per entity on its own queue; repeated requests collapse', async () => {
-    await sync.pool.query(`select sync.request('parents'), sync.request('parents')`);
+  it('sync.request starts a wave: a job for the entity on its own queue, its dependents waiting; repeated requests join it', async () => {
+    const { rows: [a] } = await sync.pool.query(`select sync.request('parents') as wave`);
+    const { rows: [b] } = await sync.pool.query(`select sync.request('parents') as wave`);
+    expect(b.wave).toBe(a.wave);
     expect(await jobs()).toEqual([
-      { queue_name: 'sync:parents', key: 'sync:parents', task_identifier: 'sync_entity', locked_by: null, attempts: 0 },
+      { queue_name: 'sync:parents', key: `wave:${a.wave}:1:parents`, task_identifier: 'sync_entity', locked_by: null, attempts: 0 },
+    ]);
+    const members = await sync.pool.query('select entity, trigger, state, after from sync.wave_entity where wave_id = $1 order by entity', [a.wave]);
+    expect(members.rows).toEqual([
+      { entity: 'children', trigger: 'dependency', state: 'waiting', after: ['parents'] },
+      { entity: 'parents', trigger: 'manual', state: 'ready', after: [] },
     ]);
   });
 
@@ -43,28 +50,35 @@ describe('worker', () => {
     await expect(sync.pool.query(`select sync.request('nope')`)).rejects.toThrow(/unknown entity nope/);
   });
 
-  it('turns a fullSchedule into a full-run cron item on the same queue', async () => {
-    const withFull = await engineFor(sync, source, {
-      parents: { source: 'src', from: { table: 'parents' }, target: 'parents', key: ['id'], schedule: '*/5 * * * *',
-        cursor: { column: 'id' }, fullSchedule: '0 3 * * *' },
-    });
-    const items = await cronItems(withFull);
-    expect(items.map((i) => [i.identifier, i.options.queueName, i.payload])).toEqual([
-      ['sync:parents', 'sync:parents', { entity: 'parents', trigger: 'cron' }],
-      ['sync-full:parents', 'sync:parents', { entity: 'parents', trigger: 'cron', full: true }],
-    ]);
-    await withFull.close();
-    engine = await engineFor(sync, source, ENTITIES);
-  });
-
-  it('turns entity schedules into cron items with the entity queue', async () => {
+  it('serves one schedule tick a minute; entity schedules and fullSchedules are read from sync.entity at each tick', async () => {
     const items = await cronItems(engine);
-    expect(items.map((i) => [i.identifier, i.task, i.options.queueName, i.payload])).toEqual([
-      ['sync:parents', 'sync_entity', 'sync:parents', { entity: 'parents', trigger: 'cron' }],
+    expect(items.map((i) => [i.identifier, i.task])).toEqual([['sync_schedule', 'sync_schedule']]);
+    await sync.pool.query(`update sync.entity set definition = definition || '{"fullSchedule": "0 3 * * *"}' where name = 'parents'`);
+    const wave = async (tick: string) => {
+      const { rows } = await sync.pool.query('select sync.schedule_wave($1) as id', [tick]);
+      if (!rows[0].id) return null;
+      return (await sync.pool.query('select entity, trigger, full_refresh from sync.wave_entity where wave_id = $1 order by entity', [rows[0].id])).rows;
+    };
+    // Waves of the minutes at hand: parents is pending in the request's wave, so these ticks leave it there.
+    await sync.pool.query(`update sync.wave set finished_at = now() where finished_at is null`);
+    expect(await wave('2026-03-02T10:02:30Z')).toBeNull();
+    expect(await wave('2026-03-02T10:05:10Z')).toEqual([
+      { entity: 'children', trigger: 'dependency', full_refresh: false },
+      { entity: 'parents', trigger: 'cron', full_refresh: false },
     ]);
+    expect(await wave('2026-03-02T10:05:40Z')).toBeNull(); // one wave a tick
+    await sync.pool.query(`update sync.wave set finished_at = now() where finished_at is null`);
+    expect(await wave('2026-03-03T03:00:00Z')).toEqual([
+      { entity: 'children', trigger: 'dependency', full_refresh: false },
+      { entity: 'parents', trigger: 'cron', full_refresh: true },
+    ]);
+    await sync.pool.query(`update sync.entity set definition = definition - 'fullSchedule' where name = 'parents'`);
+    await sync.pool.query(`update sync.wave set finished_at = now() where finished_at is null;
+      select graphile_worker.remove_job(key) from graphile_worker.jobs where key like 'wave:%'`);
   });
 
-  it('runs a requested sync, then its dependents, and records the job id', async () => {
+  it('runs a requested sync, then its dependents, and records the job id and the wave', async () => {
+    const { rows: [req] } = await sync.pool.query(`select sync.request('parents') as wave`);
     const handle = await startWorker(engine, { concurrency: 2 });
     try {
       const runs = await until('parents and children synced', async () => {
@@ -77,6 +91,11 @@ describe('worker', () => {
         { entity: 'children', trigger: 'dependency', status: 'succeeded', from_job: true },
       ]);
       expect((await sync.pool.query('select count(*)::int as n from children')).rows[0].n).toBe(200);
+      const wave = await until('the wave closed', async () => (await sync.pool.query(
+        'select finished_at is not null as done from sync.wave where id = $1', [req.wave])).rows[0].done);
+      expect(wave).toBe(true);
+      const waveRuns = await sync.pool.query(`select entity from sync.run where wave_id = $1 order by id`, [req.wave]);
+      expect(waveRuns.rows.map((r) => r.entity)).toEqual(['parents', 'children']);
     } finally {
       await handle.stop();
     }

@@ -1,5 +1,5 @@
 --! Previous: sha1:ae8429953606d47476370bcdabe1fad1e1a1ee38
---! Hash: sha1:56335fb0251237f49592e9837c2f5b609d477983
+--! Hash: sha1:fb23d5185be9b0214c9f30588915423946640640
 --! Message: snapshot doubts, delete guard, raw errors and absent fields
 
 /*
@@ -543,7 +543,9 @@ declare
   v_kept bigint := 0;
   v_notes text[] := '{}';
 begin
-  select * into v_run from sync.run where id = p_run_id for update;
+  -- No row lock: the entity lock below serializes merges, and the run's live
+  -- progress (sync.report_progress) must still be written while it merges.
+  select * into v_run from sync.run where id = p_run_id;
   if not found then
     raise exception 'sync.merge: no run %', p_run_id;
   end if;

@@ -161,20 +161,22 @@ export async function sync(entities: string[], opts: SyncOptions): Promise<numbe
     }
     const expected = new Map(rows.map((r) => [r.name, r.fetched]));
     const reporter = makeReporter();
-    const started = new Map<string, number>();
+    const started = new Set<string>();
     let results;
     try {
       results = await runMany(s.engine, names, {
         trigger: 'manual', dryRun: opts.dryRun, full: opts.full, confirmDeletes: opts.confirmDeletes,
         onProgress: (p) => {
           if (!started.has(p.entity)) {
-            started.set(p.entity, Date.now());
+            started.add(p.entity);
             reporter.start(p.entity, expected.get(p.entity) ?? null);
           }
           reporter.progress(p);
         },
       });
-      for (const r of results) reporter.finish(r, Date.now() - (started.get(r.entity) ?? Date.now()));
+      // Each run's own seconds, from sync.run: not the time to the end of the command.
+      results = await withRunSeconds(s.pool, results);
+      for (const r of results) reporter.finish(r);
     } finally {
       reporter.close();
     }

@@ -39,11 +39,13 @@ export async function worker(opts: WorkerOptions): Promise<number> {
       crontabFile: opts.crontab ?? path.join(PROJECT_ROOT, 'crontab'), concurrency: opts.concurrency,
     });
     api = await serveBesideWorker(s, handle);
-    // Work from the first minute: entities never synced start now. Only the
-    // roots are queued; their dependents follow when they succeed.
-    await s.pool.query(`select sync.request(name) from sync.entity e
+    // Work from the first minute: entities never synced start now, as one
+    // wave of the roots and everything depending on them.
+    await s.pool.query(`select sync.start_wave(array_agg(name order by name), 'manual', 'worker', '{}', true)
+                          from sync.entity e
                          where enabled and direction = 'pull' and depends_on = '{}'
-                           and not exists (select 1 from sync.run r where r.entity = e.name)`);
+                           and not exists (select 1 from sync.run r where r.entity = e.name)
+                        having count(*) > 0`);
     log.info({ database: describeUrl(s.db.url) }, 'worker running; Ctrl-C stops it gracefully');
     const signal = await new Promise<NodeJS.Signals>((resolve) => {
       let stopping = false;

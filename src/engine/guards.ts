@@ -58,7 +58,7 @@ export async function waitForDependencies(client: PoolClient, dependsOn: string[
   }
 }
 
-/** The first dependency whose last run failed, was cancelled or skipped, as a reason; null if none. */
+/** The first dependency whose last run failed, was cancelled, skipped or abandoned, as a reason; null if none. */
 export async function blockingDependency(pool: Pool, dependsOn: string[]): Promise<string | null> {
   if (!dependsOn.length) return null;
   const { rows } = await pool.query(
@@ -66,7 +66,7 @@ export async function blockingDependency(pool: Pool, dependsOn: string[]): Promi
        from unnest($1::text[]) d(name)
        join lateral (select id, status from sync.run where entity = d.name and not dry_run and status <> 'running'
                       order by started_at desc, id desc limit 1) r on true
-      where r.status in ('failed', 'cancelled', 'skipped')
+      where r.status in ('failed', 'cancelled', 'skipped', 'abandoned')
       order by d.name limit 1`, [dependsOn]);
   return rows.length ? `dependency "${rows[0].name}" ${rows[0].status} (run ${rows[0].id})` : null;
 }

@@ -24,6 +24,10 @@ export interface RunOptions {
   onStart?: (runId: number) => void;
   /** A backfill chunk: the half-open cursor range to read (no deletes; the cursor only moves forward). */
   window?: { from: string; to: string };
+  /** The wave (sync.wave) this run belongs to. */
+  waveId?: number;
+  /** The worker (sync.worker.id) running it. */
+  workerId?: string;
   /** Confirms the deletes the entity's latest run held (sync.confirm_deletes) before running. */
   confirmDeletes?: boolean;
   /** Only these records, by the key columns' values as text: a re-sync of gaps or quarantined records. */
@@ -63,6 +67,8 @@ export interface RunResult {
   held?: number;
   /** Why deletes were held or skipped (a doubtful snapshot), and how to confirm. */
   note?: string | null;
+  /** The run was another process's, joined rather than started again. */
+  joined?: boolean;
   cursor?: string | null;
   sample?: { action: string; key: Record<string, unknown>; changed: string[] | null }[];
   error?: string;
@@ -174,6 +180,9 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
         [name, opts.trigger, Boolean(opts.dryRun), full, columns, opts.jobId ?? null]);
       runId = started.rows[0].id as number;
       opts.onStart?.(runId);
+      if (opts.waveId !== undefined || opts.workerId !== undefined) {
+        await target.query('update sync.run set wave_id = $2, worker_id = $3 where id = $1', [runId, opts.waveId ?? null, opts.workerId ?? null]);
+      }
       if (opts.window) {
         await target.query(`update sync.run set detail = detail || jsonb_build_object('window', $2::jsonb) where id = $1`,
           [runId, JSON.stringify(opts.window)]);

@@ -51,7 +51,8 @@ export function summary(r: RunResult, ms?: number): string {
   if (last.deferred) parts.push(`${n(last.deferred)} deletes deferred`);
   if (last.held) parts.push(`${n(last.held)} deletes held`);
   const secs = seconds(r, ms);
-  const line = `${head}: ${parts.join(', ')} — ${label ?? 'no run recorded'}${secs === undefined ? '' : `, ${secs.toFixed(1)} s`}`;
+  const joined = r.joined ? ' (another process ran it; joined)' : '';
+  const line = `${head}: ${parts.join(', ')} — ${label ?? 'no run recorded'}${joined}${secs === undefined ? '' : `, ${secs.toFixed(1)} s`}`;
   // Why nothing (or not everything) was deleted, and how to confirm.
   const note = last.note ?? r.note;
   return note ? `${line}\n    ${note}` : line;
