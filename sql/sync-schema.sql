@@ -475,18 +475,20 @@ begin
     p_run_id, p_ent.name, v_key);
 
   -- A source that guarantees unique keys (a table with a unique index on
-  -- them; the runner checks) needs no search for repeats. Otherwise group on
+  -- them; the runner checks) needs no search for repeats. Copies already
+  -- quarantined (a value their type rejects) count as copies too. Otherwise group on
   -- the key columns themselves: a jsonb of them costs twice as much.
   if not coalesce((select (r.detail ->> 'source_unique_key')::boolean from sync.run r where r.id = p_run_id), false) then
   execute format($q$
     with dup as (
-      select %3$s, count(*) as _sl_n from %1$s s where not s._sl_quarantined group by %3$s having count(*) > 1),
+      select %3$s, count(*) as _sl_n from %1$s s where %7$s group by %3$s having count(*) > 1),
     bad as (
-      update %1$s s set _sl_quarantined = true from dup d where %2$s returning s.*, d._sl_n)
+      update %1$s s set _sl_quarantined = true from dup d where %2$s and not s._sl_quarantined returning s.*, d._sl_n)
     insert into sync.run_error (run_id, entity, key, category, message, payload)
     select %4$s, %5$L, %6$s, 'integrity', format('the source has %%s records with this key; none of them was merged', s._sl_n),
            to_jsonb(s.*) - '_sl_quarantined' - '_sl_n' from bad s$q$,
-    p_s, sync._join(p_ent.key_columns, 's', 'd'), v_keys, p_run_id, p_ent.name, v_key);
+    p_s, sync._join(p_ent.key_columns, 's', 'd'), v_keys, p_run_id, p_ent.name, v_key,
+    (select string_agg(format('s.%I is not null', k), ' and ') from unnest(p_ent.key_columns) k));
   end if;
 
   if p_ent.tenant_column is not null and p_ent.tenant_column = any (p_cols) then
@@ -579,7 +581,6 @@ begin
   end loop;
 end
 $$;
-comment on function sync._quarantine(bigint, sync.entity, regclass, regclass, text[]) is 'First step of sync.merge: flags staged records that cannot be merged (null or repeated key, another tenant, an empty required column, a broken check, a missing parent) and records each in sync.run_error with its reason.';
 
 
 create or replace function sync.can_load_direct(p_entity text) returns boolean

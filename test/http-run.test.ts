@@ -30,8 +30,8 @@ beforeAll(async () => {
         params: { since: '{{from}}', before: '{{to}}' } } }, target: 'products_upd', key: ['id'], cursor: { column: 'updated_at' } },
       products_pages: { source: 'shop', from: { http: { path: 'pages', recordsPath: 'data.items', pagination: { style: 'page' } } },
         target: 'products', key: ['id'] },
-      products_pages_total: { source: 'shop', from: { http: { path: 'pages', recordsPath: 'data.items', pagination: { style: 'page' },
-        totalPath: 'meta.total' } }, target: 'products', key: ['id'] },
+      products_pages_lookup: { source: 'shop', from: { http: { path: 'pages', recordsPath: 'data.items', pagination: { style: 'page' },
+        totalPath: 'meta.total', lookup: { param: 'ids' } } }, target: 'products', key: ['id'] },
     },
   }, {});
   await applyConfig(sync.pool, cfg);
@@ -79,10 +79,11 @@ describe('an http source', () => {
     vendor.records.splice(4, 1);
     const held = await engine.run('products_pages', { trigger: 'manual' });
     expect(held).toMatchObject({ status: 'partial', deleted: 0, held: 1 });
-    expect(held.note).toMatch(/paged by page.*keyset pagination, or set from.http.totalPath or from.http.lookup/);
-    // With the API's total the crawl proves itself complete.
-    const r = await engine.run('products_pages_total', { trigger: 'manual' });
+    expect(held.note).toMatch(/paged by page.*keyset pagination, or set from.http.lookup/);
+    // Asked for exactly the row it would delete, the API confirms it is gone.
+    const r = await engine.run('products_pages_lookup', { trigger: 'manual' });
     expect(r).toMatchObject({ status: 'succeeded', deleted: 1 });
+    expect(vendor.hits.filter((h) => h.query.has('ids')).map((h) => h.query.get('ids'))).toEqual(['5']);
     expect((await products()).map((p) => p.id)).toEqual(vendor.records.map((v) => v.id));
   });
 

@@ -1,5 +1,5 @@
 --! Previous: sha1:ae8429953606d47476370bcdabe1fad1e1a1ee38
---! Hash: sha1:fb23d5185be9b0214c9f30588915423946640640
+--! Hash: sha1:e7055cd9fa6e68813aec2765387f7d22170fb204
 --! Message: snapshot doubts, delete guard, raw errors and absent fields
 
 /*
@@ -350,6 +350,139 @@ begin
 end
 $$;
 comment on function sync._keep_absent(sync.entity, regclass) is 'A field a record lacked is not a null: its staged value becomes the target row''s current one, so the merge leaves it alone.';
+
+-- Every copy of a repeated key counts, even one already quarantined for a bad value.
+create or replace function sync._quarantine(p_run_id bigint, p_ent sync.entity, p_s regclass, p_rel regclass, p_cols text[])
+  returns void
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_key text := sync._key_array(p_ent.key_columns, 's');
+  v_keys text := (select string_agg(format('s.%I', k), ', ') from unnest(p_ent.key_columns) k);
+  v_fk record;
+  v_parent_on text;
+  -- Records the source marks deleted are never written: the target's rules do not apply to them.
+  v_live text := case when p_ent.tombstone_column = any (p_cols) and p_ent.mode <> 'soft-delete'
+                      then format('s.%I is null', p_ent.tombstone_column) else 'true' end;
+begin
+  -- Flagged rows stay in staging, so a mirror run does not delete the
+  -- target rows they would have replaced.
+  execute format($q$
+    with bad as (
+      update %1$s s set _sl_quarantined = true where %2$s returning s.*)
+    insert into sync.run_error (run_id, entity, key, category, message, payload)
+    select %3$s, %4$L, %5$s, 'validation', 'a key column is null', to_jsonb(s.*) - '_sl_quarantined' from bad s$q$,
+    p_s, (select string_agg(format('s.%I is null', k), ' or ') from unnest(p_ent.key_columns) k),
+    p_run_id, p_ent.name, v_key);
+
+  -- A source that guarantees unique keys (a table with a unique index on
+  -- them; the runner checks) needs no search for repeats. Copies already
+  -- quarantined (a value their type rejects) count as copies too. Otherwise group on
+  -- the key columns themselves: a jsonb of them costs twice as much.
+  if not coalesce((select (r.detail ->> 'source_unique_key')::boolean from sync.run r where r.id = p_run_id), false) then
+  execute format($q$
+    with dup as (
+      select %3$s, count(*) as _sl_n from %1$s s where %7$s group by %3$s having count(*) > 1),
+    bad as (
+      update %1$s s set _sl_quarantined = true from dup d where %2$s and not s._sl_quarantined returning s.*, d._sl_n)
+    insert into sync.run_error (run_id, entity, key, category, message, payload)
+    select %4$s, %5$L, %6$s, 'integrity', format('the source has %%s records with this key; none of them was merged', s._sl_n),
+           to_jsonb(s.*) - '_sl_quarantined' - '_sl_n' from bad s$q$,
+    p_s, sync._join(p_ent.key_columns, 's', 'd'), v_keys, p_run_id, p_ent.name, v_key,
+    (select string_agg(format('s.%I is not null', k), ' and ') from unnest(p_ent.key_columns) k));
+  end if;
+
+  if p_ent.tenant_column is not null and p_ent.tenant_column = any (p_cols) then
+    execute format($q$
+      with bad as (
+        update %1$s s set _sl_quarantined = true
+         where not s._sl_quarantined and s.%2$I is distinct from %3$L returning s.*)
+      insert into sync.run_error (run_id, entity, key, category, message, payload)
+      select %4$s, %5$L, %6$s, 'integrity',
+             format('the record belongs to tenant %%s but the entity is scoped to tenant %%s', s.%2$I, %3$L),
+             to_jsonb(s.*) - '_sl_quarantined' from bad s$q$,
+      p_s, p_ent.tenant_column, p_ent.tenant_value, p_run_id, p_ent.name, v_key);
+    if p_ent.tenant_column <> all (p_ent.key_columns) then
+      -- The key alone identifies a row: another tenant may hold it already.
+      execute format($q$
+        with bad as (
+          update %1$s s set _sl_quarantined = true
+            from %2$s t where not s._sl_quarantined and %3$s and t.%4$I is distinct from %5$L returning s.*, t.%4$I as _sl_owner)
+        insert into sync.run_error (run_id, entity, key, category, message, payload)
+        select %6$s, %7$L, %8$s, 'integrity',
+               format('the key already belongs to tenant %%s in the target; the entity is scoped to tenant %%s', s._sl_owner, %5$L),
+               to_jsonb(s.*) - '_sl_quarantined' - '_sl_owner' from bad s$q$,
+        p_s, p_rel, sync._join(p_ent.key_columns, 't', 's'), p_ent.tenant_column, p_ent.tenant_value,
+        p_run_id, p_ent.name, v_key);
+    end if;
+  end if;
+
+  -- The target's own rules on synced columns: a required (NOT NULL) column
+  -- left empty, a CHECK constraint broken. Either would fail the whole merge.
+  for v_fk in
+    select c.name as col from unnest(p_cols) c(name)
+      join pg_attribute a on a.attrelid = p_rel and a.attname = c.name
+     where a.attnotnull and c.name <> all (p_ent.key_columns)
+  loop
+    execute format($q$
+      with bad as (update %1$s s set _sl_quarantined = true where not s._sl_quarantined and %7$s and s.%2$I is null returning s.*)
+      insert into sync.run_error (run_id, entity, key, category, message, payload)
+      select %3$s, %4$L, %5$s, 'validation', %6$L, to_jsonb(s.*) - '_sl_quarantined' from bad s$q$,
+      p_s, v_fk.col, p_run_id, p_ent.name, v_key, format('%s is required but empty', v_fk.col), v_live);
+  end loop;
+  for v_fk in
+    select c.conname, pg_get_expr(c.conbin, c.conrelid) as expr
+      from pg_constraint c
+     where c.conrelid = p_rel and c.contype = 'c'
+       and (select array_agg(a.attname::text) from pg_attribute a where a.attrelid = p_rel and a.attnum = any (c.conkey)) <@ p_cols
+  loop
+    execute format($q$
+      with bad as (update %1$s s set _sl_quarantined = true where not s._sl_quarantined and %7$s and (%2$s) is false returning s.*)
+      insert into sync.run_error (run_id, entity, key, category, message, payload)
+      select %3$s, %4$L, %5$s, 'validation', %6$L, to_jsonb(s.*) - '_sl_quarantined' from bad s$q$,
+      p_s, v_fk.expr, p_run_id, p_ent.name, v_key, format('breaks the check %s: %s', v_fk.conname, v_fk.expr), v_live);
+  end loop;
+
+  -- A record whose parent row (a foreign key of the target, on synced
+  -- columns) is missing would fail the whole merge. A table referencing
+  -- itself may find the parent among the staged rows. A dry run of several
+  -- entities previews a child against parents that the same preview would
+  -- insert: those parent tables are taken on trust.
+  for v_fk in
+    select c.confrelid::regclass as parent, c.confrelid = p_rel as self,
+           array_agg(ca.attname::text order by k.ord) as cols, array_agg(pa.attname::text order by k.ord) as pcols
+      from pg_constraint c
+      cross join lateral unnest(c.conkey, c.confkey) with ordinality as k(ck, pk, ord)
+      join pg_attribute ca on ca.attrelid = c.conrelid and ca.attnum = k.ck
+      join pg_attribute pa on pa.attrelid = c.confrelid and pa.attnum = k.pk
+     where c.contype = 'f' and c.conrelid = p_rel
+     group by c.oid, c.confrelid
+  loop
+    continue when not (v_fk.cols <@ p_cols);
+    continue when (select r.dry_run and coalesce(r.detail -> 'unchecked_parents' @> to_jsonb(v_fk.parent::oid), false)
+                     from sync.run r where r.id = p_run_id);
+    v_parent_on := (select string_agg(format('p.%I = s.%I', pc, c), ' and ') from unnest(v_fk.pcols, v_fk.cols) x(pc, c));
+    execute format($q$
+      with bad as (
+        update %1$s s set _sl_quarantined = true
+         where not s._sl_quarantined and %2$s
+           and not exists (select 1 from %3$s p where %4$s) %5$s and %11$s
+        returning s.*)
+      insert into sync.run_error (run_id, entity, key, category, message, payload)
+      select %6$s, %7$L, %8$s, 'integrity', format('references a row of %%s that does not exist: %%s', %9$L, %10$s),
+             to_jsonb(s.*) - '_sl_quarantined' from bad s$q$,
+      p_s,
+      (select string_agg(format('s.%I is not null', c), ' and ') from unnest(v_fk.cols) c),
+      v_fk.parent, v_parent_on,
+      case when v_fk.self then format('and not exists (select 1 from %s p where not p._sl_quarantined and %s)', p_s, v_parent_on)
+           else '' end,
+      p_run_id, p_ent.name, v_key, v_fk.parent::text,
+      (select format('jsonb_build_object(%s)', string_agg(format('%L, s.%I', c, c), ', ')) from unnest(v_fk.cols) c),
+      v_live);
+  end loop;
+end
+$$;
 
 -- Rule text is data: every message is concat() of literals and the value,
 -- never a format() template (a regex holding % broke the run).

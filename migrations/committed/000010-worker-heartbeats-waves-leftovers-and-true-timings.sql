@@ -1,5 +1,5 @@
---! Previous: sha1:fb23d5185be9b0214c9f30588915423946640640
---! Hash: sha1:43894963db88db6f985e97fe0e26df5c7a4c7409
+--! Previous: sha1:e7055cd9fa6e68813aec2765387f7d22170fb204
+--! Hash: sha1:c49c8d88e3bf7ea7c3f093c7fb6d8659ffbaa68b
 --! Message: worker heartbeats, waves, leftovers and true timings
 
 /*

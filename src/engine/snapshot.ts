@@ -113,8 +113,10 @@ export async function checkDrift(target: PoolClient, runId: number, entity: stri
  * An offset or page-number crawl cannot prove its deletes: a row deleted
  * while it ran shifts later rows back a page, and one of them looks
  * deleted. Ask the API for exactly the missing keys (lookup) and stage what
- * it still has; rely on the totals the crawl checked (totalPath); or else
- * hold the deletes for confirmation.
+ * it still has, or else hold the deletes for confirmation. The API's total
+ * (totalPath) finds a crawl the listing moved under, but cannot prove a
+ * delete: a row removed before the crawl's position and another added
+ * after it leave the total as it was, and a live row was skipped.
  */
 export async function proveOffsetDeletes(a: {
   engine: Engine; target: PoolClient; name: string; runId: number; def: EntityConfig; http: HttpEntityOptions;
@@ -124,9 +126,8 @@ export async function proveOffsetDeletes(a: {
   const style = http.pagination.style;
   if (style !== 'offset' && style !== 'page') return;
   if (http.lookup) return lookupMissing(a, http.lookup);
-  if (http.totalPath) return;
   await requireConfirmation(target, runId, `the crawl paged by ${style}, so a row deleted while it ran would make another look deleted; `
-    + 'use keyset pagination, or set from.http.totalPath or from.http.lookup so Syncline can check its deletes');
+    + 'use keyset pagination, or set from.http.lookup so Syncline can ask the API for the rows it would delete');
 }
 
 async function lookupMissing(a: Parameters<typeof proveOffsetDeletes>[0], lookup: NonNullable<HttpEntityOptions['lookup']>): Promise<void> {

@@ -21,13 +21,19 @@ import type { AddressInfo, Socket } from 'node:net';
  *
  * Faults queued with `inject` are served one a request, before the answer
  * ('ok' serves that request normally).
- * The server closes itself after `lifetimeMs` whatever the test does.
+ * The server closes itself after `lifetimeMs` whatever the test does (by
+ * default long after any test's timeout: a safety net, never a deadline).
+ * Tests wait for requests with `hit()`, never for time.
  */
 export type Fault = 'ok' | '500' | '503' | '408' | 'reset' | 'timeout' | 'truncated' | 'cut' | '429';
 
 export interface Rec { id: number; name: string; version: number; tags?: string[] }
 
-export interface Hit { path: string; query: URLSearchParams; headers: http.IncomingHttpHeaders; at: number }
+/** A request as it arrived: `at` on performance.now()'s clock, `wall` on Date.now()'s (the one PostgreSQL's clock_timestamp() reads). */
+export interface Hit { path: string; query: URLSearchParams; headers: http.IncomingHttpHeaders; at: number; wall: number }
+
+// Far beyond any test's timeout: the server outlives every test that forgets to close it only by this much.
+const DEFAULT_LIFETIME_MS = 10 * 60_000;
 
 export const PAGE_SIZE = 3;
 
@@ -42,6 +48,7 @@ export class Vendor {
   private server = http.createServer((req, res) => this.handle(req, res));
   private sockets = new Set<Socket>();
   private closed = false;
+  private waiters: { match: (h: Hit) => boolean; resolve: (h: Hit) => void }[] = [];
   /** Called before each /version answer: the place to change records mid-crawl. */
   beforeVersionPage?: () => void;
   /** Called before every answer, with the request: the place to change records mid-crawl on any endpoint. */
@@ -85,7 +92,18 @@ export class Vendor {
     this.faults.push(...faults);
   }
 
-  async start(lifetimeMs = 55_000): Promise<string> {
+  /**
+   * The first request (already arrived or still to come) that `match`
+   * accepts: the n-th with `vendor.hit((_, i) => i === n - 1)`. An event to
+   * wait for instead of a sleep; the test's own timeout bounds the wait.
+   */
+  hit(match: (h: Hit, index: number) => boolean = () => true): Promise<Hit> {
+    const seen = this.hits.find((h, i) => match(h, i));
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve) => this.waiters.push({ match: (h) => match(h, this.hits.indexOf(h)), resolve }));
+  }
+
+  async start(lifetimeMs = DEFAULT_LIFETIME_MS): Promise<string> {
     this.server.on('connection', (s) => {
       this.sockets.add(s);
       s.on('close', () => this.sockets.delete(s));
@@ -105,7 +123,11 @@ export class Vendor {
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
     const url = new URL(req.url ?? '/', this.url);
-    this.hits.push({ path: url.pathname, query: url.searchParams, headers: req.headers, at: performance.now() });
+    const hit: Hit = { path: url.pathname, query: url.searchParams, headers: req.headers, at: performance.now(), wall: Date.now() };
+    this.hits.push(hit);
+    const ready = this.waiters.filter((w) => w.match(hit));
+    this.waiters = this.waiters.filter((w) => !ready.includes(w));
+    for (const w of ready) w.resolve(hit);
     if (this.override?.(req, res, url)) return;
     const fault = this.faults.shift();
     if (fault && fault !== 'ok' && this.fail(fault, req, res, url)) return;
