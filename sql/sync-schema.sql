@@ -3058,7 +3058,10 @@ begin
      where p_with_dependents and e.enabled and e.direction = 'pull')
   select array_agg(name order by name) into v_members from m;
   if p_executor = 'worker' then
-    -- Never twice at once: an entity still pending in an unfinished worker wave runs there.
+    -- Never twice at once: an entity still pending in an unfinished worker wave
+    -- runs there. Worker waves are planned one at a time, so two workers
+    -- starting together cannot both plan the same entities.
+    perform pg_advisory_xact_lock(hashtextextended('syncline:start_wave', 0));
     v_members := array(select x from unnest(v_members) x
                         where not exists (select 1 from sync.wave_entity we join sync.wave w on w.id = we.wave_id
                                            where w.finished_at is null and w.executor = 'worker' and we.entity = x

@@ -1,5 +1,5 @@
 --! Previous: sha1:e7055cd9fa6e68813aec2765387f7d22170fb204
---! Hash: sha1:c49c8d88e3bf7ea7c3f093c7fb6d8659ffbaa68b
+--! Hash: sha1:4a0151dcbc1c0a3e732c2a05e9acb67f1da4aaf6
 --! Message: worker heartbeats, waves, leftovers and true timings
 
 /*
@@ -504,7 +504,10 @@ begin
      where p_with_dependents and e.enabled and e.direction = 'pull')
   select array_agg(name order by name) into v_members from m;
   if p_executor = 'worker' then
-    -- Never twice at once: an entity still pending in an unfinished worker wave runs there.
+    -- Never twice at once: an entity still pending in an unfinished worker wave
+    -- runs there. Worker waves are planned one at a time, so two workers
+    -- starting together cannot both plan the same entities.
+    perform pg_advisory_xact_lock(hashtextextended('syncline:start_wave', 0));
     v_members := array(select x from unnest(v_members) x
                         where not exists (select 1 from sync.wave_entity we join sync.wave w on w.id = we.wave_id
                                            where w.finished_at is null and w.executor = 'worker' and we.entity = x

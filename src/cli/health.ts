@@ -156,7 +156,7 @@ export async function statusRows(pool: Pool): Promise<StatusRow[]> {
 }
 
 /** Whether the entity needs a person: its last run failed, or it is enabled and past its freshness window. */
-export const unhealthy = (r: Pick<StatusRow, 'state' | 'stale' | 'enabled'>) => r.state === 'failing' || (r.enabled && r.stale);
+export const unhealthy = (r: Pick<StatusRow, 'state' | 'stale' | 'enabled'>) => ['failing', 'stalled'].includes(r.state) || (r.enabled && r.stale);
 
 export async function status(opts: GlobalOptions & { json?: boolean }): Promise<number> {
   return withPool(async (pool) => {
@@ -173,7 +173,7 @@ export async function status(opts: GlobalOptions & { json?: boolean }): Promise<
         'ok 24h/7d': r.runs_7d ? `${pct(r.success_rate_24h)}/${pct(r.success_rate_7d)}` : '–',
         gaps: String(r.open_gaps),
         alerts: String(r.open_alerts),
-        'last error': r.state === 'failing' || r.state === 'skipped' ? (r.last_error ?? '') : '',
+        'last error': ['failing', 'skipped', 'stalled'].includes(r.state) ? (r.last_error ?? '') : '',
       })), { text: 'last error', label: (r) => r.entity, shrink: ['entity'] });
     }
     return rows.some(unhealthy) ? EXIT.failed : EXIT.ok;

@@ -164,7 +164,7 @@ function overallRate(rows, rate, runs) {
 function renderCards(alerts) {
   const rows = state.entities;
   const count = (st) => rows.filter((r) => shownState(r) === st).length;
-  const failing = count('failing');
+  const failing = count('failing') + count('stalled');
   const stale = rows.filter((r) => r.stale && r.enabled).length;
   const critical = alerts.filter((a) => a.severity === 'critical').length;
   const gaps = rows.reduce((a, r) => a + r.open_gaps, 0);
@@ -175,7 +175,7 @@ function renderCards(alerts) {
   const tone = (v) => (v === null ? '' : v >= 99 ? 'good' : v >= 90 ? 'warn' : 'bad');
   $('#cards').replaceChildren(
     card('Healthy entities', `${fmt(count('ok') + count('running'))} / ${fmt(rows.length)}`,
-      [failing ? `${failing} failing` : '', count('cancelled') ? `${count('cancelled')} cancelled` : '', `${count('running')} running`]
+      [count('failing') ? `${count('failing')} failing` : '', count('stalled') ? `${count('stalled')} stalled` : '', count('cancelled') ? `${count('cancelled')} cancelled` : '', `${count('running')} running`]
         .filter(Boolean).join(' · '), failing ? 'bad' : 'good'),
     card('Success 24 h', pct(r24), `${fmt(rows.reduce((a, r) => a + r.runs_24h, 0))} runs`, tone(r24)),
     card('Success 7 d', pct(r7), `${fmt(rows.reduce((a, r) => a + r.runs_7d, 0))} runs`, tone(r7)),

@@ -37,7 +37,7 @@ export function render(families: Family[]): string {
   return `${out.join('\n')}\n`;
 }
 
-const STATES = ['ok', 'failing', 'running', 'never run', 'skipped', 'disabled'];
+const STATES = ['ok', 'failing', 'stalled', 'running', 'cancelled', 'never run', 'skipped', 'disabled'];
 
 interface EntityRow {
   entity: string;
