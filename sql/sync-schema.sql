@@ -2938,6 +2938,8 @@ begin
       format('%s stalled: the process running it died; its run was closed as abandoned and it runs again on a live worker (sync.worker has the workers and their last beats)', v_run.e),
       jsonb_build_object('dead_workers', to_jsonb(coalesce(v_dead, '{}'))));
   end loop;
+  -- Workers gone for a day leave no trace but their runs' worker_id.
+  delete from sync.worker where coalesce(stopped_at, dead_at) < now() - interval '1 day';
   return jsonb_build_object('dead_workers', coalesce(cardinality(v_dead), 0), 'runs_closed', v_closed);
 end
 $$;
@@ -3227,10 +3229,12 @@ begin
   end loop;
   -- A local wave whose process died (the CLI killed) never finishes: close it after a day.
   update sync.wave set finished_at = clock_timestamp() where finished_at is null and started_at < now() - interval '1 day';
+  -- Waves are kept as long as the run log.
+  delete from sync.wave where finished_at < now() - sync.setting_interval('retention');
   return v_n;
 end
 $$;
-comment on function sync.wave_repair() is 'Queues again the job of a worker wave''s ready entity that lost it, and closes waves left unfinished for a day (their process died). sync.tick calls it.';
+comment on function sync.wave_repair() is 'Queues again the job of a worker wave''s ready entity that lost it, closes waves left unfinished for a day (their process died) and deletes waves older than the retention setting. sync.tick calls it.';
 
 create or replace function sync.schedule_wave(p_tick timestamptz) returns bigint
   language plpgsql volatile
