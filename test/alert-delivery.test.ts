@@ -171,11 +171,12 @@ async function raise(a: { kind: string; entity: string | null; severity?: string
  */
 async function work(): Promise<void> {
   await runOnce({ pgPool: db.pool, taskList: { sync_alert: syncAlert(ctx) }, logger: workerLogger() });
-  const deadline = Date.now() + 10_000;
+  // Far beyond how long writing the outcomes takes on a loaded machine.
+  const deadline = Date.now() + 60_000;
   for (;;) {
     const { rows } = await db.pool.query<{ n: number }>(`select count(*)::int as n from graphile_worker.jobs where locked_at is not null`);
     if (rows[0].n === 0) return;
-    if (Date.now() > deadline) throw new Error('sync_alert jobs still locked 10 s after the worker ran them');
+    if (Date.now() > deadline) throw new Error('sync_alert jobs still locked 60 s after the worker ran them');
     await new Promise((r) => setTimeout(r, 20));
   }
 }

@@ -1,6 +1,7 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { testDatabases, type TestDatabase } from './helpers/db.js';
 import { engineFor } from './helpers/engine.js';
+import { until } from './helpers/until.js';
 import type { Engine } from '../src/engine/run.js';
 
 let sync: TestDatabase;
@@ -71,11 +72,8 @@ describe('the initial load of an empty target', () => {
 
   it('a cancelled direct load leaves the target empty', async () => {
     const run = engine.run('slow', { trigger: 'manual' });
-    let runId: number | undefined;
-    for (let i = 0; i < 50 && !runId; i++) {
-      await new Promise((r) => setTimeout(r, 100));
-      runId = (await sync.pool.query(`select id from sync.run where entity = 'slow' and status = 'running'`)).rows[0]?.id;
-    }
+    const runId = await until('the run to start', async () =>
+      (await sync.pool.query(`select id from sync.run where entity = 'slow' and status = 'running'`)).rows[0]?.id as number | undefined);
     await sync.pool.query('select sync.cancel($1)', [runId]);
     expect((await run).status).toBe('cancelled');
     expect(await count('slow_target')).toBe(0);

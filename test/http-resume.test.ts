@@ -9,6 +9,7 @@ import { applyConfig } from '../src/config/apply.js';
 import { Engine } from '../src/engine/run.js';
 import fc from 'fast-check';
 import { Vendor } from './http/vendor.js';
+import { waitGone } from './helpers/gen.js';
 
 let sync: TestDatabase;
 let configFile: string;
@@ -42,13 +43,22 @@ beforeAll(async () => {
 let answerPages: number | null = null;
 afterAll(() => vendor.close());
 
-/** `sync products` in a child process, SIGKILLed once the run has saved `pages` pages. */
-function syncKilledAfterPages(pages: number): Promise<void> {
+let children = 0;
+
+/**
+ * `sync products` in a child process, SIGKILLed once the run has saved
+ * `pages` pages. Resolves once the child's sessions are gone too: the server
+ * drops a dead client's session, and with it the entity lock, only when it
+ * notices the socket closed. (The child names its sessions, PGAPPNAME, so
+ * that nothing else on the server is waited for.)
+ */
+async function syncKilledAfterPages(pages: number): Promise<void> {
   // One more than saved: the fetch-ahead request for page n+1 goes out while page n is written.
   answerPages = pages + 1;
-  return new Promise((resolve) => {
+  const app = `syncline-test resume ${process.pid} ${++children}`;
+  await new Promise<void>((resolve) => {
     const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'sync', 'products'], {
-      env: { ...process.env, DATABASE_URL: sync.url, SYNCLINE_CONFIG: configFile, SYNCLINE_LOG_LEVEL: 'silent' },
+      env: { ...process.env, DATABASE_URL: sync.url, SYNCLINE_CONFIG: configFile, SYNCLINE_LOG_LEVEL: 'silent', PGAPPNAME: app },
       stdio: 'ignore',
     });
     let exited = false;
@@ -62,6 +72,7 @@ function syncKilledAfterPages(pages: number): Promise<void> {
     };
     void watch();
   });
+  await waitGone(sync.pool, app);
 }
 
 describe('an http crawl killed with SIGKILL', () => {
@@ -76,12 +87,6 @@ describe('an http crawl killed with SIGKILL', () => {
         const killed = (await sync.pool.query(`select id, detail from sync.run order by id desc limit 1`)).rows[0];
         // Killed mid-crawl: nothing merged yet.
         expect((await sync.pool.query('select count(*)::int as n from products')).rows[0].n).toBe(0);
-        // The killed client's server session lets go of the entity lock when it notices the client is gone.
-        for (let i = 0; i < 600; i++) {
-          const { rows } = await sync.pool.query(`select count(*)::int as n from pg_locks where locktype = 'advisory'`);
-          if (rows[0].n === 0) break;
-          await new Promise((res) => setTimeout(res, 50));
-        }
         vendor.reset();
         const r = await engine.run('products', { trigger: 'manual' });
         expect(r).toMatchObject({ status: 'succeeded', fetched: 600, inserted: 600 });

@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { testDatabase, type TestDatabase } from '../../test/helpers/db.js';
+import { waitGone } from '../../test/helpers/gen.js';
 import { parseConfig } from '../../src/config/load.js';
 import { applyConfig } from '../../src/config/apply.js';
 import type { Config, HttpSourceConfig } from '../../src/config/schema.js';
@@ -458,12 +459,19 @@ describe('a historical import killed mid-way', () => {
   });
   afterAll(() => server.close());
 
-  /** `sync sales` in a child process, SIGKILLed once the run has saved `pages` pages. */
-  function syncKilledAfterPages(pages: number): Promise<void> {
-    return new Promise((resolve) => {
+  /**
+   * `sync sales` in a child process, SIGKILLed once the run has saved `pages`
+   * pages; the store answers one page more (the one fetched ahead) and then
+   * hangs, so the crawl is surely mid-way. Resolves once the child's sessions
+   * are gone too (they hold the entity lock until the server notices).
+   */
+  async function syncKilledAfterPages(pages: number): Promise<void> {
+    const app = `syncline-test lightspeed ${process.pid}`;
+    server.hold = { collection: 'sales', pages: pages + 1 };
+    await new Promise<void>((resolve) => {
       const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'sync', 'sales'], {
         cwd: path.resolve(here, '../..'),
-        env: { ...process.env, ...envFor(server), DATABASE_URL: db.url, SYNCLINE_CONFIG: configFile, SYNCLINE_LOG_LEVEL: 'silent' },
+        env: { ...process.env, ...envFor(server), DATABASE_URL: db.url, SYNCLINE_CONFIG: configFile, SYNCLINE_LOG_LEVEL: 'silent', PGAPPNAME: app },
         stdio: 'ignore',
       });
       let exited = false;
@@ -477,12 +485,12 @@ describe('a historical import killed mid-way', () => {
       };
       void watch();
     });
+    server.hold = undefined;
+    await waitGone(db.pool, app);
   }
 
   it('continues from its last saved page: no page fetched twice, every sale once', async () => {
-    server.pageDelayMs = 40;
     await syncKilledAfterPages(4);
-    server.pageDelayMs = 0;
     const killed = (await db.pool.query(`select id, detail from sync.run where entity = 'sales' order by id desc limit 1`)).rows[0];
     expect(killed.detail.pages).toBeGreaterThanOrEqual(4);
     expect(killed.detail.pages).toBeLessThan(12);

@@ -74,6 +74,13 @@ export class LightspeedServer {
   limited = 0;
   /** Milliseconds to wait before answering a page of data (a slow store, for the resume demo). */
   pageDelayMs = 0;
+  /**
+   * Data pages of this collection still to be answered; every request for
+   * one after them is held, never answered (a store that hangs mid-crawl, for
+   * tests that kill a crawl: it is then surely mid-way, however slow the machine).
+   * close() drops the held requests.
+   */
+  hold?: { collection: Collection; pages: number };
   /** Called before a data page is served: a test may change the store between pages. */
   beforePage?: (collection: Collection, hit: Hit) => void;
   private version: number;
@@ -243,6 +250,10 @@ export class LightspeedServer {
       return this.send(res, hit, 400, { error: 'Bad Request', details: `page_size must be between 1 and ${MAX_PAGE_SIZE}` });
     }
     this.beforePage?.(collection as Collection, hit);
+    if (this.hold?.collection === collection) {
+      if (this.hold.pages <= 0) return; // held: no answer
+      this.hold.pages -= 1;
+    }
     if (this.pageDelayMs) await new Promise((r) => setTimeout(r, this.pageDelayMs));
     let body: unknown;
     if (collection === 'product_categories') {

@@ -178,15 +178,21 @@ export function applicationName(label: string): string {
   return `syncline-test ${label} ${process.pid} ${Math.random().toString(36).slice(2, 8)}`;
 }
 
+// How long backends may take to exit: a killed client's statement runs to
+// its end first, which takes a while on a loaded machine. Far beyond that,
+// only so that a backend that never exits fails the test with its name.
+const BACKENDS_EXIT_MS = 90_000;
+
 /** Waits until no backend with this application_name is left (its statistics are flushed when it exits). */
 export async function waitGone(observer: Pool, app: string, database?: string): Promise<void> {
-  for (let i = 0; i < 500; i++) {
+  const deadline = Date.now() + BACKENDS_EXIT_MS;
+  for (;;) {
     const { rows } = await observer.query(`select count(*)::int as n from pg_stat_activity
       where application_name = $1 and ($2::text is null or datname = $2)`, [app, database ?? null]);
     if (rows[0].n === 0) return;
+    if (Date.now() > deadline) throw new Error(`backends named "${app}" did not exit within ${BACKENDS_EXIT_MS / 1000} s`);
     await new Promise((r) => setTimeout(r, 10));
   }
-  throw new Error(`backends named "${app}" did not exit`);
 }
 
 /**

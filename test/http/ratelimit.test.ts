@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from 'vitest';
 import { makePool, type Pool } from '../../src/db/pool.js';
 import { HttpBudget } from '../../src/sources/http/ratelimit.js';
 import { httpSource } from '../../src/sources/http/schema.js';
@@ -8,9 +8,16 @@ import { testDatabase, type TestDatabase } from '../helpers/db.js';
 import { testClient } from './clients.js';
 import { Vendor } from './vendor.js';
 
-// Server-side arrival times trail the grant in Postgres by a round trip; a
-// grant exactly one window after another may arrive this much sooner.
-const ARRIVAL_JITTER_MS = 60;
+// No test here measures how long anything took: the budget's decisions are
+// read back from sync.http_budget, where PostgreSQL's clock stamped them,
+// and compared exactly. A wait that is only computed (never slept) uses a
+// window of an hour, so that no delay of a loaded machine moves a slot out
+// of its window.
+const HOUR = 3_600;
+// The margin take_http_request adds to a slot computed from an earlier one.
+const GUARD_MS = 40;
+// Date.now() counts whole milliseconds; PostgreSQL's clock microseconds.
+const CLOCK_MS = 1;
 
 let db: TestDatabase;
 let pools: [Pool, Pool];
@@ -22,13 +29,16 @@ beforeAll(async () => {
   db = await testDatabase('http_budget');
   // Two "worker processes": separate pools, so nothing is shared in memory.
   pools = [makePool(db.url, { max: 3 }), makePool(db.url, { max: 3 })];
+});
+afterAll(async () => {
+  await Promise.all(pools.map((p) => p.end()));
+});
+// A vendor of its own for every test: no other test's request among its hits.
+beforeEach(async () => {
   vendor = new Vendor(3);
   await vendor.start();
 });
-afterAll(async () => {
-  await vendor.close();
-  await Promise.all(pools.map((p) => p.end()));
-});
+afterEach(() => vendor.close());
 
 async function waitMs(source: string, limit: number, windowSeconds: number): Promise<number> {
   const { rows } = await db.pool.query<{ ms: number }>(
@@ -36,9 +46,20 @@ async function waitMs(source: string, limit: number, windowSeconds: number): Pro
   return rows[0].ms;
 }
 
-/** Most request starts within any `windowMs`-long span. */
-function busiestWindow(starts: number[], windowMs: number): number {
-  const s = [...starts].sort((a, b) => a - b);
+/** A source's budget row (none yet: no slots), times as epoch milliseconds (microsecond fractions kept): the slots granted, sorted. */
+async function budget(source: string): Promise<{ started: number[]; updatedAt: number; blockedUntil: number | null }> {
+  const { rows } = await db.pool.query(
+    `select array(select extract(epoch from s)::float8 * 1000 from unnest(started) s order by s) as started,
+            extract(epoch from updated_at)::float8 * 1000 as updated_at,
+            extract(epoch from blocked_until)::float8 * 1000 as blocked_until
+       from sync.http_budget where source = $1`, [source]);
+  if (!rows.length) return { started: [], updatedAt: Number.NaN, blockedUntil: null };
+  return { started: rows[0].started, updatedAt: rows[0].updated_at, blockedUntil: rows[0].blocked_until };
+}
+
+/** Most of `times` within any `windowMs`-long span. */
+function busiestWindow(times: number[], windowMs: number): number {
+  const s = [...times].sort((a, b) => a - b);
   let best = 0;
   for (let i = 0; i < s.length; i++) {
     let j = i;
@@ -48,35 +69,67 @@ function busiestWindow(starts: number[], windowMs: number): number {
   return best;
 }
 
+/**
+ * The pool as HttpBudget uses it, noting each wait sync.take_http_request
+ * answered: what the budget told a request to wait, whatever the machine's speed.
+ */
+function noting(pool: Pool, waits: number[]): Pool {
+  return {
+    query: async (...args: Parameters<Pool['query']>) => {
+      const r = await (pool.query as (...a: unknown[]) => Promise<{ rows: { wait_ms?: number }[] }>)(...args);
+      if (typeof r.rows[0]?.wait_ms === 'number') waits.push(r.rows[0].wait_ms);
+      return r;
+    },
+  } as unknown as Pool;
+}
+
 describe('sync.take_http_request', () => {
   test('grants `limit` requests, then reserves the slot when the oldest leaves the window (plus a 40 ms guard)', async () => {
     const src = freshSource();
-    for (let i = 0; i < 3; i++) expect(await waitMs(src, 3, 2)).toBe(0);
-    const wait = await waitMs(src, 3, 2);
-    expect(wait).toBeGreaterThan(1_800);
-    expect(wait).toBeLessThanOrEqual(2_040);
+    for (let i = 0; i < 3; i++) expect(await waitMs(src, 3, HOUR)).toBe(0);
+    const wait = await waitMs(src, 3, HOUR);
+    const b = await budget(src);
+    // The fourth slot is one window and the guard after the first; the wait
+    // runs from the moment of the call (updated_at) to that slot.
+    expect(b.started[3] - b.started[0]).toBeCloseTo(HOUR * 1000 + GUARD_MS, 2);
+    expect(wait).toBeCloseTo(b.started[3] - b.updatedAt, 2);
     // The slot is reserved: the next caller gets the one after it.
-    expect(await waitMs(src, 3, 2)).toBeGreaterThan(wait - 50);
+    const next = await waitMs(src, 3, HOUR);
+    const after = await budget(src);
+    expect(after.started[4] - after.started[1]).toBeCloseTo(HOUR * 1000 + GUARD_MS, 2);
+    expect(next).toBeCloseTo(after.started[4] - after.updatedAt, 2);
     const { rows } = await db.pool.query('select cardinality(started) as n, request_limit, window_seconds from sync.http_budget where source = $1', [src]);
-    expect(rows[0]).toEqual({ n: 5, request_limit: 3, window_seconds: 2 });
+    expect(rows[0]).toEqual({ n: 5, request_limit: 3, window_seconds: HOUR });
   });
 
   test('a 429\'s Retry-After blocks every caller until it has passed', async () => {
     const src = freshSource();
     expect(await waitMs(src, 100, 1)).toBe(0);
-    await db.pool.query(`select sync.http_feedback($1, null, interval '1.5 seconds')`, [src]);
-    const wait = await waitMs(src, 100, 1);
-    expect(wait).toBeGreaterThan(1_300);
-    expect(wait).toBeLessThanOrEqual(1_500);
+    await db.pool.query(`select sync.http_feedback($1, null, interval '1 hour')`, [src]);
+    const blocked = await budget(src);
+    expect(blocked.blockedUntil! - blocked.updatedAt).toBeCloseTo(HOUR * 1000, 2);
+    // Two callers, far below the limit: neither may start before the block ends.
+    const waits = [await waitMs(src, 100, 1), await waitMs(src, 100, 1)];
+    const b = await budget(src);
+    expect(b.started.slice(-2)).toEqual([blocked.blockedUntil, blocked.blockedUntil]);
+    expect(waits[1]).toBeCloseTo(blocked.blockedUntil! - b.updatedAt, 2);
+    expect(waits[0]).toBeGreaterThan(waits[1]);
   });
 
   test('X-RateLimit-Remaining below our own count spends the difference', async () => {
     const src = freshSource();
-    expect(await waitMs(src, 5, 1)).toBe(0);
+    expect(await waitMs(src, 5, HOUR)).toBe(0);
     await db.pool.query('select sync.http_feedback($1, 10, null)', [src]); // vendor has more left than we think: no change
-    expect(await waitMs(src, 5, 1)).toBe(0);
+    expect(await waitMs(src, 5, HOUR)).toBe(0);
+    expect((await budget(src)).started).toHaveLength(2);
     await db.pool.query('select sync.http_feedback($1, 0, null)', [src]); // someone else spent it
-    expect(await waitMs(src, 5, 1)).toBeGreaterThan(800);
+    const spent = await budget(src);
+    expect(spent.started).toHaveLength(5);
+    expect(spent.started.slice(2)).toEqual([spent.updatedAt, spent.updatedAt, spent.updatedAt]);
+    const wait = await waitMs(src, 5, HOUR);
+    const b = await budget(src);
+    expect(b.started[5] - b.started[0]).toBeCloseTo(HOUR * 1000 + GUARD_MS, 2);
+    expect(wait).toBeCloseTo(b.started[5] - b.updatedAt, 2);
   });
 
   test('feedback for a source without a budget is ignored', async () => {
@@ -97,46 +150,92 @@ describe('HttpBudget', () => {
   });
 
   test('take() waits out a full window and can be aborted', async () => {
-    const budget = new HttpBudget(pools[0], freshSource(), { requests: 1, perSeconds: 2 });
-    await budget.take();
-    const started = performance.now();
-    await expect(budget.take(AbortSignal.timeout(200))).rejects.toMatchObject({ name: 'TimeoutError' });
-    expect(performance.now() - started).toBeLessThan(600);
-  });
-
-  test('a 429 seen by one worker holds back the other for the Retry-After', async () => {
     const src = freshSource();
-    const limit = { requests: 50, perSeconds: 1 };
-    const [a, b] = pools.map((p) => testClient(vendor.url, {}, { budget: new HttpBudget(p, src, limit) }));
-    vendor.reset();
-    vendor.retryAfter = '1';
-    vendor.inject('429');
-    await a.getJson('offsets');
-    const afterA = performance.now();
-    await b.getJson('offsets');
-    const [first, , third] = vendor.hits;
-    expect(third.at - first.at).toBeGreaterThanOrEqual(1_000 - ARRIVAL_JITTER_MS);
-    expect(performance.now() - afterA).toBeLessThan(500); // B went once the block was over, not a window later
+    const b = new HttpBudget(pools[0], src, { requests: 1, perSeconds: HOUR });
+    await b.take();
+    const caller = new AbortController();
+    let settled = false;
+    const second = b.take(caller.signal).finally(() => { settled = true; });
+    // Its slot is reserved a window after the first: it is waiting for it.
+    const reserved = await reached(async () => {
+      const s = (await budget(src)).started;
+      return s.length === 2 && s;
+    });
+    expect(reserved[1] - reserved[0]).toBeCloseTo(HOUR * 1000 + GUARD_MS, 2);
+    expect(settled).toBe(false);
+    caller.abort();
+    await expect(second).rejects.toMatchObject({ name: 'AbortError' });
   });
 
-  test('two workers on two pools never start more than `limit` requests within any window, and use the budget', async () => {
+  test('a 429 seen by one worker holds back the other for the Retry-After, and not longer', async () => {
+    const src = freshSource();
+    // A window of an hour: a request held "a window later" would never come.
+    const limit = { requests: 50, perSeconds: HOUR };
+    const waitsB: number[] = [];
+    const a = testClient(vendor.url, {}, { budget: new HttpBudget(pools[0], src, limit) });
+    const b = testClient(vendor.url, {}, { budget: new HttpBudget(noting(pools[1], waitsB), src, limit) });
+    vendor.retryAfter = '3';
+    vendor.inject('429');
+    const first = a.getJson('offsets');
+    first.catch(() => {}); // awaited below; a failure before that must not go unhandled
+    // B asks once A has been told 429 and has passed it on, while the block is on.
+    const blockedUntil = await reached(async () => (await budget(src)).blockedUntil);
+    await b.getJson('offsets');
+    await first;
+    expect(vendor.hits).toHaveLength(3);
+    const [limited, ...after] = vendor.hits;
+    // No request after the 429 reached the vendor before the block ended …
+    for (const h of after) expect(h.wall).toBeGreaterThanOrEqual(Math.floor(blockedUntil) - CLOCK_MS);
+    expect(Math.min(...after.map((h) => h.at)) - limited.at).toBeGreaterThanOrEqual(3_000 - 2 * CLOCK_MS);
+    // … B was held back by it, to the block's end exactly, not a window on
+    // (a window is an hour: a request held that long would never come).
+    expect(waitsB).toHaveLength(1);
+    expect(waitsB[0]).toBeGreaterThan(0);
+    const { started } = await budget(src);
+    expect(started).toHaveLength(3);
+    expect(started).toContain(blockedUntil);
+    for (const s of started.slice(1)) expect(s).toBeGreaterThanOrEqual(blockedUntil);
+  });
+
+  test('two workers on two pools never start more than `limit` requests within any window, and wait no longer than the budget needs', async () => {
+    const windowMs = 1_000;
     await fc.assert(fc.asyncProperty(
       fc.integer({ min: 2, max: 4 }), fc.integer({ min: 1, max: 5 }), fc.integer({ min: 1, max: 5 }),
       async (limit, perWorkerA, perWorkerB) => {
         const src = freshSource();
-        const rate = { requests: limit, perSeconds: 1 };
-        const clients = pools.map((p) => testClient(vendor.url, {}, { budget: new HttpBudget(p, src, rate) }));
+        const rate = { requests: limit, perSeconds: windowMs / 1000 };
+        const waits: number[] = [];
+        const clients = pools.map((p) => testClient(vendor.url, {}, { budget: new HttpBudget(noting(p, waits), src, rate) }));
         vendor.reset();
-        const started = performance.now();
         // Each worker fires all its requests at once, as parallel jobs would.
         const work = (i: 0 | 1, n: number) => Promise.all(Array.from({ length: n }, () => clients[i].getJson('offsets')));
         await Promise.all([work(0, perWorkerA), work(1, perWorkerB)]);
-        const elapsed = performance.now() - started;
         const total = perWorkerA + perWorkerB;
         expect(vendor.hits).toHaveLength(total);
-        expect(busiestWindow(vendor.hits.map((h) => h.at), 1_000 - ARRIVAL_JITTER_MS)).toBeLessThanOrEqual(limit);
-        // Not stingier than needed: full windows wait one window each.
-        expect(elapsed).toBeLessThan((Math.ceil(total / limit) - 1) * 1_000 + 700);
+        expect(waits).toHaveLength(total);
+        // The slots the database granted: never more than `limit` in a window.
+        const { started } = await budget(src);
+        expect(started).toHaveLength(total);
+        expect(busiestWindow(started, windowMs)).toBeLessThanOrEqual(limit);
+        // No request reached the vendor before its slot (the i-th arrival is
+        // not before the i-th slot): the vendor saw the same pace, or slower.
+        const arrivals = vendor.hits.map((h) => h.wall).sort((x, y) => x - y);
+        arrivals.forEach((t, i) => expect(t).toBeGreaterThanOrEqual(Math.floor(started[i]) - CLOCK_MS));
+        // Not stingier than needed: the k-th request to ask waits at most one
+        // window (and guard) for each `limit` requests ahead of it, however
+        // late any of them asked. Sorted, the waits keep that bound.
+        const sorted = [...waits].sort((x, y) => x - y);
+        sorted.forEach((w, k) => expect(w).toBeLessThanOrEqual(Math.floor(k / limit) * (windowMs + GUARD_MS) + CLOCK_MS));
+        expect(sorted.slice(0, Math.min(limit, total)).every((w) => w === 0)).toBe(true);
       }), { numRuns: 5 });
   });
 });
+
+/** Polls `fn` until it returns something truthy (a state the database reached); the test's timeout bounds it. */
+async function reached<T>(fn: () => Promise<T | null | undefined | false>): Promise<T> {
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
