@@ -92,7 +92,7 @@ describe('a from.query is one statement', () => {
         expect(await sourceRows(), `${name}: ${query}`).toBe(ROWS);
         // Without "columns" the column probe refuses it; with them, the check before COPY.
         expect(r.error, `${name}: ${query}`).toMatch(name === 'items'
-          ? /^from\.query cannot be run: it holds more than one statement \(a ";" followed by more SQL\) — fix the SELECT/
+          ? /^entity "items": from\.query cannot be run: it holds more than one statement \(a ";" followed by more SQL\) — fix the SELECT/
           : /^the source query has a ";" on line \d+ followed by more SQL .*; nothing was run/);
       }
     }
@@ -124,7 +124,7 @@ describe('a broken from.query says what is broken', () => {
   it('a run reports it, never "Cannot read properties of undefined"', async () => {
     await setQuery('items', 'select id,\n  name\n  frm items');
     const r = await engine.run('items', { trigger: 'manual' });
-    expect(r).toMatchObject({ status: 'failed', error: expect.stringMatching(/^from\.query cannot be run: syntax error at or near "items" \(line 3\) — fix the SELECT/) });
+    expect(r).toMatchObject({ status: 'failed', error: expect.stringMatching(/^entity "items": from\.query cannot be run: syntax error at or near "items" \(line 3\) — fix the SELECT/) });
     const { rows } = await sync.pool.query('select category from sync.run_error where run_id = $1', [r.runId]);
     expect(rows).toEqual([{ category: 'database' }]);
   });
