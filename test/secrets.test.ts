@@ -48,12 +48,11 @@ const LITERAL = {
 
 const ALL = [...Object.values(ENV), ...Object.values(LITERAL)];
 
-// What sync.entity (and its audit, sync.config_change) holds by design: an
-// entity's definition, which the engine reads back to run, with its tenant
-// value and its file URL. They are data of the entity, not a source's
-// credentials; `config show` and the API still mask them, and the table scan
-// below allows only these two, only in those columns.
-const ENTITY_DATA = new Set([ENV.TENANT, LITERAL.csvFileSig]);
+// What sync.entity (and its audit, sync.config_change) holds by design: the
+// entity's tenant value, which its merges scope by (data, not a credential;
+// `config show` and the API still mask it). A signed csv URL's token is
+// stored masked and taken from the config file at each run.
+const ENTITY_DATA = new Set([ENV.TENANT]);
 const ENTITY_COLUMNS = new Set(['sync.entity.tenant_value', 'sync.entity.definition', 'sync.config_change.changes']);
 
 const RECORDS = [{ id: 1, name: 'alpha' }, { id: 2, name: 'beta' }, { id: 3, name: 'gamma' }];

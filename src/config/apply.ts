@@ -1,6 +1,7 @@
 import type { Pool, PoolClient } from '../db/pool.js';
 import { inTransaction } from '../db/pool.js';
 import type { Config, EntityConfig } from './schema.js';
+import { storedDefinition } from './stored.js';
 
 /** The sync.entity columns a config entity defines (the cursor value is the engine's). */
 export interface EntityRow {
@@ -50,7 +51,7 @@ export function entityTunables(e: EntityConfig): Record<string, string | number 
   return Object.fromEntries(Object.entries(all).filter(([, v]) => v !== undefined)) as Record<string, string | number | boolean>;
 }
 
-export function entityRow(name: string, e: EntityConfig): EntityRow {
+export function entityRow(name: string, e: EntityConfig, cfg?: Config): EntityRow {
   const target = e.target as { schema: string; table: string };
   return {
     name,
@@ -69,7 +70,8 @@ export function entityRow(name: string, e: EntityConfig): EntityRow {
     depends_on: e.dependsOn,
     schedule: e.schedule ?? null,
     enabled: e.enabled,
-    definition: e,
+    // Secrets written in an entity stay in the config file (see stored.ts).
+    definition: cfg ? storedDefinition(cfg, e) : e,
   };
 }
 
@@ -93,7 +95,7 @@ export async function diffConfig(db: Pool | PoolClient, cfg: Config): Promise<En
   const current = new Map(rows.map((r) => [r.name, r]));
   const diffs: EntityDiff[] = [];
   for (const [name, e] of Object.entries(cfg.entities)) {
-    const want = entityRow(name, e);
+    const want = entityRow(name, e, cfg);
     const have = current.get(name);
     if (!have) {
       diffs.push({ name, action: 'add', fields: [] });
@@ -138,7 +140,7 @@ export async function applyConfig(pool: Pool, cfg: Config, opts: { onlyAdd?: boo
         await c.query('delete from sync.entity where name = $1', [d.name]);
         continue;
       }
-      const row = entityRow(d.name, cfg.entities[d.name]);
+      const row = entityRow(d.name, cfg.entities[d.name], cfg);
       await c.query(
         `insert into sync.entity as e (name, ${COMPARED.join(', ')})
          values ($1, ${COMPARED.map((_, i) => `$${i + 2}`).join(', ')})

@@ -141,7 +141,7 @@ function maskUserinfo(url: string): string {
 }
 
 /** A URL with the values of its query parameters masked (all, or those `which` names); the names stay. */
-function maskQuery(url: string, which?: (name: string) => boolean): string {
+export function maskQuery(url: string, which?: (name: string) => boolean): string {
   const q = url.indexOf('?');
   if (q < 0) return url;
   const hash = url.indexOf('#', q);

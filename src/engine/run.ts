@@ -1,4 +1,5 @@
 import { entity as entitySchema, type Config, type EntityConfig } from '../config/schema.js';
+import { withSecrets } from '../config/stored.js';
 import type { Pool, PoolClient } from '../db/pool.js';
 import { log, maskUrls } from '../log.js';
 import { SourcePools } from '../sources/postgres.js';
@@ -106,7 +107,8 @@ export class Engine {
       throw new Error(`unknown entity "${name}" — add it to the config and run \`syncline config apply\``);
     }
     return {
-      def: entitySchema.parse(rows[0].definition), cursor: rows[0].cursor_value, enabled: rows[0].enabled,
+      def: withSecrets(name, entitySchema.parse(rows[0].definition), this.config.entities[name]),
+      cursor: rows[0].cursor_value, enabled: rows[0].enabled,
       dependsOn: rows[0].depends_on, verify: rows[0].verify,
     };
   }
