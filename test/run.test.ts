@@ -100,6 +100,28 @@ describe('a run', () => {
     expect(staging.rows[0].n).toBe(0);
   });
 
+  it('the next run of an entity drops what its killed runs left in sync_staging, but the pages the run before it may resume from', async () => {
+    // Two runs killed long ago left their tables (no process ran sync.cleanup since).
+    const left = async () => (await sync.pool.query(`select tablename from pg_tables where schemaname = 'sync_staging' order by 1`)).rows
+      .map((r) => r.tablename);
+    const started = async () => Number((await sync.pool.query(
+      `select sync.start_run('parents', 'manual', false, false, array['id', 'name'], null) as id`)).rows[0].id);
+    const old = await started();
+    const resumable = await started();
+    await sync.pool.query(`create table sync_staging.run_${old}_raw (x int)`);
+    await sync.pool.query(`create table sync_staging.run_${old}_parents (x int)`);
+    await sync.pool.query(`create table sync_staging.run_${resumable}_raw (x int)`);
+    await sync.pool.query(`update sync.run set detail = detail || '{"resume": {"style": "page", "index": 3, "page": 4}}' where id = $1`, [resumable]);
+    // The second start closed the first as abandoned; the second died the same way.
+    expect(await left()).toEqual([`run_${old}_parents`, `run_${old}_raw`, `run_${resumable}`, `run_${resumable}_raw`].sort());
+    const r = await engine.run('parents', { trigger: 'manual' });
+    expect(r.status).toBe('succeeded');
+    expect(await left()).toEqual([`run_${resumable}_raw`]);
+    const closed = await sync.pool.query('select id, status from sync.run where id = any($1) order by id', [[old, resumable]]);
+    expect(closed.rows).toEqual([{ id: old, status: 'abandoned' }, { id: resumable, status: 'abandoned' }]);
+    await sync.pool.query(`drop table sync_staging.run_${resumable}_raw`);
+  });
+
   it('never writes to the source: its transaction is read-only', async () => {
     const evil = await engineFor(sync, source, {
       evil: { source: 'src', from: { query: `select id, name from parents, lateral (select 1 from (select nextval('s')) x) y` },
