@@ -24,7 +24,8 @@ beforeAll(async () => {
 afterAll(() => engine.close());
 
 const ENTITIES = {
-    parents: { source: 'src', from: { table: 'parents' }, target: 'parents', key: ['id'], schedule: '*/5 * * * *' },
+    // Due only on 1 January at 00:00: the real minute's tick never finds it due during a test.
+    parents: { source: 'src', from: { table: 'parents' }, target: 'parents', key: ['id'], schedule: '0 0 1 1 *' },
     children: { source: 'src', from: { table: 'children' }, target: 'children', key: ['id'], dependsOn: ['parents'] },
     // pg_sleep per row makes a fetch that outlives a graceful-shutdown deadline.
     slow: { source: 'src', from: { query: 'select id, name from parents where pg_sleep(0.5) is not null' },
@@ -53,7 +54,7 @@ describe('worker', () => {
   it('serves one schedule tick a minute; entity schedules and fullSchedules are read from sync.entity at each tick', async () => {
     const items = await cronItems(engine);
     expect(items.map((i) => [i.identifier, i.task])).toEqual([['sync_schedule', 'sync_schedule']]);
-    await sync.pool.query(`update sync.entity set definition = definition || '{"fullSchedule": "0 3 * * *"}' where name = 'parents'`);
+    await sync.pool.query(`update sync.entity set definition = definition || '{"fullSchedule": "0 3 1 1 *"}' where name = 'parents'`);
     const wave = async (tick: string) => {
       const { rows } = await sync.pool.query('select sync.schedule_wave($1) as id', [tick]);
       if (!rows[0].id) return null;
@@ -61,14 +62,14 @@ describe('worker', () => {
     };
     // Waves of the minutes at hand: parents is pending in the request's wave, so these ticks leave it there.
     await sync.pool.query(`update sync.wave set finished_at = now() where finished_at is null`);
-    expect(await wave('2026-03-02T10:02:30Z')).toBeNull();
-    expect(await wave('2026-03-02T10:05:10Z')).toEqual([
+    expect(await wave('2030-01-01T00:01:30Z')).toBeNull();
+    expect(await wave('2030-01-01T00:00:10Z')).toEqual([
       { entity: 'children', trigger: 'dependency', full_refresh: false },
       { entity: 'parents', trigger: 'cron', full_refresh: false },
     ]);
-    expect(await wave('2026-03-02T10:05:40Z')).toBeNull(); // one wave a tick
+    expect(await wave('2030-01-01T00:00:40Z')).toBeNull(); // one wave a tick
     await sync.pool.query(`update sync.wave set finished_at = now() where finished_at is null`);
-    expect(await wave('2026-03-03T03:00:00Z')).toEqual([
+    expect(await wave('2031-01-01T03:00:00Z')).toEqual([
       { entity: 'children', trigger: 'dependency', full_refresh: false },
       { entity: 'parents', trigger: 'cron', full_refresh: true },
     ]);
