@@ -2,7 +2,7 @@ import type { Task } from 'graphile-worker';
 import { z } from 'zod';
 import type { Engine } from '../src/engine/run.js';
 import { summary } from '../src/engine/summary.js';
-import { finishInWave, runWaveEntity } from '../src/engine/wave.js';
+import { finishInWave, runWaveEntity, takeInWave } from '../src/engine/wave.js';
 import { log } from '../src/log.js';
 
 const Payload = z.object({
@@ -31,6 +31,11 @@ export const syncEntity = (engine: Engine): Task => async (payload, helpers) => 
     jobId: String(helpers.job.id), workerId: helpers.job.locked_by ?? undefined, signal: helpers.abortSignal,
   };
   const claim = { entity: p.entity, trigger: p.trigger, full: p.full, pass: p.pass, after: [] };
+  // A job run again after its worker died may find its pass of the wave over already.
+  if (p.wave && !(await takeInWave(engine, p.wave, p.entity, p.pass))) {
+    log.info({ entity: p.entity, wave: p.wave }, 'already run in this wave; not run again');
+    return;
+  }
   const result = p.wave ? await runWaveEntity(engine, p.wave, claim, opts, false) : await engine.run(p.entity, opts);
   log.info({ entity: p.entity, runId: result.runId, trigger: p.trigger, wave: p.wave }, summary(result));
   // Cut short by shutdown: run again when a worker is back.

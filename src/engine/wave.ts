@@ -86,6 +86,12 @@ export async function runWaveEntity(engine: Engine, waveId: number, claim: WaveC
   return r;
 }
 
+/** Marks a worker wave's entity running; false when its pass is over already (a job run twice). */
+export async function takeInWave(engine: Engine, waveId: number, entity: string, pass: number): Promise<boolean> {
+  const { rows } = await engine.pool.query<{ ok: boolean }>('select sync.wave_take($1, $2, $3) as ok', [waveId, entity, pass]);
+  return rows[0].ok;
+}
+
 /** Records an entity's outcome in its wave (and moves the wave on). */
 export async function finishInWave(pool: Pool, waveId: number, entity: string, r: RunResult): Promise<void> {
   await pool.query('select sync.wave_done($1, $2, $3, $4)', [waveId, entity, r.runId, r.status]);
