@@ -87,16 +87,16 @@ describe('the CLI', () => {
     expect((await sync.pool.query('select count(*)::int as n from items')).rows[0].n).toBe(25);
   });
 
-  it('sync of an unknown entity exits 2 and lists the known ones', () => {
+  it('sync of an unknown entity exits 2 and lists the config\'s entities', () => {
     const r = cli(['sync', 'itemz'], config(), { SRC_PASSWORD: password() });
     expect(r.code).toBe(2);
-    expect(r.err).toMatch(/unknown entity "itemz" — sync.entity has: items/);
+    expect(r.err).toMatch(/unknown entity "itemz" — the config defines: items/);
   });
 
-  it('sync applies entities new to the config; a failed run exits 1 and says why', () => {
+  it('sync applies the config it is given; a failed run exits 1 and says why', () => {
     const cfg = config({ broken: { source: 'src', from: { table: 'items' }, target: 'missing_table', key: ['id'] } });
     const r = cli(['sync', '--tables', 'broken,items'], cfg, { SRC_PASSWORD: password() });
-    expect(r.err).toContain('applied new entities from the config:\n  + broken');
+    expect(r.err).toContain('applied the config to sync.entity:\n  + broken');
     expect(r.code).toBe(1);
     expect(r.out).toMatch(/✗ broken: failed \(run \d+\) — target table public.missing_table/);
     expect(r.out).toMatch(/✓ items/);

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { openDatabase } from '../../src/db/database.js';
+import { configDatabase, openDatabase } from '../../src/db/database.js';
 import { makePool, type Pool } from '../../src/db/pool.js';
 import { prepareEdgeEnv } from '../../src/edge/env.js';
 
@@ -38,7 +38,7 @@ async function main(): Promise<void> {
   const everyMs = Number(values.every) * 1000;
   if (!(everyMs > 0)) throw new Error(`--every ${values.every}: give the seconds between ticks, e.g. 1`);
   prepareEdgeEnv(path.join(path.dirname(fileURLToPath(import.meta.url)), 'syncline.config.json'));
-  const db = await openDatabase();
+  const db = await openDatabase(process.env, configDatabase(path.join(path.dirname(fileURLToPath(import.meta.url)), 'syncline.config.json')));
   const pool = makePool(db.url, { max: 1, application_name: 'edge-meters generator' });
   const stop = new AbortController();
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => stop.abort());

@@ -13,7 +13,7 @@
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ensureDatabase, migrateDatabase, openDatabase } from '../../src/db/database.js';
+import { ensureDatabase, migrateDatabase, configDatabase, openDatabase } from '../../src/db/database.js';
 import { makePool } from '../../src/db/pool.js';
 import { prepareEdgeEnv } from '../../src/edge/env.js';
 import { applySqlFile } from '../../src/edge/setup.js';
@@ -24,7 +24,7 @@ const sql = (name: string) => path.join(here, 'sql', name);
 const CLOUD_DATABASE = process.env.CLOUD_DATABASE ?? 'syncline_cloud';
 
 prepareEdgeEnv(path.join(here, 'syncline.config.json'));
-const db = await openDatabase();
+const db = await openDatabase(process.env, configDatabase(path.join(here, 'syncline.config.json')));
 try {
   const cloudUrl = process.env.POSTGRES_CLIENT_URL ?? sourceUrl({ kind: 'postgres', database: CLOUD_DATABASE }, db.url);
   const cloud = makePool(cloudUrl, { max: 1 });

@@ -362,7 +362,9 @@ describe('the npm start demo', () => {
     const raw = json('demo.config.json');
     raw.sources = { remote: { kind: 'postgres', database, demo: true } };
     const cfg = parseConfig(raw, {});
-    expect(await prepareDemo(sync.url, cfg)).toEqual([srcUrl]);
+    // Only the embedded server gets the demo; a server the user names never does.
+    expect(await prepareDemo(sync.url, cfg, false)).toEqual([]);
+    expect(await prepareDemo(sync.url, cfg, true)).toEqual([srcUrl]);
     await applyConfig(sync.pool, cfg);
     const engine = new Engine(sync.pool, sync.url, cfg);
     try {

@@ -2,7 +2,7 @@
  * Sets the example up on Syncline's own server (the embedded one under
  * .syncline/, or DATABASE_URL's): a database `syncline_demo` (the one
  * `npm start` uses) playing the remote, seeded with three tenants, and the
- * local tables (schema metering) in Syncline's database. Writes REMOTE_DATABASE_URL to the .env beside the
+ * local tables (schema metering) in this example's own Syncline database (syncline_remote_postgres). Writes REMOTE_DATABASE_URL to the .env beside the
  * config unless that file exists. Safe to run again.
  *
  *   npx tsx examples/remote-postgres/setup.ts            # set up
@@ -10,13 +10,13 @@
  */
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { openDatabase } from '../../src/db/database.js';
+import { configDatabase, openDatabase } from '../../src/db/database.js';
 import { DEMO_EXAMPLE_DIR, mutateDemo, seedDemo } from '../../src/demo/seed.js';
 import { sourceUrl } from '../../src/sources/postgres.js';
 
 const REMOTE_DATABASE = process.env.REMOTE_DATABASE ?? 'syncline_demo';
 
-const db = await openDatabase();
+const db = await openDatabase(process.env, configDatabase(path.join(DEMO_EXAMPLE_DIR, 'syncline.config.json')));
 try {
   const remoteUrl = sourceUrl({ kind: 'postgres', database: REMOTE_DATABASE }, db.url);
   if (process.argv.includes('--mutate')) {

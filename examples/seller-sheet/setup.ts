@@ -8,12 +8,12 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { openDatabase } from '../../src/db/database.js';
+import { configDatabase, openDatabase } from '../../src/db/database.js';
 import { makePool } from '../../src/db/pool.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
-const db = await openDatabase();
+const db = await openDatabase(process.env, configDatabase(path.join(here, 'syncline.config.json')));
 const pool = makePool(db.url, { max: 1 });
 try {
   await pool.query(readFileSync(path.join(here, 'local.sql'), 'utf8'));

@@ -50,7 +50,7 @@ export async function configApply(opts: GlobalOptions & { dryRun?: boolean }): P
 /** Database, every source, every entity's source relation and target table. */
 export async function check(opts: GlobalOptions): Promise<number> {
   return withSession(opts, async (s) => {
-    await prepareDemo(s.db.url, s.config);
+    await prepareDemo(s.db.url, s.config, Boolean(s.db.embedded));
     let ok = true;
     const line = (good: boolean, text: string) => {
       ok &&= good;
@@ -136,28 +136,30 @@ export interface SyncOptions extends GlobalOptions {
 export async function sync(entities: string[], opts: SyncOptions): Promise<number> {
   const selected = [...entities, ...(opts.tables ? opts.tables.split(',').map((t) => t.trim()).filter(Boolean) : [])];
   return withSession(opts, async (s) => {
-    await prepareDemo(s.db.url, s.config);
-    // New entities are applied on the way; changes to existing ones are the
-    // DBA's to apply (sync.entity may hold tunables edited in SQL).
-    const added = await applyConfig(s.pool, s.config, { onlyAdd: true });
-    if (added.length) process.stderr.write(`applied new entities from the config:\n${formatDiff(added).replace(/^/gm, '  ')}\n`);
-    const pending = await diffConfig(s.pool, s.config);
-    if (pending.length) {
-      process.stderr.write(`note: sync.entity differs from the config file and runs use sync.entity; `
-        + `\`config apply\` would change:\n${formatDiff(pending).replace(/^/gm, '  ')}\n`);
+    await prepareDemo(s.db.url, s.config, Boolean(s.db.embedded));
+    // Runs use the config given: its new and changed entities are applied
+    // first, printed as `config apply` prints them. Entities the config does
+    // not have stay (only `config apply` removes them).
+    const applied = await applyConfig(s.pool, s.config, { keepOthers: true });
+    if (applied.length) process.stderr.write(`applied the config to sync.entity:\n${formatDiff(applied).replace(/^/gm, '  ')}\n`);
+    const others = (await diffConfig(s.pool, s.config)).filter((d) => d.action === 'remove').map((d) => d.name);
+    if (others.length) {
+      process.stderr.write(`note: sync.entity also has ${others.join(', ')}, which this config does not define: `
+        + '`sync` leaves them be, `config apply` removes them\n');
     }
+    // Push entities run in the edge cycle (`syncline edge`), not here.
+    const mine = Object.entries(s.config.entities).filter(([, e]) => e.enabled && e.direction === 'pull').map(([n]) => n);
+    const names = selected.length ? selected : mine;
+    if (!names.length) throw new UsageError('no entities to sync — define some in the config');
     const { rows } = await s.pool.query<{ name: string; fetched: number | null }>(
       `select e.name, (select r.fetched from sync.run r where r.entity = e.name and r.fetched is not null
                         order by r.id desc limit 1) as fetched
-         from sync.entity e where (e.enabled and e.direction = 'pull') or e.name = any($1) order by e.name`, [selected]);
-    // Push entities run in the edge cycle (`syncline edge`), not here.
-    const names = selected.length ? selected : rows.map((r) => r.name);
-    if (!names.length) throw new UsageError('no entities to sync — define some in the config and run `config apply`');
+         from sync.entity e where e.name = any($1) order by e.name`, [names]);
     const known = new Set((await s.pool.query<{ name: string }>('select name from sync.entity')).rows.map((r) => r.name));
     const unknown = names.filter((n) => !known.has(n));
     if (unknown.length) {
       throw new UsageError(`unknown entit${unknown.length > 1 ? 'ies' : 'y'} ${unknown.map((u) => `"${u}"`).join(', ')} — `
-        + `sync.entity has: ${[...known].sort().join(', ') || '(none)'}; new entities need \`config apply\``);
+        + `the config defines: ${Object.keys(s.config.entities).sort().join(', ') || '(none)'}`);
     }
     const expected = new Map(rows.map((r) => [r.name, r.fetched]));
     const reporter = makeReporter();

@@ -36,7 +36,7 @@ export async function openSession(opts: GlobalOptions): Promise<Session> {
   // POSTGRES_SYNC_* (this database) and POSTGRES_CLIENT_* (an edge's remote)
   // stand in for DATABASE_URL and POSTGRES_CLIENT_URL in every command.
   prepareEdgeEnv(opts.config);
-  const db = await openDatabase();
+  const db = await openDatabase(process.env, config.database);
   try {
     await migrateDatabase(db.url);
   } catch (err) {

@@ -27,7 +27,7 @@ export async function worker(opts: WorkerOptions): Promise<number> {
   let timer: NodeJS.Timeout | undefined;
   let api: { close(): Promise<void> } | null = null;
   try {
-    const demoUrls = await prepareDemo(s.db.url, s.config);
+    const demoUrls = await prepareDemo(s.db.url, s.config, Boolean(s.db.embedded));
     if (demoUrls.length) {
       timer = setInterval(() => {
         for (const url of demoUrls) mutateDemo(url).catch((err) => log.warn({ err: String(err) }, 'demo mutation failed'));

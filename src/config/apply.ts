@@ -2,6 +2,7 @@ import type { Pool, PoolClient } from '../db/pool.js';
 import { inTransaction } from '../db/pool.js';
 import type { Config, EntityConfig } from './schema.js';
 import { storedDefinition } from './stored.js';
+import { dependsOnNames } from './depends-on.js';
 
 /** The sync.entity columns a config entity defines (the cursor value is the engine's). */
 export interface EntityRow {
@@ -67,7 +68,7 @@ export function entityRow(name: string, e: EntityConfig, cfg?: Config): EntityRo
     cursor_overlap: e.cursor?.overlap === undefined ? null : String(e.cursor.overlap),
     soft_delete_column: e.softDelete?.column ?? null,
     tombstone_column: e.deletedWhen?.column ?? null,
-    depends_on: e.dependsOn,
+    depends_on: dependsOnNames(name, e),
     schedule: e.schedule ?? null,
     enabled: e.enabled,
     // Secrets written in an entity stay in the config file (see stored.ts).
@@ -113,28 +114,43 @@ export async function diffConfig(db: Pool | PoolClient, cfg: Config): Promise<En
 
 export function formatDiff(diffs: EntityDiff[]): string {
   if (!diffs.length) return 'sync.entity already matches the config: nothing to apply.';
-  const short = (v: unknown) => {
-    const s = typeof v === 'string' ? v : JSON.stringify(v);
-    return s.length > 80 ? `${s.slice(0, 77)}...` : s;
-  };
   return diffs.map((d) => {
     if (d.action === 'add') return `+ ${d.name}`;
     if (d.action === 'remove') return `- ${d.name} (its run history stays in sync.run)`;
-    return [`~ ${d.name}`, ...d.fields.filter((f) => f.field !== 'definition' || d.fields.length === 1)
-      .map((f) => `    ${f.field}: ${short(f.before)} → ${short(f.after)}`)].join('\n');
+    const fields = d.fields.filter((f) => f.field !== 'definition' || d.fields.length === 1);
+    return [`~ ${d.name}`, ...fields.flatMap((f) => (f.field === 'definition'
+      ? definitionChanges(f.before, f.after) : [`    ${f.field}: ${shown(f.before)} → ${shown(f.after)}`]))].join('\n');
   }).join('\n');
+}
+
+// A value longer than this is cut in the middle, where the change is rarely.
+const SHOWN_CHARS = 160;
+
+function shown(v: unknown): string {
+  const s = typeof v === 'string' ? v : JSON.stringify(v ?? null);
+  return s.length > SHOWN_CHARS ? `${s.slice(0, SHOWN_CHARS / 2 - 1)}…${s.slice(-SHOWN_CHARS / 2)}` : s;
+}
+
+/** The keys of an entity definition that differ, one line each (nested keys by path). */
+function definitionChanges(before: unknown, after: unknown, at = 'definition'): string[] {
+  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+  if (!isObject(before) || !isObject(after)) return canonical(before) === canonical(after) ? [] : [`    ${at}: ${shown(before)} → ${shown(after)}`];
+  const keys = [...new Set([...Object.keys(before), ...Object.keys(after)])].sort();
+  return keys.flatMap((k) => definitionChanges(before[k], after[k], `${at}.${k}`));
 }
 
 /**
  * Writes the config's entities into sync.entity in one transaction and
  * returns what changed. Unchanged rows are not touched, so re-applying is a
- * no-op; a changed cursor column resets the stored cursor. `onlyAdd` writes
+ * no-op; a changed cursor column resets the stored cursor. `keepOthers`
+ * leaves entities the config does not have in place. `onlyAdd` writes
  * only entities sync.entity does not have yet.
  */
-export async function applyConfig(pool: Pool, cfg: Config, opts: { onlyAdd?: boolean } = {}): Promise<EntityDiff[]> {
+export async function applyConfig(pool: Pool, cfg: Config, opts: { onlyAdd?: boolean; keepOthers?: boolean } = {}): Promise<EntityDiff[]> {
   return inTransaction(pool, async (c) => {
     await c.query('lock table sync.entity in share row exclusive mode');
-    const diffs = (await diffConfig(c, cfg)).filter((d) => !opts.onlyAdd || d.action === 'add');
+    const diffs = (await diffConfig(c, cfg))
+      .filter((d) => (!opts.onlyAdd || d.action === 'add') && (!opts.keepOthers || d.action !== 'remove'));
     for (const d of diffs) {
       if (d.action === 'remove') {
         await c.query('delete from sync.entity where name = $1', [d.name]);

@@ -145,7 +145,8 @@ export const entity = z.object({
   softDelete: z.object({ column: identifier }).strict().optional(),
   deletedWhen: z.object({ column: identifier }).strict().optional()
     .describe('A source column that marks a record deleted (an API\'s deleted_at): such a record deletes its row, even in an incremental run.'),
-  dependsOn: z.array(identifier).default([]),
+  dependsOn: z.union([z.literal('auto'), z.array(identifier)]).default([])
+    .describe('Entities that must sync first: a list of names, or "auto" to take them from the foreign keys of the target table that point at other entities\' targets (resolved when the config is applied). Absent: none.'),
   schedule: cron.optional(),
   fullSchedule: cron.optional()
     .describe('When to run a full snapshot of an incremental entity: a cursor never sees deletions an API does not mark, a full run finds them.'),
@@ -214,7 +215,7 @@ export const entity = z.object({
 }).transform((e) => (e.direction === 'push' ? { ...e, mode: 'append' as const } : e));
 
 /** A push entity reads a local table and has none of the pull-only fields. */
-function checkPush(e: { direction: string; mode: string; push?: unknown; from: object; dependsOn: string[] } & Record<string, unknown>, ctx: z.RefinementCtx): void {
+function checkPush(e: { direction: string; mode: string; push?: unknown; from: object; dependsOn: string[] | 'auto' } & Record<string, unknown>, ctx: z.RefinementCtx): void {
   if (e.push !== undefined && e.direction !== 'push') {
     ctx.addIssue({ code: 'custom', path: ['push'], message: '"push" applies to "direction": "push" only — add the direction or remove "push"' });
   }
@@ -267,6 +268,8 @@ export type ServerConfig = z.infer<typeof serverOptions>;
 
 export const config = z.object({
   $schema: z.string().optional(),
+  database: identifier.optional()
+    .describe('The database on the embedded server this config keeps its entities, runs and alerts in (default "syncline"): the demo and each example have their own, so none touches another\'s entities. Ignored when DATABASE_URL is set.'),
   server: serverOptions.optional().describe('The operator API and dashboard: address, port, bearer token.'),
   alerts: alerting.optional().describe('Where alerts go besides sync.alert: e-mail over SMTP and a webhook.'),
   retention: interval('90 days').optional().describe('How long run logs, changes, errors and closed alerts are kept (default 90 days; written to sync.setting \'retention\', where a DBA may change it with UPDATE).'),
@@ -298,7 +301,7 @@ export const config = z.object({
     // by hand meets the run's own defenses (sourceColumns, copyFromSource).
     const queryProblem = 'query' in e.from ? templateProblem(e.from.query) : null;
     if (queryProblem) ctx.addIssue({ code: 'custom', path: ['entities', name, 'from', 'query'], message: queryProblem });
-    e.dependsOn.forEach((d, i) => {
+    (e.dependsOn === 'auto' ? [] : e.dependsOn).forEach((d, i) => {
       if (!(d in c.entities)) {
         ctx.addIssue({ code: 'custom', path: ['entities', name, 'dependsOn', i], message: `entity "${d}" is not defined` });
       } else if (c.entities[d].direction === 'push') {
@@ -307,7 +310,7 @@ export const config = z.object({
       }
     });
   }
-  const cycle = findCycle(Object.fromEntries(Object.entries(c.entities).map(([n, e]) => [n, e.dependsOn])));
+  const cycle = findCycle(Object.fromEntries(Object.entries(c.entities).map(([n, e]) => [n, e.dependsOn === 'auto' ? [] : e.dependsOn])));
   if (cycle) {
     ctx.addIssue({ code: 'custom', path: ['entities', cycle[0], 'dependsOn'],
       message: `dependency cycle: ${cycle.join(' → ')} — remove one of these dependsOn entries` });

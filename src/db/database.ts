@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runMigrations } from 'graphile-worker';
@@ -20,13 +21,25 @@ export interface Database {
 
 /**
  * DATABASE_URL if set, otherwise the embedded server under .syncline/
- * (started, or reused when another Syncline process runs it).
+ * (started, or reused when another Syncline process runs it), in the
+ * database `database` (a config's own: each example has one, so it never
+ * touches the demo's entities).
  */
-export async function openDatabase(env = process.env): Promise<Database> {
+export async function openDatabase(env = process.env, database = EMBEDDED_DATABASE): Promise<Database> {
   if (env.DATABASE_URL) return { url: env.DATABASE_URL, close: async () => {} };
   const embedded = await startEmbedded({ dir: env.SYNCLINE_HOME ?? path.join(PROJECT_ROOT, '.syncline') });
-  await ensureDatabase(embedded.url('postgres'), EMBEDDED_DATABASE);
-  return { url: embedded.url(EMBEDDED_DATABASE), embedded, close: () => embedded.stop() };
+  await ensureDatabase(embedded.url('postgres'), database);
+  return { url: embedded.url(database), embedded, close: () => embedded.stop() };
+}
+
+/** The embedded database a config file names (top-level "database"), read without validating the rest. */
+export function configDatabase(configFile: string): string {
+  try {
+    const { database } = JSON.parse(readFileSync(configFile, 'utf8')) as { database?: unknown };
+    return typeof database === 'string' && database !== '' ? database : EMBEDDED_DATABASE;
+  } catch {
+    return EMBEDDED_DATABASE;
+  }
 }
 
 /** Creates `name` on the server of `adminUrl` unless it exists. */

@@ -80,11 +80,27 @@ export function demoSources(cfg: Config): { name: string; database: string }[] {
     (s.kind === 'postgres' && s.demo === true && s.database !== undefined ? [{ name, database: s.database }] : []));
 }
 
+/** Why a demo source is not seeded on a server the user gave (DATABASE_URL), and what to do. */
+export function demoNotSeeded(cfg: Config): string | null {
+  const demo = demoSources(cfg);
+  if (!demo.length) return null;
+  return `note: the demo source${demo.length > 1 ? 's' : ''} ${demo.map((d) => `"${d.name}" (database ${d.database})`).join(', ')} `
+    + 'is seeded only on the embedded server, never on a server named by DATABASE_URL. '
+    + 'Replace syncline.config.json with your own config (see examples/), or unset DATABASE_URL to run the demo.\n';
+}
+
 /**
  * Seeds every demo source of `cfg` and returns their connection strings (for
- * mutateDemo). A config without demo sources returns [] and touches nothing.
+ * mutateDemo) — only on the embedded server: the demo never lands in a
+ * user's database by surprise. A config without demo sources, or a server
+ * the user gave, returns [] and touches nothing.
  */
-export async function prepareDemo(syncUrl: string, cfg: Config): Promise<string[]> {
+export async function prepareDemo(syncUrl: string, cfg: Config, embedded: boolean): Promise<string[]> {
+  if (!embedded) {
+    const note = demoNotSeeded(cfg);
+    if (note) process.stderr.write(note);
+    return [];
+  }
   const urls: string[] = [];
   for (const { database } of demoSources(cfg)) {
     await seedDemo(syncUrl, database);
