@@ -337,6 +337,29 @@ describe('status', () => {
     expect(trend.body.buckets.at(-1).runs).toBeGreaterThanOrEqual(2);
     expect((await call('/api/sync/trend?granularity=week')).status).toBe(400);
   });
+
+  it('gives the trend by the minute for two hours, from sync.run, and when the runs begin (firstRunAt)', async () => {
+    const trend = await call('/api/sync/trend?granularity=minute&entity=parents');
+    expect(trend.status).toBe(200);
+    expect(trend.body).toMatchObject({ granularity: 'minute', entity: 'parents' });
+    const times = trend.body.buckets.map((b: { bucket: string }) => Date.parse(b.bucket));
+    expect(times).toHaveLength(120);
+    expect(times.slice(1).every((t: number, i: number) => t - times[i] === 60_000)).toBe(true);
+    // Every run of this file is minutes old: all of them are in the window, each in the minute it started.
+    const { rows: [db] } = await sync.pool.query<{ first: Date; runs: number; minutes: number }>(
+      `select min(started_at) as first, count(*)::int as runs, count(distinct date_trunc('minute', started_at))::int as minutes
+         from sync.run where entity = 'parents' and not dry_run and finished_at is not null`);
+    const runs = trend.body.buckets.map((b: { runs: number }) => b.runs);
+    expect(runs.reduce((a: number, b: number) => a + b, 0)).toBe(db.runs);
+    expect(runs.filter((n: number) => n > 0)).toHaveLength(db.minutes);
+    expect(new Date(trend.body.firstRunAt)).toEqual(db.first);
+    expect(Date.parse(trend.body.firstRunAt)).toBeGreaterThanOrEqual(times[0]);
+    // firstRunAt is in every granularity's answer; null for an entity that never ran.
+    expect((await call('/api/sync/trend?granularity=day')).body.firstRunAt).toEqual(expect.any(String));
+    const never = await call(`/api/sync/trend?granularity=minute&entity=${encodeURIComponent(ODD)}`);
+    expect(never.body.firstRunAt).toBeNull();
+    expect(never.body.buckets.every((b: { runs: number }) => b.runs === 0)).toBe(true);
+  });
 });
 
 describe('config', () => {
@@ -529,8 +552,11 @@ describe('syncline serve', () => {
     child.stdout.on('data', (d) => { out += d; });
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     try {
-      const [, url, token] = await until('the announcement', async () =>
-        /dashboard and API: (http:\/\/127\.0\.0\.1:\d+\/)\n {2}API token \(generated for this process[^)]*\): (\S+)/.exec(out));
+      const [, url, token, link] = await until('the announcement', async () =>
+        /dashboard and API: (http:\/\/127\.0\.0\.1:\d+\/)\n {2}API token \(generated for this process[^)]*\): (\S+)\n {2}sign in directly: (\S+)\n/
+          .exec(out));
+      // The link the dashboard signs in with (test/e2e-dashboard.test.ts opens one): the page, the token in the fragment.
+      expect(link).toBe(`${url}#token=${token}`);
       const status = await call('/api/sync/status', { base: url, token });
       expect(status.status).toBe(200);
       expect(status.body.entities.map((e: { entity: string }) => e.entity)).toContain('parents');

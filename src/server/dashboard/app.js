@@ -17,7 +17,12 @@ const state = {
   name: localStorage.getItem(NAME_KEY) ?? '',
   entities: [],
   config: [],
-  granularity: 'hour',
+  /** the pressed range button: auto (fitted to the runs), hour (48 h) or day (30 d) */
+  range: 'auto',
+  /** what the charts show: { granularity, buckets } (buckets: the last n of the API's window, or all) */
+  view: { granularity: 'hour', buckets: null },
+  /** the latest trend request: an older answer arriving late is dropped */
+  trendSeq: 0,
   trendEntity: '',
   /** entity → latest progress of a run followed over SSE */
   live: new Map(),
@@ -111,29 +116,40 @@ function showLogin(message) {
   $('#app').hidden = true;
   $('#login').hidden = false;
   $('#login-token').value = state.token;
-  $('#login-name').value = state.name;
   const err = $('#login-error');
   err.hidden = !message;
   err.textContent = message ?? '';
-  ($('#login-token').value ? $('#login-name') : $('#login-token')).focus();
+  $('#login-token').focus();
 }
 
-async function signIn(event) {
-  event.preventDefault();
-  const token = $('#login-token').value.trim();
-  const name = $('#login-name').value.trim();
-  if (!token || !name) return showLogin(!token ? 'Enter the API token.' : 'Enter your name: it is recorded when you acknowledge an alert.');
+const REFUSED = {
+  typed: 'That token was refused. Use the token set in SYNCLINE_API_TOKEN, or the one the server printed at start.',
+  // A generated token lasts one server process: an old link is the usual cause.
+  link: 'The token in that link was refused: the server makes a new one each time it starts (unless SYNCLINE_API_TOKEN is set). '
+    + 'Open the "sign in directly" link it printed last, or enter the token.',
+  kept: 'The token of this tab was refused (the server may have restarted with a new one): enter the current token.',
+};
+
+/** Checks the token with the server, then opens the dashboard; a refused token shows the sign-in form and why. */
+async function enter(token, how) {
   state.token = token;
-  state.name = name;
   try {
     await api('/api/sync/status', { probe: true });
   } catch (err) {
-    return showLogin(err.status === 401 ? 'That token was refused. Use the token set in SYNCLINE_API_TOKEN, or the one the server printed at start.'
-      : `The server did not answer: ${err.message}`);
+    if (err.status !== 401) return showLogin(`The server did not answer: ${err.message}`);
+    sessionStorage.removeItem(TOKEN_KEY);
+    state.token = '';
+    return showLogin(REFUSED[how]);
   }
   sessionStorage.setItem(TOKEN_KEY, token);
-  localStorage.setItem(NAME_KEY, name);
   start();
+}
+
+function signIn(event) {
+  event.preventDefault();
+  const token = $('#login-token').value.trim();
+  if (!token) return showLogin('Enter the API token.');
+  return enter(token, 'typed');
 }
 
 function signOut(message) {
@@ -368,6 +384,8 @@ async function follow(entity, runId) {
       state.live.delete(entity);
     }
     refresh();
+    // A run started here shows in the trend at once; the others at the next trend refresh (a busy worker ends many a minute).
+    if (state.mine.has(runId)) loadTrend().catch(() => {});
   });
   // A dropped stream whose ticket has expired cannot reconnect: the next refresh follows the run again.
   es.onerror = () => { if (es.readyState === EventSource.CLOSED) state.streams.delete(runId); };
@@ -397,11 +415,64 @@ function renderAlerts(alerts) {
     : [h('li', { class: 'all-clear' }, h('b', {}, 'All clear'), 'No open alerts. New ones also go out by e-mail and webhook when configured.')]));
 }
 
+function showName() {
+  $('#user').hidden = !state.name;
+  $('#user').textContent = state.name;
+}
+
+/**
+ * Asks who acknowledges; resolves to the name, or null when cancelled (then
+ * nothing is acknowledged: acknowledged_by always names a person). A dialog,
+ * not a field in the alert: the alert list is redrawn at every refresh.
+ */
+function askName(what, action) {
+  const dialog = $('#name-dialog');
+  const input = $('#name-input');
+  $('#name-what').textContent = what;
+  $('#name-ok').textContent = action;
+  $('#name-error').hidden = true;
+  input.value = state.name;
+  return new Promise((resolve) => {
+    const done = (name) => {
+      $('#name-form').onsubmit = null;
+      $('#name-cancel').onclick = null;
+      dialog.onclose = null;
+      if (dialog.open) dialog.close();
+      resolve(name);
+    };
+    $('#name-form').onsubmit = (e) => {
+      e.preventDefault();
+      const name = input.value.trim();
+      if (!name) {
+        $('#name-error').textContent = 'Enter a name: it is recorded as who acknowledged.';
+        $('#name-error').hidden = false;
+        return input.focus();
+      }
+      state.name = name;
+      localStorage.setItem(NAME_KEY, name);
+      showName();
+      done(name);
+    };
+    $('#name-cancel').onclick = () => done(null);
+    dialog.onclose = () => done(null); // Escape
+    dialog.showModal();
+    input.select();
+  });
+}
+
+function changeName() {
+  askName('Recorded with each alert you acknowledge from this browser.', 'Save').catch(failed('Name'));
+}
+
 async function acknowledge(a, button) {
+  const what = `${a.kind.replaceAll('_', ' ')}${a.entity ? ` on ${a.entity}` : ''}`;
+  // The name is asked once, when it is first needed.
+  const by = state.name || await askName(`Acknowledging ${what}.`, 'Acknowledge');
+  if (!by) return;
   button.disabled = true;
   try {
-    await api(`/api/alerts/${a.id}/ack`, { method: 'POST', body: { by: state.name } });
-    toast(`Acknowledged ${a.kind.replaceAll('_', ' ')}${a.entity ? ` on ${a.entity}` : ''} as ${state.name}`, 'ok');
+    await api(`/api/alerts/${a.id}/ack`, { method: 'POST', body: { by } });
+    toast(`Acknowledged ${what} as ${by}`, 'ok');
     refresh();
   } catch (err) {
     failed('Could not acknowledge')(err);
@@ -430,7 +501,36 @@ function renderRuns(runs) {
 // ------------------------------------------------------------------ trend charts
 
 const COLORS = { runs: '#4f46e5', failed: '#ef4444', fetched: '#38bdf8', changed: '#10b981', avg: '#8b5cf6', max: '#f59e0b' };
-const WINDOW = { hour: 'last 48 h', day: 'last 30 days' };
+const STEP_S = { minute: 60, hour: 3600, day: 86400 };
+const UNIT = { minute: 'per minute', hour: 'per hour', day: 'per day' };
+const WINDOW = { minute: 'last 2 h', hour: 'last 48 h', day: 'last 30 days' };
+// Buckets in the API's windows (GET /api/sync/trend).
+const WINDOW_BUCKETS = { minute: 120, hour: 48, day: 30 };
+// The Auto range fits the runs there are; without it a new install's first
+// runs are one spike at the right edge of a 48-hour axis. Room on the left of
+// the first run, and the fewest buckets shown, so that a handful of runs
+// still reads as a few bars on a time axis with labels.
+const FIT_MARGIN = 1.25;
+const MIN_BUCKETS = { minute: 10, hour: 6 };
+// Counts (runs, rows) are whole: their axis ticks are too.
+const WHOLE_INCRS = [1, 2, 5].flatMap((m) => [1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9].map((p) => m * p)).sort((a, b) => a - b);
+
+/**
+ * What the Auto range shows for runs that began at `firstRunAt`: the finest
+ * granularity whose window holds them all with room on the left, as its last
+ * n buckets; runs older than that, the 48 hours.
+ */
+function autoView(firstRunAt) {
+  if (!firstRunAt) return { granularity: 'hour', buckets: null };
+  const span = Math.max(0, (Date.now() - Date.parse(firstRunAt)) / 1000);
+  for (const granularity of ['minute', 'hour']) {
+    const buckets = Math.max(MIN_BUCKETS[granularity], Math.ceil((span * FIT_MARGIN) / STEP_S[granularity]) + 1);
+    if (buckets <= WINDOW_BUCKETS[granularity]) return { granularity, buckets };
+  }
+  return { granularity: 'hour', buckets: null };
+}
+
+const windowText = (view) => (view.buckets ? `last ${human(view.buckets * STEP_S[view.granularity])}` : WINDOW[view.granularity]);
 
 /** What a series' legend shows when the pointer is not on the chart: the whole window's sum, mean or maximum. */
 function summary(values, how) {
@@ -441,16 +541,21 @@ function summary(values, how) {
   return `${duration(xs.reduce((a, b) => a + b, 0) / xs.length)} mean`;
 }
 
-function chartOptions(width, series) {
+function chartOptions(width, series, whole) {
+  const { view } = state;
   const axis = { stroke: '#64748b', grid: { stroke: '#eef1f5', width: 1 }, ticks: { stroke: '#e2e8f0', width: 1 }, font: '11px system-ui, sans-serif' };
-  const when = new Intl.DateTimeFormat(undefined, state.granularity === 'hour'
-    ? { month: 'short', day: 'numeric', hour: 'numeric' } : { month: 'short', day: 'numeric' });
+  const when = new Intl.DateTimeFormat(undefined, {
+    minute: { hour: 'numeric', minute: '2-digit' }, hour: { month: 'short', day: 'numeric', hour: 'numeric' }, day: { month: 'short', day: 'numeric' },
+  }[view.granularity]);
+  // Half a bucket either side: the first and last bars are drawn whole.
+  const half = STEP_S[view.granularity] / 2;
   return {
     width, height: 170, cursor: { points: { size: 7 } }, legend: { live: true },
-    scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.15 : 1] } },
-    axes: [{ ...axis, space: 60 }, { ...axis, size: 44, values: (u, v) => v.map((x) => (x >= 1000 ? `${nf.format(x / 1000)}k` : nf.format(x))) }],
+    scales: { x: { time: true, range: (u, min, max) => [min - half, max + half] }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.15 : 1] } },
+    axes: [{ ...axis, space: 60 }, { ...axis, size: 44, ...(whole ? { incrs: WHOLE_INCRS } : {}),
+      values: (u, v) => v.map((x) => (x >= 1000 ? `${nf.format(x / 1000)}k` : nf.format(x))) }],
     series: [
-      { label: state.granularity, value: (u, v) => (v === null ? WINDOW[state.granularity] : when.format(new Date(v * 1000))) },
+      { label: view.granularity, value: (u, v) => (v === null ? windowText(view) : when.format(new Date(v * 1000))) },
       ...series.map((s, i) => ({
         label: s.label, stroke: s.color, width: s.dash ? 1.5 : 2, dash: s.dash, spanGaps: true,
         points: { show: s.points ?? false, size: 4, fill: s.color },
@@ -468,24 +573,34 @@ function drawCharts(buckets) {
   const col = (k) => buckets.map((b) => b[k]);
   const defs = [
     ['#chart-runs', [{ label: 'runs', color: COLORS.runs, bars: true, summary: 'sum' }, { label: 'failed', color: COLORS.failed, bars: true, summary: 'sum' }],
-      [col('runs'), col('failed')]],
+      [col('runs'), col('failed')], true],
     ['#chart-rows', [{ label: 'fetched', color: COLORS.fetched, bars: true, summary: 'sum' }, { label: 'changed', color: COLORS.changed, bars: true, summary: 'sum' }],
-      [col('rowsFetched'), col('rowsChanged')]],
+      [col('rowsFetched'), col('rowsChanged')], true],
     ['#chart-duration', [{ label: 'average', color: COLORS.avg, fill: true, points: true, summary: 'avg' },
-      { label: 'longest', color: COLORS.max, dash: [4, 3], points: true, summary: 'max' }], [col('avgSeconds'), col('maxSeconds')]],
+      { label: 'longest', color: COLORS.max, dash: [4, 3], points: true, summary: 'max' }], [col('avgSeconds'), col('maxSeconds')], false],
   ];
-  state.charts = defs.map(([sel, series, data]) => {
+  state.charts = defs.map(([sel, series, data, whole]) => {
     const el = $(sel);
     el.replaceChildren();
-    return new uPlot(chartOptions(Math.max(240, el.clientWidth), series), [xs, ...data], el);
+    const chart = new uPlot(chartOptions(Math.max(240, el.clientWidth), series, whole), [xs, ...data], el);
+    // The instance, for the browser test and the devtools console.
+    el.uplot = chart;
+    return chart;
   });
 }
 
+const trendPath = (granularity) => `/api/sync/trend?${new URLSearchParams({ granularity, ...(state.trendEntity ? { entity: state.trendEntity } : {}) })}`;
+
 async function loadTrend() {
-  const q = new URLSearchParams({ granularity: state.granularity, ...(state.trendEntity ? { entity: state.trendEntity } : {}) });
-  const t = await api(`/api/sync/trend?${q}`);
-  $('[data-unit]').textContent = state.granularity === 'hour' ? 'per hour' : 'per day';
-  drawCharts(t.buckets);
+  const seq = ++state.trendSeq;
+  // Auto asks first for what it showed last; the answer's firstRunAt says whether that still fits.
+  let t = await api(trendPath(state.range === 'auto' ? state.view.granularity : state.range));
+  const view = state.range === 'auto' ? autoView(t.firstRunAt) : { granularity: state.range, buckets: null };
+  if (view.granularity !== t.granularity) t = await api(trendPath(view.granularity));
+  if (seq !== state.trendSeq) return;
+  state.view = view;
+  $('[data-unit]').textContent = UNIT[view.granularity];
+  drawCharts(view.buckets ? t.buckets.slice(-view.buckets) : t.buckets);
 }
 
 function resizeCharts() {
@@ -611,23 +726,24 @@ async function refresh() {
 function start() {
   $('#login').hidden = true;
   $('#app').hidden = false;
-  $('#user').textContent = state.name;
-  refresh().then(() => Promise.all([loadTrend(), loadConfig()])).catch(failed('Loading failed'));
+  showName();
+  refresh().then(() => state.token && Promise.all([loadTrend(), loadConfig()])).catch(failed('Loading failed'));
   state.timers.push(setInterval(refresh, REFRESH_MS), setInterval(() => loadTrend().catch(() => {}), TREND_REFRESH_MS));
 }
 
 function wire() {
   $('#login-form').addEventListener('submit', signIn);
   $('#sign-out').addEventListener('click', () => signOut());
+  $('#user').addEventListener('click', changeName);
   $('#sync-all').addEventListener('click', (e) => syncAll(e.currentTarget));
   $('#config-entity').addEventListener('change', fillConfig);
   $('#config-form').addEventListener('submit', saveConfig);
   $('#config-reset').addEventListener('click', fillConfig);
   $('#trend-entity').addEventListener('change', (e) => { state.trendEntity = e.target.value; loadTrend().catch(failed('Trend')); });
-  for (const b of document.querySelectorAll('[data-granularity]')) {
+  for (const b of document.querySelectorAll('[data-range]')) {
     b.addEventListener('click', () => {
-      state.granularity = b.dataset.granularity;
-      for (const x of document.querySelectorAll('[data-granularity]')) x.setAttribute('aria-pressed', String(x === b));
+      state.range = b.dataset.range;
+      for (const x of document.querySelectorAll('[data-range]')) x.setAttribute('aria-pressed', String(x === b));
       loadTrend().catch(failed('Trend'));
     });
   }
@@ -635,16 +751,24 @@ function wire() {
   window.addEventListener('resize', () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(resizeCharts, 100); });
 }
 
-/** A link with #token=… (printed by the server) signs in without typing it; the fragment never reaches a server. */
+/**
+ * The link the server prints, …/#token=…, signs in with no prompt: the token
+ * goes to sessionStorage and leaves the address bar (history.replaceState),
+ * so it is neither bookmarked nor shared. A fragment never reaches a server.
+ */
 function tokenFromLink() {
   const m = /[#&]token=([^&]+)/.exec(location.hash);
-  if (!m) return;
-  state.token = decodeURIComponent(m[1]);
-  sessionStorage.setItem(TOKEN_KEY, state.token);
-  history.replaceState(null, '', location.pathname);
+  if (!m) return null;
+  history.replaceState(null, '', location.pathname + location.search);
+  try {
+    return decodeURIComponent(m[1]);
+  } catch {
+    return m[1];
+  }
 }
 
 wire();
-tokenFromLink();
-if (state.token && state.name) start();
+const linked = tokenFromLink();
+if (linked) enter(linked, 'link');
+else if (state.token) enter(state.token, 'kept');
 else showLogin();

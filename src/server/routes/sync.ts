@@ -113,30 +113,52 @@ async function runs(ctx: ServerContext, req: Request, res: ServerResponse): Prom
 }
 
 const TrendQuery = z.object({
-  granularity: z.enum(['hour', 'day']).default('hour'),
+  granularity: z.enum(['minute', 'hour', 'day']).default('hour'),
   entity: z.string().min(1).optional(),
 }).strict();
 
-// The windows the trend chart shows: two days by the hour, a month by the day
+// The windows the trend chart shows: two hours by the minute (a new
+// install's first runs), two days by the hour, a month by the day
 // (sync.trend keeps 48 hours and 90 days).
-const TREND_WINDOW = { hour: '47 hours', day: '29 days' } as const;
+const TREND_WINDOW = { minute: '119 minutes', hour: '47 hours', day: '29 days' } as const;
+
+// sync.trend has no minutes: they come from sync.run, counted as the view
+// counts hours. The finished_at bound lets run_finished_idx find the runs.
+const MINUTE_TREND = `
+  select date_trunc('minute', r.started_at) as bucket, count(*) as runs, count(*) filter (where r.status = 'failed') as failed,
+         coalesce(sum(r.fetched), 0) as rows_fetched, coalesce(sum(r.inserted + r.updated + r.deleted), 0) as rows_changed,
+         avg(extract(epoch from r.finished_at - r.started_at))::numeric as avg_seconds,
+         round(max(extract(epoch from r.finished_at - r.started_at))::numeric, 3) as max_seconds
+    from sync.run r
+   where not r.dry_run and r.finished_at is not null and ($2::text is null or r.entity = $2)
+     and r.started_at >= date_trunc($1, now()) - $3::interval and r.finished_at >= date_trunc($1, now()) - $3::interval
+   group by 1`;
+
+const VIEW_TREND = `
+  select bucket, sum(runs) as runs, sum(failed) as failed, sum(rows_fetched) as rows_fetched, sum(rows_changed) as rows_changed,
+         sum(avg_seconds * runs) / nullif(sum(runs), 0) as avg_seconds, max(max_seconds) as max_seconds
+    from sync.trend where granularity = $1 and ($2::text is null or entity = $2) group by bucket`;
 
 async function trend(ctx: ServerContext, req: Request, res: ServerResponse): Promise<void> {
   const q = parseWith(TrendQuery, queryOf(req.url), 'GET /api/sync/trend');
+  const { pool } = ctx.engine;
   // Every bucket of the window, empty ones as zeros: a chart's x axis is time.
-  const { rows } = await ctx.engine.pool.query(
+  const buckets = pool.query(
     `with buckets as (
        select generate_series(date_trunc($1, now()) - $3::interval, date_trunc($1, now()), ('1 ' || $1)::interval) as bucket),
-     t as (
-       select bucket, sum(runs) as runs, sum(failed) as failed, sum(rows_fetched) as rows_fetched, sum(rows_changed) as rows_changed,
-              sum(avg_seconds * runs) / nullif(sum(runs), 0) as avg_seconds, max(max_seconds) as max_seconds
-         from sync.trend where granularity = $1 and ($2::text is null or entity = $2) group by bucket)
+     t as (${q.granularity === 'minute' ? MINUTE_TREND : VIEW_TREND})
      select b.bucket, coalesce(t.runs, 0)::float8 as runs, coalesce(t.failed, 0)::float8 as failed,
             coalesce(t.rows_fetched, 0)::float8 as "rowsFetched", coalesce(t.rows_changed, 0)::float8 as "rowsChanged",
             round(t.avg_seconds, 3)::float8 as "avgSeconds", t.max_seconds::float8 as "maxSeconds"
        from buckets b left join t on t.bucket = b.bucket order by b.bucket`,
     [q.granularity, q.entity ?? null, TREND_WINDOW[q.granularity]]);
-  sendJson(res, 200, { granularity: q.granularity, entity: q.entity ?? null, buckets: rows });
+  // When the runs begin (within sync.trend's 90 days): the dashboard's Auto range fits its axis to it.
+  const first = pool.query<{ first: Date | null }>(
+    `select min(started_at) as first from sync.run
+      where not dry_run and finished_at is not null and started_at > now() - interval '90 days' and ($1::text is null or entity = $1)`,
+    [q.entity ?? null]);
+  const [{ rows }, { rows: [{ first: firstRunAt }] }] = await Promise.all([buckets, first]);
+  sendJson(res, 200, { granularity: q.granularity, entity: q.entity ?? null, firstRunAt, buckets: rows });
 }
 
 export const syncRoutes: Route[] = [
