@@ -50,7 +50,7 @@ describe('config validation', () => {
     expect(p).toEqual(expect.arrayContaining([
       expect.stringMatching(/^entities\.meters\.mode: .*mirror/),
       expect.stringMatching(/^entities\.meters\.key: needs at least one key column/),
-      expect.stringMatching(/^entities\.meters: unknown field "colums" — check the spelling/),
+      'entities.meters: unknown field "colums" — did you mean "columns"?',
     ]));
   });
 

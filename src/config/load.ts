@@ -1,30 +1,17 @@
 import { readFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import dotenv from 'dotenv';
-import { z } from 'zod';
 import { config as configSchema, type Config } from './schema.js';
+import { describeIssue, formatPath, hideEnvValues } from './issues.js';
+import { describeJsonError } from './json-error.js';
+import { referenceProblems } from './references.js';
 import { expandPresets } from '../sources/http/presets.js';
 import { spellings } from '../sources/http/secrets.js';
 
-export const DEFAULT_CONFIG_FILE = 'syncline.config.json';
+import { ConfigError, DEFAULT_CONFIG_FILE } from './errors.js';
 
-export class ConfigError extends Error {
-  constructor(readonly file: string, readonly problems: string[]) {
-    super(`${file} is not valid:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
-    this.name = 'ConfigError';
-  }
-}
-
-/** JSON path of an issue in the form people read: entities.meters.key[0]. */
-export function formatPath(segments: readonly PropertyKey[]): string {
-  let out = '';
-  for (const s of segments) {
-    if (typeof s === 'number') out += `[${s}]`;
-    else if (/^[A-Za-z_$][\w$]*$/.test(String(s))) out += out ? `.${String(s)}` : String(s);
-    else out += `[${JSON.stringify(String(s))}]`;
-  }
-  return out || '(top level)';
-}
+// Defined beside what they need, exported here too: one place to import the config's surface from.
+export { formatPath, ConfigError, DEFAULT_CONFIG_FILE };
 
 const ENV_REF = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
 
@@ -55,27 +42,6 @@ export function substituteEnv(value: unknown, env: NodeJS.ProcessEnv, problems: 
   return value;
 }
 
-function describeIssue(issue: z.core.$ZodIssue): string {
-  const where = formatPath(issue.path);
-  if (issue.code === 'unrecognized_keys') {
-    return `${where}: unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')} — check the spelling against syncline.config.schema.json`;
-  }
-  if (issue.code === 'invalid_union' && 'errors' in issue && issue.errors.length) {
-    // Report the alternative that got furthest rather than "invalid input".
-    const best = [...issue.errors].sort((a, b) => a.length - b.length)[0];
-    if (best.length) return describeIssue({ ...best[0], path: [...issue.path, ...best[0].path] });
-  }
-  if (issue.code === 'invalid_type' && issue.input === undefined) {
-    return `${where}: is required (${issue.expected}) — add it`;
-  }
-  if (issue.code === 'invalid_type') {
-    const got = issue.input === null ? 'null' : Array.isArray(issue.input) ? 'an array' : typeof issue.input;
-    // The value itself is not repeated: it may be a secret from ${ENV}.
-    return `${where}: must be ${issue.expected === 'array' ? 'an array' : `a ${issue.expected}`}, not ${got === 'object' ? 'an object' : `a ${got}`}`;
-  }
-  return `${where}: ${issue.message}`;
-}
-
 // The values each parsed config took from the environment, for maskSecrets.
 // Beside the config rather than in it: the schema knows no such field, and
 // a config re-parsed from its own JSON must stay the same.
@@ -90,15 +56,24 @@ export function parseConfig(raw: unknown, env: NodeJS.ProcessEnv = process.env, 
   const problems: string[] = [];
   const fromEnv = new Set<string>();
   const substituted = substituteEnv(raw, env, problems, [], fromEnv);
+  // A schema message may quote what was written: a value from ${ENV} never reaches the screen.
+  const invalid = () => new ConfigError(file, problems.map((p) => hideEnvValues(p, fromEnv)));
   // Presets expand into plain http options before validation; an unknown
   // preset or endpoint is reported alone (the schema would only add noise).
   const before = problems.length;
   const expanded = expandPresets(substituted, problems);
-  if (problems.length > before) throw new ConfigError(file, problems);
+  if (problems.length > before) throw invalid();
   // reportInput: a wrong-typed value is told apart from a missing one.
   const result = configSchema.safeParse(expanded, { reportInput: true });
-  if (!result.success) problems.push(...result.error.issues.map(describeIssue));
-  if (problems.length) throw new ConfigError(file, problems);
+  if (!result.success) {
+    const ctx = { schema: configSchema, input: expanded, fromEnv };
+    problems.push(...result.error.issues.flatMap((issue) => describeIssue(issue, ctx)));
+  }
+  // zod checks names against "sources" and "entities" only once all else
+  // parsed: found here too, so one run reports them beside the other errors
+  // (and by own keys: a source named "constructor" is no source).
+  problems.push(...referenceProblems(expanded).filter((p) => !problems.includes(p)));
+  if (problems.length) throw invalid();
   const cfg = result.data as Config;
   ENV_VALUES.set(cfg, fromEnv);
   return cfg;
@@ -112,11 +87,12 @@ export function loadConfig(file = process.env.SYNCLINE_CONFIG ?? DEFAULT_CONFIG_
   }
   const envFile = path.join(path.dirname(abs), '.env');
   if (env === process.env && existsSync(envFile)) dotenv.config({ path: envFile, quiet: true });
+  const text = readFileSync(abs, 'utf8');
   let raw: unknown;
   try {
-    raw = JSON.parse(readFileSync(abs, 'utf8'));
+    raw = JSON.parse(text);
   } catch (err) {
-    throw new ConfigError(file, [`not valid JSON: ${(err as Error).message}`]);
+    throw new ConfigError(file, [describeJsonError(text, err as Error)]);
   }
   return parseConfig(raw, env, file);
 }

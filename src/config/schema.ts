@@ -277,7 +277,7 @@ export const config = z.object({
   entities: z.record(z.string().min(1).max(100).refine((s) => !/[\u0000-\u001f]/.test(s), 'must not contain control characters'), entity),
 }).strict().superRefine((c, ctx) => {
   for (const [name, e] of Object.entries(c.entities)) {
-    if (!(e.source in c.sources)) {
+    if (!Object.hasOwn(c.sources, e.source)) {
       ctx.addIssue({ code: 'custom', path: ['entities', name, 'source'],
         message: `source "${e.source}" is not defined — add it under "sources" or use one of: ${Object.keys(c.sources).join(', ') || '(none)'}` });
     }
@@ -302,7 +302,7 @@ export const config = z.object({
     const queryProblem = 'query' in e.from ? templateProblem(e.from.query) : null;
     if (queryProblem) ctx.addIssue({ code: 'custom', path: ['entities', name, 'from', 'query'], message: queryProblem });
     (e.dependsOn === 'auto' ? [] : e.dependsOn).forEach((d, i) => {
-      if (!(d in c.entities)) {
+      if (!Object.hasOwn(c.entities, d)) {
         ctx.addIssue({ code: 'custom', path: ['entities', name, 'dependsOn', i], message: `entity "${d}" is not defined` });
       } else if (c.entities[d].direction === 'push') {
         ctx.addIssue({ code: 'custom', path: ['entities', name, 'dependsOn', i],
@@ -329,7 +329,7 @@ export function findCycle(graph: Record<string, string[]>): string[] | null {
     state.set(n, 'open');
     stack.push(n);
     for (const d of graph[n] ?? []) {
-      const found = d in graph ? visit(d) : null;
+      const found = Object.hasOwn(graph, d) ? visit(d) : null;
       if (found) return found;
     }
     stack.pop();

@@ -1,4 +1,5 @@
-import { ConfigError, DEFAULT_CONFIG_FILE, formatPath } from '../../config/load.js';
+import { ConfigError, DEFAULT_CONFIG_FILE } from '../../config/errors.js';
+import { formatPath } from '../../config/issues.js';
 import { PRESETS, type Preset } from './presets/index.js';
 
 export { PRESETS } from './presets/index.js';

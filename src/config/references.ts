@@ -1,0 +1,34 @@
+import { formatPath } from './issues.js';
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/**
+ * Entities naming a source or a dependency the config does not define,
+ * found in the raw (substituted) config, as "path: message" lines worded as
+ * the schema's config-level refinement words them. zod runs that refinement
+ * only once everything else parsed, so without this pass a config with a
+ * typo elsewhere hides its unknown names until that typo is fixed. Shapes
+ * the schema judges itself (a "sources" that is not an object, a dependsOn
+ * that is "auto" — resolved when the config is applied — or not a list) are
+ * skipped here. The wording matches the refinement's, so the caller can
+ * drop a line both report.
+ */
+export function referenceProblems(raw: unknown): string[] {
+  if (!isObject(raw) || !isObject(raw.entities)) return [];
+  const { entities } = raw;
+  const sources = isObject(raw.sources) ? raw.sources : undefined;
+  const problems: string[] = [];
+  for (const [name, e] of Object.entries(entities)) {
+    if (!isObject(e)) continue;
+    if (sources && typeof e.source === 'string' && !Object.hasOwn(sources, e.source)) {
+      problems.push(`${formatPath(['entities', name, 'source'])}: source "${e.source}" is not defined — add it under "sources" or use one of: ${Object.keys(sources).join(', ') || '(none)'}`);
+    }
+    if (!Array.isArray(e.dependsOn)) continue;
+    e.dependsOn.forEach((d, i) => {
+      if (typeof d === 'string' && !Object.hasOwn(entities, d)) {
+        problems.push(`${formatPath(['entities', name, 'dependsOn', i])}: entity "${d}" is not defined`);
+      }
+    });
+  }
+  return problems;
+}
