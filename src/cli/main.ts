@@ -96,7 +96,7 @@ program.command('runs').description('the audit log of runs (sync.runs), newest f
   .action(run((o: Omit<health.RunsOptions, 'config'>) => health.runs({ ...globals(), ...o })));
 
 program.command('worker').description('run the worker: schedules, queued syncs (sync.request) and dependents, until Ctrl-C')
-  .option('--crontab <file>', 'crontab file (default: ./crontab)')
+  .option('--crontab <file>', "crontab file in graphile-worker's format (default: the checkout's crontab)")
   .addOption(new Option('--concurrency <n>', 'jobs at once (different entities)').argParser(wholeNumber(1)))
   .action(run((o: { crontab?: string; concurrency?: number }) => worker({ ...globals(), ...o })));
 

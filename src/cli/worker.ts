@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { applyConfig, formatDiff } from '../config/apply.js';
 import { PROJECT_ROOT } from '../db/database.js';
@@ -5,7 +6,7 @@ import { describeUrl } from '../db/pool.js';
 import { log } from '../log.js';
 import { mutateDemo, prepareDemo } from '../demo/seed.js';
 import { startWorker } from '../worker/worker.js';
-import { EXIT, openSession, type GlobalOptions } from './context.js';
+import { EXIT, openSession, UsageError, type GlobalOptions } from './context.js';
 import { serveBesideWorker } from './serve.js';
 
 // The demo's remote changes a little every minute so each run has work.
@@ -23,6 +24,10 @@ export interface WorkerOptions extends GlobalOptions {
  * close pools, stop the embedded server.
  */
 export async function worker(opts: WorkerOptions): Promise<number> {
+  // A crontab named but missing would leave the housekeeping tasks unscheduled, silently.
+  if (opts.crontab !== undefined && !existsSync(opts.crontab)) {
+    throw new UsageError(`--crontab ${opts.crontab}: no such file — pass the path of a crontab file, or leave the option out to use the checkout's crontab`);
+  }
   const s = await openSession(opts);
   let timer: NodeJS.Timeout | undefined;
   let api: { close(): Promise<void> } | null = null;
