@@ -2,7 +2,7 @@ import type { Pool, PoolClient } from '../db/pool.js';
 import { inTransaction } from '../db/pool.js';
 import type { Config, EntityConfig } from './schema.js';
 import { storedDefinition } from './stored.js';
-import { dependsOnNames } from './depends-on.js';
+import { resolveDependsOn } from './depends-on.js';
 
 /** The sync.entity columns a config entity defines (the cursor value is the engine's). */
 export interface EntityRow {
@@ -52,7 +52,8 @@ export function entityTunables(e: EntityConfig): Record<string, string | number 
   return Object.fromEntries(Object.entries(all).filter(([, v]) => v !== undefined)) as Record<string, string | number | boolean>;
 }
 
-export function entityRow(name: string, e: EntityConfig, cfg?: Config): EntityRow {
+/** The row of one entity; `dependsOn` is its list with "auto" resolved (resolveDependsOn). */
+export function entityRow(name: string, e: EntityConfig, cfg: Config, dependsOn: string[]): EntityRow {
   const target = e.target as { schema: string; table: string };
   return {
     name,
@@ -68,11 +69,12 @@ export function entityRow(name: string, e: EntityConfig, cfg?: Config): EntityRo
     cursor_overlap: e.cursor?.overlap === undefined ? null : String(e.cursor.overlap),
     soft_delete_column: e.softDelete?.column ?? null,
     tombstone_column: e.deletedWhen?.column ?? null,
-    depends_on: dependsOnNames(name, e),
+    depends_on: dependsOn,
     schedule: e.schedule ?? null,
     enabled: e.enabled,
     // Secrets written in an entity stay in the config file (see stored.ts).
-    definition: cfg ? storedDefinition(cfg, e) : e,
+    // The runs read dependsOn from the definition too: it holds the names.
+    definition: { ...storedDefinition(cfg, e), dependsOn },
   };
 }
 
@@ -91,12 +93,24 @@ function canonical(v: unknown): string {
   return JSON.stringify(v ?? null);
 }
 
+/**
+ * What applying the config would change in sync.entity. "dependsOn": "auto"
+ * is resolved from the target tables' foreign keys as they are now (a cycle
+ * throws a DependsOnError, a config error).
+ */
 export async function diffConfig(db: Pool | PoolClient, cfg: Config): Promise<EntityDiff[]> {
+  return (await compare(db, cfg)).diffs;
+}
+
+async function compare(db: Pool | PoolClient, cfg: Config): Promise<{ diffs: EntityDiff[]; wanted: Map<string, EntityRow> }> {
+  const { names } = await resolveDependsOn(db, cfg);
   const { rows } = await db.query<EntityRow>(`select ${['name', ...COMPARED].join(', ')} from sync.entity order by name`);
   const current = new Map(rows.map((r) => [r.name, r]));
   const diffs: EntityDiff[] = [];
+  const wanted = new Map<string, EntityRow>();
   for (const [name, e] of Object.entries(cfg.entities)) {
-    const want = entityRow(name, e, cfg);
+    const want = entityRow(name, e, cfg, names[name]);
+    wanted.set(name, want);
     const have = current.get(name);
     if (!have) {
       diffs.push({ name, action: 'add', fields: [] });
@@ -109,7 +123,7 @@ export async function diffConfig(db: Pool | PoolClient, cfg: Config): Promise<En
   for (const name of current.keys()) {
     if (!(name in cfg.entities)) diffs.push({ name, action: 'remove', fields: [] });
   }
-  return diffs;
+  return { diffs, wanted };
 }
 
 export function formatDiff(diffs: EntityDiff[]): string {
@@ -149,14 +163,14 @@ function definitionChanges(before: unknown, after: unknown, at = 'definition'): 
 export async function applyConfig(pool: Pool, cfg: Config, opts: { onlyAdd?: boolean; keepOthers?: boolean } = {}): Promise<EntityDiff[]> {
   return inTransaction(pool, async (c) => {
     await c.query('lock table sync.entity in share row exclusive mode');
-    const diffs = (await diffConfig(c, cfg))
-      .filter((d) => (!opts.onlyAdd || d.action === 'add') && (!opts.keepOthers || d.action !== 'remove'));
+    const { diffs: all, wanted } = await compare(c, cfg);
+    const diffs = all.filter((d) => (!opts.onlyAdd || d.action === 'add') && (!opts.keepOthers || d.action !== 'remove'));
     for (const d of diffs) {
       if (d.action === 'remove') {
         await c.query('delete from sync.entity where name = $1', [d.name]);
         continue;
       }
-      const row = entityRow(d.name, cfg.entities[d.name], cfg);
+      const row = wanted.get(d.name)!;
       await c.query(
         `insert into sync.entity as e (name, ${COMPARED.join(', ')})
          values ($1, ${COMPARED.map((_, i) => `$${i + 2}`).join(', ')})
