@@ -136,7 +136,7 @@ describe('the example config', () => {
       nested: { path: 'line_items', parent: { sale_id: 'id' } } });
     for (const t of TABLES.filter((n) => n !== 'product_categories')) expect(cfg.entities[t].cursor, t).toEqual({ column: 'version' });
     for (const t of TABLES) expect(cfg.entities[t].deletedWhen, t).toEqual({ column: 'deleted_at' });
-    expect(cfg.entities.sale_line_items.dependsOn).toEqual(['sales', 'products']);
+    expect(cfg.entities.sale_line_items.dependsOn).toEqual(['sales', 'products', 'taxes']);
   });
 
   it('LIGHTSPEED_URL points the source at another server (the local one)', () => {

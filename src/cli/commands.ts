@@ -1,16 +1,8 @@
-import { Edge } from '../edge/edge.js';
-import pg from 'pg';
 import { applyConfig, diffConfig, formatDiff } from '../config/apply.js';
 import { maskSecrets } from '../config/load.js';
-import { connectionHint, describeUrl } from '../db/pool.js';
+import { formatDependsOn, resolveForShow } from '../config/depends-on.js';
 import { runMany, exitCode } from '../engine/plan.js';
-import { sourceColumns, sourceConnection, sourceUrl } from '../sources/postgres.js';
 import { prepareDemo } from '../demo/seed.js';
-import { openCsv } from '../sources/csv.js';
-import { httpSourceClient } from '../sources/http/source.js';
-import { getPath } from '../sources/http/path.js';
-import type { HttpEntityOptions } from '../sources/http/schema.js';
-import type { EntityConfig } from '../config/schema.js';
 import { EXIT, openSession, readConfig, UsageError, type GlobalOptions, type Session } from './context.js';
 import { makeChunkReporter, makeReporter } from './progress.js';
 import { BackfillInputError, checkBackfillRange, enqueueBackfill, runBackfill } from '../engine/backfill.js';
@@ -33,8 +25,11 @@ export function configValidate(opts: GlobalOptions): number {
   return EXIT.ok;
 }
 
-export function configShow(opts: GlobalOptions): number {
-  process.stdout.write(`${JSON.stringify(maskSecrets(readConfig(opts)), null, 2)}\n`);
+export async function configShow(opts: GlobalOptions): Promise<number> {
+  const cfg = readConfig(opts);
+  process.stdout.write(`${JSON.stringify(maskSecrets(cfg), null, 2)}\n`);
+  // The dependencies and run order go to stderr: stdout stays the config's JSON, for jq or a file.
+  process.stderr.write(formatDependsOn(cfg, await resolveForShow(cfg)));
   return EXIT.ok;
 }
 
@@ -47,83 +42,8 @@ export async function configApply(opts: GlobalOptions & { dryRun?: boolean }): P
   });
 }
 
-/** Database, every source, every entity's source relation and target table. */
-export async function check(opts: GlobalOptions): Promise<number> {
-  return withSession(opts, async (s) => {
-    await prepareDemo(s.db.url, s.config, Boolean(s.db.embedded));
-    let ok = true;
-    const line = (good: boolean, text: string) => {
-      ok &&= good;
-      process.stdout.write(`${good ? '✓' : '✗'} ${text}\n`);
-    };
-    const v = await s.pool.query('select current_setting($1) as v', ['server_version']);
-    line(true, `database ${describeUrl(s.db.url)} (PostgreSQL ${v.rows[0].v}), sync schema migrated`);
-    for (const [name, src] of Object.entries(s.config.sources)) {
-      if (src.kind !== 'postgres') continue; // a file source is checked through its entities below
-      const url = sourceUrl(src, s.db.url);
-      // The same read-only session settings as a sync's source connections.
-      const c = new pg.Client({ ...sourceConnection(url), connectionTimeoutMillis: 10_000 });
-      try {
-        await c.connect();
-        await c.query('begin transaction read only; select 1; rollback');
-        line(true, `source ${name}: ${describeUrl(url)} reachable`);
-      } catch (err) {
-        line(false, `source ${name}: ${connectionHint(err, url, `source "${name}"`).message}`);
-      } finally {
-        await c.end().catch(() => {});
-      }
-    }
-    const applied = await s.pool.query<{ name: string }>('select name from sync.entity');
-    const appliedNames = new Set(applied.rows.map((r) => r.name));
-    const edge = new Edge(s.engine);
-    for (const [name, e] of Object.entries(s.config.entities)) {
-      if (e.direction === 'push') {
-        // Its target is on the remote: the push plan checks both sides.
-        await edge.describePush(name, e).then((d) => line(true, `entity ${name}: ${d}`),
-          (err) => line(false, `entity ${name}: ${(err as Error).message}`));
-        continue;
-      }
-      const target = e.target as { schema: string; table: string };
-      const t = await s.pool.query('select to_regclass(format($$%I.%I$$, $1::text, $2::text)) as r', [target.schema, target.table]);
-      if (!t.rows[0].r) {
-        line(false, `entity ${name}: target table ${target.schema}.${target.table} does not exist — create it with your migrations`);
-        continue;
-      }
-      const note = appliedNames.has(name) ? '' : ' (not applied yet: run `config apply`)';
-      try {
-        const cols = await sourceColumnCount(s, e);
-        line(true, `entity ${name}: source yields ${cols} columns, target ${target.schema}.${target.table} exists${note}`);
-      } catch (err) {
-        // A message that already says how to fix it (after " — ") needs no second hint.
-        const message = (err as Error).message;
-        line(false, `entity ${name}: the source cannot be read: ${message}${message.includes(' — ') ? '' : ' — check "from" in the config'}`);
-      }
-    }
-    await edge.close();
-    return ok ? EXIT.ok : EXIT.failed;
-  });
-}
-
-/** Columns the entity's source yields: a query's result columns, or a CSV file's header fields (read, then closed). */
-async function sourceColumnCount(s: Session, e: EntityConfig): Promise<number> {
-  const src = s.config.sources[e.source];
-  if (src.kind === 'postgres') {
-    const { pool, url } = s.engine.pgSource(e.source);
-    return (await sourceColumns(pool, url, e)).length;
-  }
-  if (src.kind === 'http') {
-    const http = (e.from as { http: HttpEntityOptions }).http;
-    const client = httpSourceClient(e.source, src, s.pool);
-    const res = await client.getJson(http.path, http.params);
-    const records = getPath(res.body, http.recordsPath ?? (http.pagination.style === 'version' ? 'data' : undefined));
-    if (!Array.isArray(records)) throw new Error(`${client.describe(res.url)} answered without a record array at "${http.recordsPath ?? '(the body)'}" — check recordsPath`);
-    return Object.keys(records[0] ?? {}).length;
-  }
-  const ctl = new AbortController();
-  const reader = await openCsv(src, e, e.key, s.engine.configDir, ctl.signal);
-  ctl.abort(new Error('checked'));
-  return reader.header.length;
-}
+// `check` lives in its own file.
+export { check } from './check.js';
 
 export interface SyncOptions extends GlobalOptions {
   tables?: string;

@@ -421,7 +421,7 @@ async function adoptPages(target: PoolClient, runId: number, columns: string[]):
  * {{from}} and {{to}} become a backfill chunk's bounds; outside a backfill
  * their params are left out.
  */
-function withCursor(http: HttpEntityOptions, cursor: string | null, range: { from: string; to: string } | null): HttpEntityOptions {
+export function withCursor(http: HttpEntityOptions, cursor: string | null, range: { from: string; to: string } | null): HttpEntityOptions {
   const params: Record<string, string> = {};
   for (const [k, v] of Object.entries(http.params)) {
     if (v.includes('{{from}}') || v.includes('{{to}}')) {

@@ -201,9 +201,17 @@ export class HttpClient {
   private critical(url: URL, code: number, status: string, text: string): CriticalError {
     const where = this.describe(url);
     const said = text.trim() ? ` (${this.snippet(text)})` : '';
+    if (code === 403 && UNKNOWN_FIELD.test(text) && NOT_THERE.test(text)) {
+      // Directus and others answer 403 for a field that does not exist (so as not to tell which ones do): the token is fine.
+      return new CriticalError(`GET ${where} answered ${status}${said}: the API refuses a field the request names, which may not exist `
+        + '(any more) — this is not an auth problem: check the field names in the entity\'s params '
+        + '(fields, sort, filter) and pagination against the API', 'validation', where, code);
+    }
     if (code === 401 || code === 403) {
       return new CriticalError(`GET ${where} answered ${status}${said}: check the token in sources.${this.opts.name}.auth — `
-        + 'the environment variable it comes from may be unset, expired, or lack access to this endpoint', 'auth', where, code);
+        + 'the environment variable it comes from may be unset, expired, or lack access to this endpoint'
+        + (code === 403 ? ' (some APIs, Directus among them, also answer 403 for a field in the params that does not exist)' : ''),
+      'auth', where, code);
     }
     if (code === 404) {
       return new CriticalError(`GET ${where} answered ${status}: check the path of the entity and sources.${this.opts.name}.baseUrl — `
@@ -218,6 +226,12 @@ export class HttpClient {
     return this.mask(t.length > ERROR_SNIPPET_CHARS ? `${t.slice(0, ERROR_SNIPPET_CHARS)}…` : t);
   }
 }
+
+// A 403 body that speaks of a field that is not there (Directus: 'You don't
+// have permission to access field "x" in collection "y" or it does not
+// exist'); both must match, so a plain "permission denied" stays an auth error.
+const UNKNOWN_FIELD = /\bfields?\b/i;
+const NOT_THERE = /not exist|n't exist|unknown|no longer|not found|invalid/i;
 
 /** A failed fetch as a sentence: undici hides the socket error in `cause`. */
 function networkProblem(err: unknown): string {
