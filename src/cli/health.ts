@@ -2,10 +2,14 @@
  * The health verbs: `status`, `alerts` and `runs`. They read the views and
  * functions of the sync schema (sync.status, sync.health, sync.alert,
  * sync.runs) and print them for an 80-column terminal; --json prints the
- * rows whole for scripts. None of them needs the config file.
+ * rows whole for scripts. None of them needs a valid config file: they
+ * read only its "database" (the embedded server's database it keeps its
+ * entities in), if it can be read.
  */
 import os from 'node:os';
-import { openMigratedPool } from '../db/database.js';
+import path from 'node:path';
+import { DEFAULT_CONFIG_FILE } from '../config/errors.js';
+import { configDatabase, openMigratedPool } from '../db/database.js';
 import type { Pool } from '../db/pool.js';
 import { EXIT, UsageError, type GlobalOptions } from './context.js';
 import { printTable } from './table.js';
@@ -23,8 +27,9 @@ const SHRINK_MIN = 8;
 
 export const RUN_STATUSES = ['running', 'succeeded', 'partial', 'failed', 'cancelled', 'skipped'] as const;
 
-async function withPool<T>(fn: (pool: Pool) => Promise<T>): Promise<T> {
-  const { db, pool } = await openMigratedPool();
+async function withPool<T>(opts: GlobalOptions, fn: (pool: Pool) => Promise<T>): Promise<T> {
+  const file = path.resolve(opts.config ?? process.env.SYNCLINE_CONFIG ?? DEFAULT_CONFIG_FILE);
+  const { db, pool } = await openMigratedPool(process.env, configDatabase(file));
   try {
     return await fn(pool);
   } finally {
@@ -159,7 +164,7 @@ export async function statusRows(pool: Pool): Promise<StatusRow[]> {
 export const unhealthy = (r: Pick<StatusRow, 'state' | 'stale' | 'enabled'>) => ['failing', 'stalled'].includes(r.state) || (r.enabled && r.stale);
 
 export async function status(opts: GlobalOptions & { json?: boolean }): Promise<number> {
-  return withPool(async (pool) => {
+  return withPool(opts, async (pool) => {
     const rows = await statusRows(pool);
     if (opts.json) {
       process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
@@ -228,7 +233,7 @@ export async function alerts(opts: AlertsOptions): Promise<number> {
   }
   const by = (opts.by ?? defaultAcker()).trim();
   if (ackId !== undefined && !by) throw new UsageError('--by: say who acknowledges, e.g. --by "$USER" (no user name was found in $USER)');
-  return withPool(async (pool) => (ackId !== undefined ? acknowledge(pool, ackId, by, opts.json) : listAlerts(pool, opts)));
+  return withPool(opts, async (pool) => (ackId !== undefined ? acknowledge(pool, ackId, by, opts.json) : listAlerts(pool, opts)));
 }
 
 async function listAlerts(pool: Pool, opts: AlertsOptions): Promise<number> {
@@ -330,7 +335,7 @@ export async function runs(opts: RunsOptions): Promise<number> {
     if (!/^[1-9][0-9]{0,6}$/.test(opts.limit.trim())) throw new UsageError(`--limit: "${opts.limit}" is not a positive number of runs, e.g. --limit 50`);
     limit = Number(opts.limit.trim());
   }
-  return withPool(async (pool) => {
+  return withPool(opts, async (pool) => {
     const since = opts.since === undefined ? null : await resolveTime(pool, '--since', opts.since);
     const until = opts.until === undefined ? null : await resolveTime(pool, '--until', opts.until);
     if (opts.entity !== undefined) {

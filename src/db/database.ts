@@ -126,8 +126,8 @@ function migrateLogger(): MigrateLogger {
   });
 }
 
-export async function openMigratedPool(env = process.env): Promise<{ db: Database; pool: Pool }> {
-  const db = await openDatabase(env);
+export async function openMigratedPool(env = process.env, database?: string): Promise<{ db: Database; pool: Pool }> {
+  const db = await openDatabase(env, database);
   await migrateDatabase(db.url);
   return { db, pool: makePool(db.url) };
 }
