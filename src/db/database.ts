@@ -21,13 +21,14 @@ export interface Database {
 
 /**
  * DATABASE_URL if set, otherwise the embedded server under .syncline/
- * (started, or reused when another Syncline process runs it), in the
+ * (started, or reused when another Syncline process runs it; the last
+ * process to leave stops it), in the
  * database `database` (a config's own: each example has one, so it never
  * touches the demo's entities).
  */
 export async function openDatabase(env = process.env, database = EMBEDDED_DATABASE): Promise<Database> {
   if (env.DATABASE_URL) return { url: env.DATABASE_URL, close: async () => {} };
-  const embedded = await startEmbedded({ dir: env.SYNCLINE_HOME ?? path.join(PROJECT_ROOT, '.syncline') });
+  const embedded = await startEmbedded({ dir: env.SYNCLINE_HOME ?? path.join(PROJECT_ROOT, '.syncline'), shared: true });
   await ensureDatabase(embedded.url('postgres'), database);
   return { url: embedded.url(database), embedded, close: () => embedded.stop() };
 }
@@ -50,7 +51,9 @@ export async function ensureDatabase(adminUrl: string, name: string, template?: 
     if (!rowCount) {
       const tpl = template ? ` template ${quoteIdent(template)}` : '';
       await pool.query(`create database ${quoteIdent(name)}${tpl}`).catch((err) => {
-        if (err.code !== '42P04') throw err; // created meanwhile by another process
+        // Created meanwhile by another process: 42P04 once it committed, a
+        // unique violation on pg_database while its CREATE was still running.
+        if (err.code !== '42P04' && !(err.code === '23505' && err.constraint === 'pg_database_datname_index')) throw err;
       });
     }
   } finally {

@@ -5,6 +5,7 @@ import { promisify } from 'node:util';
 import os from 'node:os';
 import path from 'node:path';
 import net from 'node:net';
+import pg from 'pg';
 import { log } from '../log.js';
 
 const exec = promisify(execFile);
@@ -21,7 +22,10 @@ export interface EmbeddedServer {
   /** Connection string for `database` on this server. */
   url(database: string): string;
   port: number;
-  /** Stops the server if this process started it; a no-op when reused. */
+  /**
+   * Stops the server if this process started it (a no-op when reused); a
+   * shared server is stopped by whichever process leaves it last.
+   */
   stop(): Promise<void>;
 }
 
@@ -155,21 +159,128 @@ function runningPort(dataDir: string): number | null {
   return Number(readFileSync(pidFile, 'utf8').split('\n')[3]) || null;
 }
 
+// A process that died holding the start lock is noticed by its pid; one that
+// is alive gets this long (initdb and a start) before waiters give up.
+const START_LOCK_WAIT_MS = (START_TIMEOUT_S + 60) * 1000;
+const START_LOCK_POLL_MS = 100;
+// What a Syncline process holds on a shared server for as long as it uses it.
+const KEEPER_NAME = 'syncline (keeps the embedded server)';
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Runs `fn` while holding dir/start.lock: commands started together would
+ * otherwise both run initdb or pg_ctl start on one data directory, or one
+ * would stop the server the other is about to use.
+ */
+async function withStartLock<T>(dir: string, fn: () => Promise<T>): Promise<T> {
+  const lock = path.join(dir, 'start.lock');
+  const deadline = Date.now() + START_LOCK_WAIT_MS;
+  for (;;) {
+    try {
+      writeFileSync(lock, `${process.pid}\n`, { flag: 'wx' });
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const holder = Number(readFileSync(lock, 'utf8').trim());
+      if (!holder || !alive(holder)) {
+        rmSync(lock, { force: true });
+        continue;
+      }
+      if (Date.now() > deadline) {
+        throw new Error(`process ${holder} has been starting or stopping the embedded PostgreSQL in ${dir} for too long — look at ${path.join(dir, 'server.log')}, or stop that process`);
+      }
+      await new Promise((r) => setTimeout(r, START_LOCK_POLL_MS));
+    }
+  }
+  try {
+    return await fn();
+  } finally {
+    rmSync(lock, { force: true });
+  }
+}
+
+/** A connection held open while this process uses the server, so other processes see it is in use. */
+async function keep(url: string): Promise<pg.Client> {
+  const client = new pg.Client({ connectionString: url, application_name: KEEPER_NAME });
+  await client.connect();
+  client.on('error', () => {}); // the server going away is for the pools to report
+  return client;
+}
+
+/** Client sessions on the server besides the one asking. */
+async function otherSessions(url: string): Promise<number> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ n: number }>(
+      `select count(*)::int as n from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()`);
+    return rows[0].n;
+  } finally {
+    await client.end();
+  }
+}
+
 /**
  * Starts (or reuses) a PostgreSQL whose files live in `dir` (data in
  * dir/data, the server log in dir/server.log). A second Syncline process
  * (the CLI beside a running `npm start`) finds the server through
- * postmaster.pid and connects to it instead of starting another.
+ * postmaster.pid and connects to it instead of starting another. With
+ * `shared`, every process using the server holds a connection while it
+ * does, and the last to leave stops it, whichever started it: two one-shot
+ * commands run side by side neither collide nor cut each other off.
  */
-export async function startEmbedded(opts: { dir: string; port?: number; persistent?: boolean }): Promise<EmbeddedServer> {
+export async function startEmbedded(opts: { dir: string; port?: number; persistent?: boolean; shared?: boolean }): Promise<EmbeddedServer> {
   const user = await serverUser();
   const dir = await serverHome(path.resolve(opts.dir), user);
   const dataDir = path.join(dir, 'data');
-  const reuse = runningPort(dataDir);
-  if (reuse && (await portOpen(reuse))) {
-    log.debug({ port: reuse }, 'reusing the embedded PostgreSQL already running');
-    return { port: reuse, url: urlFor(reuse), stop: async () => {} };
+  if (!opts.shared) {
+    const reuse = await runningServer(dataDir);
+    if (reuse) return { port: reuse, url: urlFor(reuse), stop: async () => {} };
+    return start(opts, user, dir, dataDir);
   }
+  return withStartLock(dir, async () => {
+    const reuse = await runningServer(dataDir);
+    const server = reuse ? { port: reuse, url: urlFor(reuse), stop: () => stopServer(user, dataDir) } : await start(opts, user, dir, dataDir);
+    const keeper = await keep(server.url('postgres'));
+    return {
+      port: server.port,
+      url: server.url,
+      stop: () => withStartLock(dir, async () => {
+        await keeper.end().catch(() => {});
+        const others = await otherSessions(server.url('postgres')).catch(() => 0);
+        if (others > 0) {
+          log.debug({ sessions: others }, 'the embedded PostgreSQL stays up: other sessions use it');
+          return;
+        }
+        await server.stop();
+      }),
+    };
+  });
+}
+
+/** The port of the server running on `dataDir`, or null. */
+async function runningServer(dataDir: string): Promise<number | null> {
+  const port = runningPort(dataDir);
+  if (!port || !(await portOpen(port))) return null;
+  log.debug({ port }, 'reusing the embedded PostgreSQL already running');
+  return port;
+}
+
+async function stopServer(user: ServerUser, dataDir: string): Promise<void> {
+  await runAs(user, (await binaries(user)).pg_ctl, ['stop', '-D', dataDir, '-m', 'fast', '-w']).catch((err) => {
+    log.warn({ err: String(err) }, 'stopping the embedded PostgreSQL failed');
+  });
+}
+
+async function start(opts: { dir: string; port?: number; persistent?: boolean }, user: ServerUser, dir: string, dataDir: string): Promise<EmbeddedServer> {
   const port = opts.port ?? Number(process.env.SYNCLINE_EMBEDDED_PORT ?? DEFAULT_EMBEDDED_PORT);
   if (await portOpen(port)) {
     throw new Error(`port ${port} on 127.0.0.1 is taken by another program, so the embedded PostgreSQL cannot start there — set SYNCLINE_EMBEDDED_PORT to a free port, or set DATABASE_URL to use an existing server`);
@@ -190,9 +301,7 @@ export async function startEmbedded(opts: { dir: string; port?: number; persiste
     port,
     url: urlFor(port),
     async stop() {
-      await runAs(user, pg_ctl, ['stop', '-D', dataDir, '-m', 'fast', '-w']).catch((err) => {
-        log.warn({ err: String(err) }, 'stopping the embedded PostgreSQL failed');
-      });
+      await stopServer(user, dataDir);
       if (opts.persistent === false) rmSync(dir, { recursive: true, force: true });
       if (opts.persistent === false && dir !== path.resolve(opts.dir)) rmSync(path.resolve(opts.dir), { recursive: true, force: true });
     },
