@@ -266,8 +266,10 @@ beforeAll(async () => {
   }
   home = mkdtempSync(path.join(os.tmpdir(), 'syncline-readme-home-'));
   const port = await freePort();
-  // What `npm start` leaves running: the CLI finds it by SYNCLINE_HOME's postmaster.pid.
-  server = await startEmbedded({ dir: home, port, persistent: false });
+  // What `npm start` leaves running: the CLI finds it by SYNCLINE_HOME's
+  // postmaster.pid. Shared, as npm start's is: this process holds it, so the
+  // commands (each the last Syncline process to leave) do not stop it.
+  server = await startEmbedded({ dir: home, port, persistent: false, shared: true });
   baseEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !INHERITED_OUT.test(k)));
   Object.assign(baseEnv, { SYNCLINE_HOME: home, SYNCLINE_EMBEDDED_PORT: String(port) });
   // The demo, as `npm start` applies it: seeded, applied, synced.
