@@ -1,4 +1,4 @@
-import type { Engine, RunOptions, RunResult } from './run.js';
+import type { EngineContext, RunOptions, RunResult } from './types.js';
 
 export interface Chunk {
   from: string;
@@ -38,7 +38,7 @@ const isDataError = (err: unknown) => String((err as { code?: string }).code ?? 
  * and a chunk size greater than zero of the right kind (an interval for
  * dates and times, a number for numbers).
  */
-export async function checkBackfillRange(engine: Engine, entity: string, o: BackfillOptions): Promise<void> {
+export async function checkBackfillRange(engine: EngineContext, entity: string, o: BackfillOptions): Promise<void> {
   const { rows } = await engine.pool.query<{ cursor_column: string | null; target: string; type: string | null; category: string | null }>(
     `select e.cursor_column, format('%I.%I', e.target_schema, e.target_table) as target,
             format_type(a.atttypid, a.atttypmod) as type, t.typcategory::text as category
@@ -89,7 +89,7 @@ export async function checkBackfillRange(engine: Engine, entity: string, o: Back
 }
 
 /** The chunks of a backfill, with those an earlier backfill run completed marked done. */
-export async function backfillChunks(engine: Engine, entity: string, o: BackfillOptions): Promise<Chunk[]> {
+export async function backfillChunks(engine: EngineContext, entity: string, o: BackfillOptions): Promise<Chunk[]> {
   await checkBackfillRange(engine, entity, o);
   const { rows } = await engine.pool.query<{ chunk_from: string; chunk_to: string; done: boolean }>(
     'select * from sync.backfill_chunks($1, $2, $3, $4)', [entity, o.from, o.to, o.chunk ?? null]);
@@ -103,7 +103,7 @@ export async function backfillChunks(engine: Engine, entity: string, o: Backfill
  * forward only, so the incremental runs carry on from the newest row loaded.
  * Stops at the first chunk that fails.
  */
-export async function runBackfill(engine: Engine, entity: string, o: BackfillOptions): Promise<RunResult[]> {
+export async function runBackfill(engine: EngineContext, entity: string, o: BackfillOptions): Promise<RunResult[]> {
   const chunks = await backfillChunks(engine, entity, o);
   const results: RunResult[] = [];
   for (const [i, c] of chunks.entries()) {
@@ -117,7 +117,7 @@ export async function runBackfill(engine: Engine, entity: string, o: BackfillOpt
 }
 
 /** Hands the chunks not yet done to the worker, one job a chunk on the entity's queue. Returns how many. */
-export async function enqueueBackfill(engine: Engine, entity: string, o: BackfillOptions): Promise<number> {
+export async function enqueueBackfill(engine: EngineContext, entity: string, o: BackfillOptions): Promise<number> {
   const todo = (await backfillChunks(engine, entity, o)).filter((c) => !c.done);
   await engine.pool.query(
     `select graphile_worker.add_job('sync_entity',

@@ -1,9 +1,9 @@
 import type { EntityConfig } from '../config/schema.js';
 import { sourceColumns, sourceKeyIsUnique, type CursorFilter } from '../sources/postgres.js';
-import type { Engine } from './run.js';
+import type { EngineContext } from './types.js';
 
 /** The target's columns a sync may write (generated ones excluded), in table order, with their types. */
-export async function targetColumns(engine: Engine, name: string, def: EntityConfig): Promise<{ attname: string; type: string }[]> {
+export async function targetColumns(engine: EngineContext, name: string, def: EntityConfig): Promise<{ attname: string; type: string }[]> {
   const target = def.target as { schema: string; table: string };
   const { rows } = await engine.pool.query<{ attname: string; type: string }>(
     `select a.attname, format_type(a.atttypid, a.atttypmod) as type
@@ -27,7 +27,7 @@ export interface Plan {
   sourceKeyUnique: boolean;
 }
 
-export async function planColumns(engine: Engine, name: string, def: EntityConfig, cursor: string | null, full: boolean,
+export async function planColumns(engine: EngineContext, name: string, def: EntityConfig, cursor: string | null, full: boolean,
   window?: { from: string; to: string }): Promise<Plan> {
   const src = engine.config.sources[def.source];
   if (!src) {

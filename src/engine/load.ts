@@ -5,10 +5,10 @@ import { copyFromSource, sourceSelect } from '../sources/postgres.js';
 import type { EntityConfig } from '../config/schema.js';
 import type { Plan } from './columns.js';
 import { fetchPhase, throwIfCancelRequested } from './guards.js';
-import type { Engine, RunOptions } from './run.js';
+import type { EngineContext, RunOptions } from './types.js';
 
 export interface LoadContext {
-  engine: Engine;
+  engine: EngineContext;
   /** The connection holding the entity lock; stages and merges. */
   target: PoolClient;
   name: string;

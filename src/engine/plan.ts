@@ -1,4 +1,4 @@
-import type { Engine, RunOptions, RunResult } from './run.js';
+import type { EngineContext, RunOptions, RunResult } from './types.js';
 import { runWave } from './wave.js';
 
 /**
@@ -7,7 +7,7 @@ import { runWave } from './wave.js';
  * recorded, independent ones carry on; parents that deferred deletes run
  * once more after their dependents, so one wave converges.
  */
-export async function runMany(engine: Engine, names: string[], opts: RunOptions): Promise<RunResult[]> {
+export async function runMany(engine: EngineContext, names: string[], opts: RunOptions): Promise<RunResult[]> {
   const { rows } = await engine.pool.query<{ name: string }>('select name from sync.entity');
   const known = new Set(rows.map((r) => r.name));
   const unknown = names.filter((n) => !known.has(n));

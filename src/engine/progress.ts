@@ -1,6 +1,6 @@
 import type { Pool } from '../db/pool.js';
 import { log } from '../log.js';
-import type { Progress } from './run.js';
+import type { Progress } from './types.js';
 
 // Progress reaches sync.run.progress at most this often (and at each phase change).
 const REPORT_EVERY_MS = 1000;

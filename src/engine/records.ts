@@ -17,7 +17,7 @@ import { CrawlWatch, checkDrift, doubt, proveOffsetDeletes, wouldDelete } from '
 import { fetchPhase } from './guards.js';
 import { targetColumns } from './columns.js';
 import { mergeStaging, type MergeResult } from './load.js';
-import type { Engine, RunOptions } from './run.js';
+import type { EngineContext, RunOptions } from './types.js';
 
 /**
  * A run of an entity whose source yields text records (a CSV file): read the
@@ -26,7 +26,7 @@ import type { Engine, RunOptions } from './run.js';
  * merge as any other run.
  */
 export async function loadCsvRun(args: {
-  engine: Engine;
+  engine: EngineContext;
   target: PoolClient;
   name: string;
   def: EntityConfig;
@@ -82,7 +82,7 @@ export async function loadCsvRun(args: {
  * sent twice) and the merge, once, at the end.
  */
 export async function loadHttpRun(args: {
-  engine: Engine;
+  engine: EngineContext;
   target: PoolClient;
   name: string;
   def: EntityConfig;
@@ -179,7 +179,7 @@ export async function loadHttpRun(args: {
 }
 
 /** Cast and merge a nested entity's staged records: each parent seen has its child set replaced. */
-async function mergeNested(args: { engine: Engine; target: PoolClient; name: string; def: EntityConfig; opts: RunOptions },
+async function mergeNested(args: { engine: EngineContext; target: PoolClient; name: string; def: EntityConfig; opts: RunOptions },
   runId: number, src: HttpSourceConfig, parentKey: string[], columns: string[], fields: Record<string, string>): Promise<MergeResult> {
   const { engine, target, name, def, opts } = args;
   const { http } = def.from as { http: HttpEntityOptions };
@@ -198,7 +198,7 @@ async function mergeNested(args: { engine: Engine; target: PoolClient; name: str
  * A nested entity's records taken from the records its parent entity's runs
  * kept (sync.feed_nested): exploded in SQL, no request to the API.
  */
-async function feedNested(a: { engine: Engine; target: PoolClient; name: string; runId: number; opts: RunOptions;
+async function feedNested(a: { engine: EngineContext; target: PoolClient; name: string; runId: number; opts: RunOptions;
   feeds: number[]; columns: string[]; fields: Record<string, string>; nested: Nested; parentKey: string[]; keepAbsent: boolean }): Promise<void> {
   const { engine, target, runId, opts, nested } = a;
   await fetchPhase(engine.pool, target, runId, opts.signal, async () => {
@@ -218,13 +218,13 @@ async function feedNested(a: { engine: Engine; target: PoolClient; name: string;
 }
 
 /** The runs of the parent entity whose kept records this nested entity takes; null when it must crawl. */
-async function parentFeeds(engine: Engine, name: string, parent: string): Promise<number[] | null> {
+async function parentFeeds(engine: EngineContext, name: string, parent: string): Promise<number[] | null> {
   const { rows } = await engine.pool.query('select sync.parent_feeds($1, $2) as feeds', [name, parent]);
   return rows[0].feeds === null ? null : (rows[0].feeds as string[]).map(Number);
 }
 
 /** Entities nested in this one's records (same source and endpoint, depending on it): its records feed them. */
-async function nestedChildren(engine: Engine, name: string, def: EntityConfig, http: HttpEntityOptions): Promise<string[]> {
+async function nestedChildren(engine: EngineContext, name: string, def: EntityConfig, http: HttpEntityOptions): Promise<string[]> {
   const { rows } = await engine.pool.query<{ name: string; definition: EntityConfig }>(
     'select name, definition from sync.entity where $1 = any(depends_on) and enabled order by name', [name]);
   return rows.filter((r) => {
@@ -237,7 +237,7 @@ async function nestedChildren(engine: Engine, name: string, def: EntityConfig, h
  * The entity a nested entity's records come nested in: a dependency on the
  * same source and endpoint whose own records are not nested. Null when none.
  */
-async function feedingParent(engine: Engine, def: EntityConfig, http: HttpEntityOptions) {
+async function feedingParent(engine: EngineContext, def: EntityConfig, http: HttpEntityOptions) {
   for (const dep of def.dependsOn) {
     const parent = await engine.loadEntity(dep);
     const from = parent.def.from as { http?: HttpEntityOptions; nested?: unknown };
@@ -335,7 +335,7 @@ function apiTime(value: string): string {
  * (null without one). The parent's last run is noted in the run
  * (parents_upto): the records of later parent runs feed the next run.
  */
-async function parentsSyncedUpTo(engine: Engine, runId: number,
+async function parentsSyncedUpTo(engine: EngineContext, runId: number,
   parent: { name: string; def: EntityConfig; http: HttpEntityOptions }): Promise<((r: unknown) => boolean) | null> {
   const { rows } = await engine.pool.query(
     `with p as (

@@ -11,7 +11,7 @@ import type { HttpClient } from '../sources/http/client.js';
 import type { Page } from '../sources/http/paginate.js';
 import { getPath } from '../sources/http/path.js';
 import type { HttpEntityOptions, Pagination } from '../sources/http/schema.js';
-import type { Engine, RunOptions } from './run.js';
+import type { EngineContext, RunOptions } from './types.js';
 
 // Rows missing from an offset crawl that a lookup re-asks the API for. Past
 // this many the deletes are held instead: asking costs a request per batch,
@@ -119,7 +119,7 @@ export async function checkDrift(target: PoolClient, runId: number, entity: stri
  * after it leave the total as it was, and a live row was skipped.
  */
 export async function proveOffsetDeletes(a: {
-  engine: Engine; target: PoolClient; name: string; runId: number; def: EntityConfig; http: HttpEntityOptions;
+  engine: EngineContext; target: PoolClient; name: string; runId: number; def: EntityConfig; http: HttpEntityOptions;
   client: HttpClient; fields: Record<string, string>; stage: (found: unknown[]) => Promise<void>;
 }): Promise<void> {
   const { target, runId, http } = a;

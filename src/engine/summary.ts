@@ -1,5 +1,5 @@
 import type { Pool } from '../db/pool.js';
-import type { RunResult } from './run.js';
+import type { RunResult } from './types.js';
 
 const fmt = new Intl.NumberFormat('en-US');
 export const formatCount = (v: number | undefined | null) => fmt.format(v ?? 0);

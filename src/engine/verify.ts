@@ -4,7 +4,7 @@ import type { PoolClient } from '../db/pool.js';
 import { copyFromSource, querySource, sourceSelect } from '../sources/postgres.js';
 import type { EntityConfig } from '../config/schema.js';
 import type { Plan } from './columns.js';
-import type { Engine } from './run.js';
+import type { EngineContext } from './types.js';
 
 /**
  * Verification after a merged run of a postgres entity: the source's record
@@ -13,7 +13,7 @@ import type { Engine } from './run.js';
  * records the missing ones (sync.gaps) and queues a re-sync of just those.
  * Counts and timing go into the run (detail.verify, phases.verify).
  */
-export async function verifyRun(args: { engine: Engine; target: PoolClient; name: string; runId: number; def: EntityConfig; plan: Plan }): Promise<void> {
+export async function verifyRun(args: { engine: EngineContext; target: PoolClient; name: string; runId: number; def: EntityConfig; plan: Plan }): Promise<void> {
   const { engine, target, name, runId, def, plan } = args;
   const started = Date.now();
   const { pool, url } = engine.pgSource(def.source);

@@ -7,7 +7,7 @@
  */
 import { topoOrder } from '../config/schema.js';
 import type { Pool } from '../db/pool.js';
-import type { Engine, RunOptions, RunResult, RunStatus } from './run.js';
+import type { EngineContext, RunOptions, RunResult, RunStatus } from './types.js';
 
 // How long a wave waits for a run of one of its entities that another
 // process started (it joins that run instead of starting a second).
@@ -29,7 +29,7 @@ export interface WaveClaim {
  * one result an entity, in dependency order; an entity run twice (its
  * deferred deletes) carries both runs in `passes`.
  */
-export async function runWave(engine: Engine, names: string[], opts: RunOptions): Promise<RunResult[]> {
+export async function runWave(engine: EngineContext, names: string[], opts: RunOptions): Promise<RunResult[]> {
   const { pool } = engine;
   const waveId = await startWave(pool, names, opts);
   const results = new Map<string, RunResult>();
@@ -73,7 +73,7 @@ async function dependencyGraph(pool: Pool): Promise<Record<string, string[]>> {
  * already, that run, once it ends), recorded with sync.wave_done so the wave
  * moves on. The worker's sync_entity task calls it for a job of a wave.
  */
-export async function runWaveEntity(engine: Engine, waveId: number, claim: WaveClaim, opts: RunOptions,
+export async function runWaveEntity(engine: EngineContext, waveId: number, claim: WaveClaim, opts: RunOptions,
   record = true): Promise<RunResult> {
   const run = await engine.run(claim.entity, {
     ...opts, trigger: claim.trigger, full: opts.full || claim.full, waveId,
@@ -87,7 +87,7 @@ export async function runWaveEntity(engine: Engine, waveId: number, claim: WaveC
 }
 
 /** Marks a worker wave's entity running; false when its pass is over already (a job run twice). */
-export async function takeInWave(engine: Engine, waveId: number, entity: string, pass: number): Promise<boolean> {
+export async function takeInWave(engine: EngineContext, waveId: number, entity: string, pass: number): Promise<boolean> {
   const { rows } = await engine.pool.query<{ ok: boolean }>('select sync.wave_take($1, $2, $3) as ok', [waveId, entity, pass]);
   return rows[0].ok;
 }

@@ -3,7 +3,7 @@
  * cancel, and the status, run log and trend the dashboard shows.
  */
 import { z } from 'zod';
-import { statusRows } from '../../cli/health.js';
+import { statusRows } from '../../health/status.js';
 import { checkTicket, mintTicket, requireBearer, TICKET_TTL_S } from '../auth.js';
 import { streamProgress } from '../events.js';
 import { HttpError, parseWith, queryOf, readJson, sendJson } from '../http.js';
