@@ -4,10 +4,11 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
-import { parseConfig, loadConfig, ConfigError } from '../src/config/load.js';
+import { loadConfig, ConfigError } from '../src/config/load.js';
 import { findJsonError } from '../src/config/json-error.js';
 import { closest } from '../src/config/issues.js';
 import { EXIT } from '../src/cli/context.js';
+import { configProblems } from './helpers/config.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'syncline-config-messages-'));
 
@@ -22,15 +23,7 @@ const base = () => ({
   } as Record<string, Record<string, unknown>>,
 });
 
-function problems(raw: unknown, env: Record<string, string> = {}): string[] {
-  try {
-    parseConfig(raw, env);
-  } catch (err) {
-    if (err instanceof ConfigError) return err.problems;
-    throw err;
-  }
-  return [];
-}
+const problems = configProblems;
 
 let files = 0;
 function writeConfig(text: string): string {

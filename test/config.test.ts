@@ -1,11 +1,12 @@
 import { describe, it, expect, beforeAll } from 'vitest';
 import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
-import { parseConfig, ConfigError, substituteEnv, formatPath } from '../src/config/load.js';
+import { parseConfig, substituteEnv, formatPath } from '../src/config/load.js';
 import { findCycle, topoOrder } from '../src/config/schema.js';
 import { configJsonSchema } from '../src/config/json-schema.js';
 import { applyConfig, diffConfig } from '../src/config/apply.js';
 import { testDatabase, type TestDatabase } from './helpers/db.js';
+import { configProblems } from './helpers/config.js';
 
 const base = {
   sources: { remote: { kind: 'postgres', url: 'postgres://u:pw@db.example.com/app' } },
@@ -14,15 +15,7 @@ const base = {
   },
 };
 
-function problems(raw: unknown, env: Record<string, string> = {}): string[] {
-  try {
-    parseConfig(raw, env);
-  } catch (err) {
-    if (err instanceof ConfigError) return err.problems;
-    throw err;
-  }
-  return [];
-}
+const problems = configProblems;
 
 describe('config validation', () => {
   it('accepts a minimal config and fills defaults', () => {

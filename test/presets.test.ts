@@ -3,6 +3,7 @@ import { ConfigError, parseConfig } from '../src/config/load.js';
 import type { HttpSourceConfig } from '../src/config/schema.js';
 import { expandPresets, PRESETS } from '../src/sources/http/presets.js';
 import type { HttpEntityOptions } from '../src/sources/http/schema.js';
+import { configProblems } from './helpers/config.js';
 
 const LIGHTSPEED_ENDPOINTS = ['outlets', 'taxes', 'users', 'brands', 'suppliers', 'customer_groups',
   'product_categories', 'products', 'customers', 'inventory', 'sales'];
@@ -13,15 +14,7 @@ const lightspeed = (source: Record<string, unknown> = {}, entities: Record<strin
   entities,
 });
 
-const problemsOf = (raw: unknown, env: NodeJS.ProcessEnv = { LS_TOKEN: 't0ken' }): string[] => {
-  try {
-    parseConfig(raw, env);
-  } catch (err) {
-    if (err instanceof ConfigError) return err.problems;
-    throw err;
-  }
-  return [];
-};
+const problemsOf = (raw: unknown, env: NodeJS.ProcessEnv = { LS_TOKEN: 't0ken' }): string[] => configProblems(raw, env);
 
 const httpOf = (cfg: ReturnType<typeof parseConfig>, entity: string) => (cfg.entities[entity].from as { http: HttpEntityOptions }).http;
 
