@@ -15,7 +15,7 @@ import { testDatabases, type TestDatabase } from './helpers/db.js';
 import { engineFor } from './helpers/engine.js';
 import { parseConfig, ConfigError } from '../src/config/load.js';
 import { entity as entitySchema } from '../src/config/schema.js';
-import { sourceColumns, sourceConnection, SourcePools } from '../src/sources/postgres.js';
+import { sourceColumns, sourceConnection, SourcePools } from '../src/sources/postgres/read.js';
 import type { Engine } from '../src/engine/run.js';
 
 let sync: TestDatabase;

@@ -5,8 +5,8 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fc from 'fast-check';
-import { renderTemplate, statementProblem, templateProblem, tokenize, SqlTextError } from '../src/sources/sql-text.js';
-import { SourcePools } from '../src/sources/postgres.js';
+import { renderTemplate, statementProblem, templateProblem, tokenize, SqlTextError } from '../src/sources/postgres/sql-text.js';
+import { SourcePools } from '../src/sources/postgres/read.js';
 import { testDatabase, type TestDatabase } from './helpers/db.js';
 import type { Pool } from '../src/db/pool.js';
 

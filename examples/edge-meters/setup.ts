@@ -17,7 +17,7 @@ import { ensureDatabase, migrateDatabase, configDatabase, openDatabase } from '.
 import { makePool } from '../../src/db/pool.js';
 import { prepareEdgeEnv } from '../../src/edge/env.js';
 import { applySqlFile } from '../../src/edge/setup.js';
-import { sourceUrl } from '../../src/sources/postgres.js';
+import { sourceUrl } from '../../src/sources/postgres/read.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const sql = (name: string) => path.join(here, 'sql', name);

@@ -11,7 +11,7 @@ import { quoteIdent } from '../../src/db/database.js';
 import type { Pool } from '../../src/db/pool.js';
 import { Engine, type RunOptions, type RunResult } from '../../src/engine/run.js';
 import { runMany } from '../../src/engine/plan.js';
-import { sourceUrl } from '../../src/sources/postgres.js';
+import { sourceUrl } from '../../src/sources/postgres/read.js';
 import { demoSources, mutateDemo, prepareDemo, seedDemo } from '../../src/demo/seed.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));

@@ -12,7 +12,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { configDatabase, openDatabase } from '../../src/db/database.js';
 import { DEMO_EXAMPLE_DIR, mutateDemo, seedDemo } from '../../src/demo/seed.js';
-import { sourceUrl } from '../../src/sources/postgres.js';
+import { sourceUrl } from '../../src/sources/postgres/read.js';
 
 const REMOTE_DATABASE = process.env.REMOTE_DATABASE ?? 'syncline_demo';
 

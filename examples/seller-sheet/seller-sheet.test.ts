@@ -12,7 +12,7 @@ import type { Config, CsvSourceConfig } from '../../src/config/schema.js';
 import type { Pool } from '../../src/db/pool.js';
 import { Engine, type RunOptions, type RunResult } from '../../src/engine/run.js';
 import { runMany } from '../../src/engine/plan.js';
-import { csvLocation } from '../../src/sources/csv.js';
+import { csvLocation } from '../../src/sources/csv/read.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const file = (name: string) => readFileSync(path.join(here, name), 'utf8');

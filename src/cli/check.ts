@@ -5,21 +5,15 @@
  * source yields what the mapping reads (read as the first run reads it),
  * and every foreign key to another entity's target has its dependsOn.
  */
-import pg from 'pg';
 import { Edge } from '../edge/edge.js';
 import { closest } from '../config/issues.js';
 import { formatPath } from '../config/load.js';
 import { derivedDependencies, foreignKeysOf, pullTargets, tableName, type DerivedDependency } from '../config/depends-on.js';
 import type { Config, EntityConfig, TableRef } from '../config/schema.js';
 import { quoteIdent } from '../db/database.js';
-import { connectionHint, describeUrl, type Pool } from '../db/pool.js';
+import { describeUrl, type Pool } from '../db/pool.js';
 import { prepareDemo } from '../demo/seed.js';
-import { withCursor } from '../engine/records.js';
-import { openCsv } from '../sources/csv.js';
-import { paginate } from '../sources/http/paginate.js';
-import type { HttpEntityOptions } from '../sources/http/schema.js';
-import { httpSourceClient } from '../sources/http/source.js';
-import { sourceColumns, sourceConnection, sourceUrl } from '../sources/postgres.js';
+import { sourceKind } from '../sources/registry.js';
 import { EXIT, openSession, type GlobalOptions, type Session } from './context.js';
 
 /** What a line says about a check: passed, blocks a run, or worth fixing though a run goes ahead. */
@@ -70,21 +64,15 @@ async function checkDatabase(s: Session, out: Printer): Promise<void> {
   out.line('✓', `database ${describeUrl(s.db.url)} (PostgreSQL ${v.rows[0].v}), sync schema migrated`);
 }
 
-/** Each postgres source reachable in a read-only session; a file or http source is checked through its entities. */
+/** Each source that can be reached by itself (a database); a file or http source is checked through its entities. */
 async function checkSources(s: Session, out: Printer): Promise<void> {
   for (const [name, src] of Object.entries(s.config.sources)) {
-    if (src.kind !== 'postgres') continue;
-    const url = sourceUrl(src, s.db.url);
-    // The same read-only session settings as a sync's source connections.
-    const c = new pg.Client({ ...sourceConnection(url), connectionTimeoutMillis: 10_000 });
+    const kind = sourceKind(src.kind);
+    if (!kind?.check) continue;
     try {
-      await c.connect();
-      await c.query('begin transaction read only; select 1; rollback');
-      out.line('✓', `source ${name}: ${describeUrl(url)} reachable`);
+      out.line('✓', `source ${name}: ${await kind.check(s.engine, name)}`);
     } catch (err) {
-      out.line('✗', `source ${name}: ${connectionHint(err, url, `source "${name}"`).message}`);
-    } finally {
-      await c.end().catch(() => {});
+      out.line('✗', `source ${name}: ${(err as Error).message}`);
     }
   }
 }
@@ -253,31 +241,9 @@ async function cursorProblems(pool: Pool, name: string, e: EntityConfig, target:
  */
 async function sourceYields(s: Session, name: string, e: EntityConfig): Promise<string[] | number> {
   const src = s.config.sources[e.source];
-  if (src.kind === 'postgres') {
-    const { pool, url } = s.engine.pgSource(e.source);
-    return sourceColumns(pool, url, e);
-  }
-  if (src.kind === 'http') return firstPageFields(s, name, e);
-  const ctl = new AbortController();
-  const reader = await openCsv(src, e, e.key, s.engine.configDir, ctl.signal);
-  ctl.abort(new Error('checked'));
-  return reader.header.length;
-}
-
-/**
- * The first page of an http entity, requested exactly as a first run
- * requests it: the run's own params rendering (no cursor yet) and the
- * crawl's first page state. The crawl is stopped after that page.
- */
-async function firstPageFields(s: Session, name: string, e: EntityConfig): Promise<number> {
-  const src = s.config.sources[e.source];
-  if (src.kind !== 'http') throw new Error(`source "${e.source}" is not an http source`);
-  const http = (e.from as { http: HttpEntityOptions }).http;
-  const client = httpSourceClient(e.source, src, s.pool);
-  for await (const page of paginate(client, withCursor(http, null, null), { entity: name })) {
-    return Object.keys(page.records[0] ?? {}).length;
-  }
-  return 0; // an empty listing
+  const kind = sourceKind(src.kind);
+  if (!kind) throw new Error(`source "${e.source}" is of kind "${src.kind}", which this Syncline cannot read`);
+  return kind.columns(s.engine, name, e);
 }
 
 /** Source columns the mapping reads that a postgres source does not yield. */

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { httpEntityOptions, httpSource, redirectPolicy, type HttpSourceConfig } from '../sources/http/schema.js';
-import { templateProblem } from '../sources/sql-text.js';
+import { templateProblem } from '../sources/postgres/sql-text.js';
 
 // Names reach SQL only through format('%I') or quoteIdent, so any character
 // is safe; these limits only keep them printable and within Postgres' 63 bytes.

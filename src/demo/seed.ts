@@ -3,7 +3,7 @@ import path from 'node:path';
 import type { Config } from '../config/schema.js';
 import { ensureDatabase, PROJECT_ROOT } from '../db/database.js';
 import { connectionHint, inTransaction, makePool, type Pool } from '../db/pool.js';
-import { sourceUrl } from '../sources/postgres.js';
+import { sourceUrl } from '../sources/postgres/read.js';
 import { log } from '../log.js';
 
 /**

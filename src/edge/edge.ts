@@ -1,7 +1,7 @@
 import type { EntityConfig } from '../config/schema.js';
 import { connectionHint, makePool, type Pool } from '../db/pool.js';
 import type { Engine } from '../engine/run.js';
-import { sourceUrl } from '../sources/postgres.js';
+import { sourceUrl } from '../sources/postgres/read.js';
 import { describeConnection } from './env.js';
 import { batchSql } from './batch.js';
 import { planPush } from './plan.js';

@@ -1,9 +1,9 @@
-import type { Pool, PoolClient } from '../db/pool.js';
+import type { PoolClient } from '../db/pool.js';
 import { quoteIdent } from '../db/database.js';
 import { log } from '../log.js';
-import { copyFromSource, sourceSelect } from '../sources/postgres.js';
 import type { EntityConfig } from '../config/schema.js';
-import type { Plan } from './columns.js';
+import type { PlannedRun, StageRun } from '../sources/port.js';
+import { castRaw } from '../sources/staging.js';
 import { fetchPhase, throwIfCancelRequested } from './guards.js';
 import type { EngineContext, RunOptions } from './types.js';
 
@@ -14,37 +14,21 @@ export interface LoadContext {
   name: string;
   runId: number;
   def: EntityConfig;
-  plan: Plan;
+  plan: PlannedRun;
   opts: RunOptions;
+}
+
+/** The run as its source sees it while staging. */
+function stageRun(ctx: LoadContext): StageRun {
+  const { engine, target, name, def, runId, opts } = ctx;
+  return {
+    env: engine, target, name, def, runId, opts,
+    fetchPhase: (fn) => fetchPhase(engine.pool, target, runId, opts.signal, fn),
+  };
 }
 
 /** The result of sync.merge or sync.merge_direct. */
 export type MergeResult = Record<string, unknown> & { status: string; fetched: number };
-
-/** COPY from the source into `into`, stoppable by sync.cancel and by shutdown. Returns the rows copied. */
-async function fetchInto(ctx: LoadContext, into: string): Promise<number> {
-  const { engine, plan, def, name, runId, opts } = ctx;
-  const { pool, url } = engine.pgSource(def.source);
-  const keys = opts.keys
-    ? { sourceColumns: def.key.map((k) => plan.sourceColumns[plan.targetColumns.indexOf(k)] ?? k), values: opts.keys } : undefined;
-  const select = sourceSelect(def, plan.sourceColumns, { tenantSourceColumn: plan.tenantSourceColumn, cursor: plan.cursor, keys });
-  const total = plan.cursor || opts.keys ? undefined : await estimatedRows(pool, def);
-  return fetchPhase(engine.pool, ctx.target, runId, opts.signal, (signal) => copyFromSource({
-    pool, url, entity: def, select, target: ctx.target, into, columns: plan.targetColumns, signal,
-    onRows: (r, bytes) => opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: r, bytes, total }),
-  }));
-}
-
-/** The planner's row estimate of a table source (for progress and ETA); undefined for a query or an unanalyzed table. */
-async function estimatedRows(pool: Pool, def: EntityConfig): Promise<number | undefined> {
-  if (!('table' in def.from)) return undefined;
-  const t = def.from.table as { schema: string; table: string };
-  const { rows } = await pool.query<{ n: number | null }>(
-    `select nullif(reltuples, -1)::float8 as n from pg_class where oid = to_regclass($1)`,
-    [`${quoteIdent(t.schema)}.${quoteIdent(t.table)}`]).catch(() => ({ rows: [] as { n: number | null }[] }));
-  const n = rows[0]?.n;
-  return n && n > 0 ? Math.round(n) : undefined;
-}
 
 /**
  * The initial load of an empty target: COPY straight into it and record the
@@ -53,12 +37,12 @@ async function estimatedRows(pool: Pool, def: EntityConfig): Promise<number | un
  * data (a null or repeated key, a missing parent): the staging path then
  * quarantines those records and merges the rest.
  */
-export async function loadDirect(ctx: LoadContext): Promise<MergeResult | null> {
+export async function loadDirect(ctx: LoadContext, copyInto: NonNullable<PlannedRun['copyInto']>): Promise<MergeResult | null> {
   const { target, def, runId } = ctx;
   const t = def.target as { schema: string; table: string };
   await target.query('begin');
   try {
-    const copied = await fetchInto(ctx, `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`);
+    const copied = await copyInto(stageRun(ctx), `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`);
     await throwIfCancelRequested(ctx.engine.pool, runId);
     ctx.opts.onProgress?.({ entity: ctx.name, runId, phase: 'merge', rows: copied, bytes: 0 });
     const { rows } = await target.query('select sync.merge_direct($1, $2) as r', [runId, copied]);
@@ -75,10 +59,17 @@ export async function loadDirect(ctx: LoadContext): Promise<MergeResult | null> 
   }
 }
 
-/** The general path: COPY into the run's staging table, then sync.merge in one transaction. */
+/**
+ * The general path: the source stages the run's records (typed, or as text
+ * that sync.cast_raw types), then sync.merge in one transaction.
+ */
 export async function loadStaged(ctx: LoadContext): Promise<MergeResult> {
-  await fetchInto(ctx, stagingTable(ctx.runId));
-  return mergeStaging(ctx);
+  const staged = await ctx.plan.stage(stageRun(ctx));
+  if (staged.cast) await castRaw(ctx.target, ctx.runId, staged.cast.timeZone, staged.cast.keepLast);
+  await staged.beforeMerge?.();
+  const merged = await mergeStaging(ctx);
+  await staged.afterMerge?.();
+  return merged;
 }
 
 export function stagingTable(runId: number): string {

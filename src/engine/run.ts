@@ -2,11 +2,12 @@ import { entity as entitySchema, type Config, type EntityConfig } from '../confi
 import { withSecrets } from '../config/stored.js';
 import type { Pool, PoolClient } from '../db/pool.js';
 import { log, maskUrls } from '../log.js';
-import { SourcePools } from '../sources/postgres.js';
-import { planColumns } from './columns.js';
+import { SourcePools } from '../sources/postgres/read.js';
+import type { SourceKind } from '../sources/port.js';
+import { sourceKind } from '../sources/registry.js';
+import { targetColumns } from './columns.js';
 import { blockingDependency, CancelledError, waitForDependencies } from './guards.js';
 import { loadDirect, loadStaged, type LoadContext, type MergeResult } from './load.js';
-import { loadCsvRun, loadHttpRun } from './records.js';
 import { recordCounts, verifyRun } from './verify.js';
 import { reportingProgress } from './progress.js';
 import type { EngineContext, RunOptions, RunResult, RunStatus, Trigger } from './types.js';
@@ -98,8 +99,9 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
       return { entity: name, runId: null, status: 'skipped',
         error: 'a push entity runs in the edge cycle (`syncline edge` or the sync_edge task), not as a pull' };
     }
-    // Nested records are replaced by parent: they re-sync with their parents, not by key.
-    if (opts.keys && 'nested' in ent.def.from) opts = { ...opts, keys: undefined };
+    // A source that cannot read chosen keys (nested records are replaced by parent) re-syncs them with the rest.
+    const configured = engine.config.sources[ent.def.source];
+    if (opts.keys && configured && !sourceKind(configured.kind)?.readsKeys(ent.def)) opts = { ...opts, keys: undefined };
     if (!opts.dryRun) {
       await waitForDependencies(target, ent.dependsOn);
       const blocker = await blockingDependency(pool, ent.dependsOn);
@@ -125,27 +127,23 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
       }
       return runId;
     };
-    let r: MergeResult;
-    const kind = engine.config.sources[ent.def.source]?.kind;
-    if (kind === 'csv' || kind === 'http') {
-      r = kind === 'csv' ? await loadCsvRun({ engine, target, name, def: ent.def, opts, start })
-        : await loadHttpRun({ engine, target, name, def: ent.def, cursor: ent.cursor, opts, start });
-      const snapshot = !ent.def.cursor || full;
-      if (snapshot && !opts.dryRun && !opts.keys && !('nested' in ent.def.from) && ['succeeded', 'partial'].includes(r.status) && ent.verify) {
+    const kind = sourceKindOf(engine, name, ent.def);
+    const plan = await kind.plan({ env: engine, name, def: ent.def, cursor: ent.cursor, opts,
+      targetColumns: () => targetColumns(engine, name, ent.def) });
+    const ctx: LoadContext = { engine, target, name, runId: await start(plan.targetColumns), def: ent.def, plan, opts };
+    // Rules and version checks run in sync.merge: a direct load would skip them.
+    const direct = plan.copyInto && !opts.dryRun && !opts.keys && !ent.def.validate && !ent.def.version
+      && (await target.query('select sync.can_load_direct($1) as ok', [name])).rows[0].ok;
+    const r: MergeResult = (direct && plan.copyInto ? await loadDirect(ctx, plan.copyInto) : null) ?? await loadStaged(ctx);
+    if (!opts.dryRun && ['succeeded', 'partial'].includes(r.status) && ent.verify) {
+      if (plan.keyRange) {
+        // A full snapshot leaves the target equal to the source by construction;
+        // an incremental run cannot see what went missing below its cursor.
+        const incremental = Boolean(ent.def.cursor) && !full;
+        if (incremental && !opts.window) await verifyRun({ target, name, runId: Number(r.run_id), def: ent.def, source: plan.keyRange });
+      } else if ((!ent.def.cursor || full) && !opts.keys && plan.countable) {
+        // Without key-range reads, a full read is checked by its counts.
         await recordCounts({ target, name, runId: Number(r.run_id), def: ent.def });
-      }
-    } else {
-      const plan = await planColumns(engine, name, ent.def, ent.cursor, full || Boolean(opts.keys), opts.window);
-      const ctx: LoadContext = { engine, target, name, runId: await start(plan.targetColumns), def: ent.def, plan, opts };
-      // Rules and version checks run in sync.merge: a direct load would skip them.
-      const direct = !opts.dryRun && !opts.keys && !ent.def.validate && !ent.def.version
-        && (await target.query('select sync.can_load_direct($1) as ok', [name])).rows[0].ok;
-      r = (direct ? await loadDirect(ctx) : null) ?? await loadStaged(ctx);
-      // A full snapshot leaves the target equal to the source by construction;
-      // an incremental run cannot see what went missing below its cursor.
-      const incremental = Boolean(ent.def.cursor) && !full;
-      if (incremental && !opts.dryRun && !opts.window && ['succeeded', 'partial'].includes(r.status) && ent.verify) {
-        await verifyRun({ engine, target, name, runId: Number(r.run_id), def: ent.def, plan });
       }
     }
     const id = Number(r.run_id);
@@ -170,6 +168,17 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
     // releases the advisory lock.
     target.release(targetBroken ? true : undefined);
   }
+}
+
+/** The kind of source an entity reads, from the registry; a clear error for a source the config lacks. */
+function sourceKindOf(engine: EngineContext, name: string, def: EntityConfig): SourceKind {
+  const src = engine.config.sources[def.source];
+  if (!src) {
+    throw new Error(`entity "${name}" reads from source "${def.source}", which the config file does not define — add it under "sources"`);
+  }
+  const kind = sourceKind(src.kind);
+  if (!kind) throw new Error(`source "${def.source}" is of kind "${src.kind}", which this Syncline cannot read`);
+  return kind;
 }
 
 // How long a run waits for its entity's lock before reporting that another

@@ -5,7 +5,10 @@
  */
 import type { Config, EntityConfig } from '../config/schema.js';
 import type { Pool } from '../db/pool.js';
-import type { SourcePools } from '../sources/postgres.js';
+import type { Progress, SourceEnv } from '../sources/port.js';
+import type { SourcePools } from '../sources/postgres/read.js';
+
+export type { Progress } from '../sources/port.js';
 
 export type Trigger = 'cron' | 'manual' | 'backfill' | 'resync' | 'dependency' | 'api';
 export type RunStatus = 'succeeded' | 'partial' | 'failed' | 'cancelled' | 'skipped' | 'already-running';
@@ -38,18 +41,6 @@ export interface RunOptions {
   previewedParents?: string[];
 }
 
-export interface Progress {
-  entity: string;
-  runId: number;
-  phase: 'fetch' | 'merge' | 'done';
-  rows: number;
-  bytes: number;
-  /** Pages fetched (http sources). */
-  pages?: number;
-  /** Records expected in all, where the source says. */
-  total?: number;
-}
-
 export interface RunResult {
   entity: string;
   runId: number | null;
@@ -77,7 +68,7 @@ export interface RunResult {
 }
 
 /** The engine as its parts use it: the Syncline database, the config, the sources, running an entity. */
-export interface EngineContext {
+export interface EngineContext extends SourceEnv {
   readonly pool: Pool;
   readonly syncUrl: string;
   config: Config;

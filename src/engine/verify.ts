@@ -1,48 +1,39 @@
 import pg from 'pg';
 import { quoteIdent } from '../db/database.js';
 import type { PoolClient } from '../db/pool.js';
-import { copyFromSource, querySource, sourceSelect } from '../sources/postgres.js';
 import type { EntityConfig } from '../config/schema.js';
-import type { Plan } from './columns.js';
-import type { EngineContext } from './types.js';
+import type { KeyRangeReads } from '../sources/port.js';
 
 /**
- * Verification after a merged run of a postgres entity: the source's record
- * count against the target's. When the target lacks more records than the
- * quarantine explains, the source's keys are staged and sync.detect_gaps
- * records the missing ones (sync.gaps) and queues a re-sync of just those.
- * Counts and timing go into the run (detail.verify, phases.verify).
+ * Verification after a merged run of an entity whose source reads key
+ * ranges: the source's record count against the target's. When the target
+ * lacks more records than the quarantine explains, the source's keys are
+ * staged and sync.detect_gaps records the missing ones (sync.gaps) and
+ * queues a re-sync of just those. Counts and timing go into the run
+ * (detail.verify, phases.verify).
  */
-export async function verifyRun(args: { engine: EngineContext; target: PoolClient; name: string; runId: number; def: EntityConfig; plan: Plan }): Promise<void> {
-  const { engine, target, name, runId, def, plan } = args;
+export async function verifyRun(args: { target: PoolClient; name: string; runId: number; def: EntityConfig; source: KeyRangeReads }): Promise<void> {
+  const { target, name, runId, def, source } = args;
   const started = Date.now();
-  const { pool, url } = engine.pgSource(def.source);
-  const range = await cursorRange(target, def, name);
-  const sourceOf = (c: string) => plan.sourceColumns[plan.targetColumns.indexOf(c)] ?? c;
+  const found = await cursorRange(target, def, name);
+  const range = found && def.cursor ? { column: def.cursor.column, ...found } : null;
   const inRange = (alias: string, column: string) => (range
     ? `${alias}.${quoteIdent(column)} between ${pg.escapeLiteral(range.lo)}::${range.type} and ${pg.escapeLiteral(range.hi)}::${range.type}` : 'true');
-  const select = (cols: string[]) => `select * from (${sourceSelect(def, cols, { tenantSourceColumn: plan.tenantSourceColumn })}) s
-    where ${range ? inRange('s', sourceOf(def.cursor!.column)) : 'true'}`;
-  const [{ rows: [src] }, { rows: [tgt] }] = await Promise.all([
-    querySource<{ n: string }>(pool, `select count(*) as n from (${select(plan.sourceColumns)}) v`),
+  const [sourceCount, { rows: [tgt] }] = await Promise.all([
+    source.count(range),
     target.query<{ n: string; quarantined: string }>(
       `select (select count(*) from ${targetName(def)} t where ${scopeOf(def)} and ${range ? inRange('t', def.cursor!.column) : 'true'}) as n,
               (select count(*) from sync.run_error e where e.entity = $1 and e.resolved_at is null and e.key is not null
                   and not exists (select 1 from ${targetName(def)} t where ${keyArray(def)} = e.key)) as quarantined`,
       [name]),
   ]);
-  const missing = Number(src.n) - Number(tgt.n);
+  const missing = sourceCount - Number(tgt.n);
   const detail: Record<string, unknown> = {
-    source: Number(src.n), target: Number(tgt.n), quarantined_missing: Number(tgt.quarantined), ...(range ? { lo: range.lo, hi: range.hi } : {}),
+    source: sourceCount, target: Number(tgt.n), quarantined_missing: Number(tgt.quarantined), ...(range ? { lo: range.lo, hi: range.hi } : {}),
   };
   if (missing > Number(tgt.quarantined) || await hasOpenGaps(target, name)) {
     const { rows } = await target.query('select sync.create_key_staging($1) as t', [runId]);
-    const keySource = def.key.map((k) => plan.sourceColumns[plan.targetColumns.indexOf(k)] ?? k);
-    await copyFromSource({
-      pool, url, entity: def, target, into: rows[0].t, columns: def.key, signal: new AbortController().signal, onRows: () => {},
-      select: range ? `select ${keySource.map((c) => `s.${quoteIdent(c)}`).join(', ')} from (${select(
-        [...new Set([...keySource, sourceOf(def.cursor!.column)])])}) s` : sourceSelect(def, keySource, { tenantSourceColumn: plan.tenantSourceColumn }),
-    });
+    await source.copyKeys(range, target, rows[0].t);
     detail.gaps = (await target.query('select sync.detect_gaps($1) as g', [runId])).rows[0].g;
   }
   await target.query(

@@ -8,7 +8,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, test } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
-import { openCsv } from '../../src/sources/csv.js';
+import { openCsv } from '../../src/sources/csv/read.js';
 import { CriticalError } from '../../src/sources/http/errors.js';
 import { MAX_REDIRECTS } from '../../src/sources/http/redirect.js';
 import { testClient } from './clients.js';

@@ -4,31 +4,22 @@
  * delete of the run; an unprovable crawl (sync.require_confirmation) holds its
  * deletes until an operator confirms them.
  */
-import { quoteIdent } from '../db/database.js';
-import type { PoolClient } from '../db/pool.js';
-import type { EntityConfig } from '../config/schema.js';
-import type { HttpClient } from '../sources/http/client.js';
-import type { Page } from '../sources/http/paginate.js';
-import { getPath } from '../sources/http/path.js';
-import type { HttpEntityOptions, Pagination } from '../sources/http/schema.js';
-import type { EngineContext, RunOptions } from './types.js';
+import { quoteIdent } from '../../db/database.js';
+import type { PoolClient } from '../../db/pool.js';
+import type { EntityConfig } from '../../config/schema.js';
+import { doubt } from '../staging.js';
+import type { HttpClient } from './client.js';
+import type { Page } from './paginate.js';
+import { getPath } from './path.js';
+import type { HttpEntityOptions, Pagination } from './schema.js';
 
 // Rows missing from an offset crawl that a lookup re-asks the API for. Past
 // this many the deletes are held instead: asking costs a request per batch,
 // and so many missing rows is itself a reason for a person to look.
 export const MAX_LOOKUP_KEYS = 1000;
 
-export async function doubt(target: PoolClient, runId: number, reason: string): Promise<void> {
-  await target.query('select sync.doubt_snapshot($1, $2)', [runId, reason]);
-}
-
 async function requireConfirmation(target: PoolClient, runId: number, reason: string): Promise<void> {
   await target.query('select sync.require_confirmation($1, $2)', [runId, reason]);
-}
-
-/** Whether a run of this entity would delete rows its snapshot lacks (sync.merge's rule). */
-export function wouldDelete(def: EntityConfig, opts: RunOptions): boolean {
-  return ['mirror', 'soft-delete'].includes(def.mode) && (!def.cursor || Boolean(opts.full)) && !opts.keys && !opts.window;
 }
 
 /**
@@ -119,7 +110,7 @@ export async function checkDrift(target: PoolClient, runId: number, entity: stri
  * after it leave the total as it was, and a live row was skipped.
  */
 export async function proveOffsetDeletes(a: {
-  engine: EngineContext; target: PoolClient; name: string; runId: number; def: EntityConfig; http: HttpEntityOptions;
+  target: PoolClient; runId: number; def: EntityConfig; http: HttpEntityOptions;
   client: HttpClient; fields: Record<string, string>; stage: (found: unknown[]) => Promise<void>;
 }): Promise<void> {
   const { target, runId, http } = a;

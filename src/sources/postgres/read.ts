@@ -2,9 +2,9 @@ import { Transform, type Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { to as copyTo, from as copyFrom } from 'pg-copy-streams';
-import type { EntityConfig, PostgresSourceConfig } from '../config/schema.js';
-import { quoteIdent } from '../db/database.js';
-import { connectionHint, makePool, type Pool } from '../db/pool.js';
+import type { EntityConfig, PostgresSourceConfig } from '../../config/schema.js';
+import { quoteIdent } from '../../db/database.js';
+import { connectionHint, makePool, type Pool } from '../../db/pool.js';
 import { renderTemplate, SqlTextError, statementProblem } from './sql-text.js';
 
 const lit = (v: string) => pg.escapeLiteral(v);

@@ -2,10 +2,10 @@ import { createReadStream } from 'node:fs';
 import path from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { parse } from 'csv-parse';
-import type { CsvSourceConfig, EntityConfig } from '../config/schema.js';
-import { CriticalError } from './http/errors.js';
-import { fetchFollowing } from './http/redirect.js';
-import { configuredEndingDoubt, lineEndingDoubt, lineEndingScanner, quoteRunsLinesTogether, type LineEndings } from './csv-lines.js';
+import type { CsvSourceConfig, EntityConfig } from '../../config/schema.js';
+import { CriticalError } from '../http/errors.js';
+import { fetchFollowing } from '../http/redirect.js';
+import { configuredEndingDoubt, lineEndingDoubt, lineEndingScanner, quoteRunsLinesTogether, type LineEndings } from './lines.js';
 
 // A header row longer than this is not a header: refuse rather than guess.
 const MAX_HEADER_COLUMNS = 1000;

@@ -1,0 +1,129 @@
+/**
+ * The port every source kind implements (src/sources/<kind>/), and what the
+ * engine lends a source while it reads. The engine never asks which kind it
+ * holds: it plans a run with the source, opens the run, has the source stage
+ * its records, casts text staging, merges, and verifies with what the source
+ * can do (a key-range read, say), asked for by name.
+ *
+ * Sources never import the engine: what they need of it comes in here.
+ */
+import type { Config, EntityConfig } from '../config/schema.js';
+import type { Pool, PoolClient } from '../db/pool.js';
+
+/** A run's progress, as a source reports it while staging and the engine after. */
+export interface Progress {
+  entity: string;
+  runId: number;
+  phase: 'fetch' | 'merge' | 'done';
+  rows: number;
+  bytes: number;
+  /** Pages fetched (http sources). */
+  pages?: number;
+  /** Records expected in all, where the source says. */
+  total?: number;
+}
+
+/** What a source may use of Syncline: its database, the config, where relative paths start. */
+export interface SourceEnv {
+  readonly pool: Pool;
+  readonly syncUrl: string;
+  readonly config: Config;
+  /** Where relative file paths in the config start. */
+  readonly configDir: string;
+  /** The pool and URL of a postgres source, shared by every entity reading it. */
+  pgSource(name: string): { pool: Pool; url: string };
+  /** An entity as applied to sync.entity (a nested entity reads its parent's definition). */
+  loadEntity(name: string): Promise<{ def: EntityConfig; cursor: string | null; enabled: boolean; dependsOn: string[]; verify: boolean }>;
+}
+
+/** What a run asks for (a subset of the engine's run options). */
+export interface ReadOptions {
+  dryRun?: boolean;
+  full?: boolean;
+  /** Only these records, by the key columns' values as text. */
+  keys?: string[][];
+  /** A backfill chunk: the half-open cursor range to read. */
+  window?: { from: string; to: string };
+  onProgress?: (p: Progress) => void;
+}
+
+/** A run being planned: the entity, its stored cursor, and the target's writable columns. */
+export interface PlanInput {
+  env: SourceEnv;
+  name: string;
+  def: EntityConfig;
+  cursor: string | null;
+  opts: ReadOptions;
+  /** The target's columns a sync may write, in table order, with their types (an error when the table is missing). */
+  targetColumns: () => Promise<{ attname: string; type: string }[]>;
+}
+
+/** An opened run, handed to the source to stage its records. */
+export interface StageRun {
+  env: SourceEnv;
+  /** The connection holding the entity lock: stages into sync_staging, in its own transactions. */
+  target: PoolClient;
+  name: string;
+  def: EntityConfig;
+  runId: number;
+  opts: ReadOptions;
+  /**
+   * The fetch phase: `fn` gets a signal that fires on sync.cancel and on
+   * shutdown (the run then ends cancelled); its time goes into sync.run.phases.
+   */
+  fetchPhase: <T>(fn: (signal: AbortSignal) => Promise<T>) => Promise<T>;
+}
+
+/** What the engine does with staged records before and after the merge. */
+export interface Staged {
+  /** Text staging (sync_staging.run_<id>_raw) the engine types with sync.cast_raw; absent when staged typed. */
+  cast?: { timeZone?: string; keepLast: boolean };
+  /** After the cast, before the merge: the source's own checks of its snapshot. */
+  beforeMerge?: () => Promise<void>;
+  /** After the merge (clean-up of what the source kept for the run). */
+  afterMerge?: () => Promise<void>;
+}
+
+/** A cursor range of the target a key-range read covers (target column, bounds as text, the column's type). */
+export interface KeyRange {
+  column: string;
+  lo: string;
+  hi: string;
+  type: string;
+}
+
+/** Reads of the source by key range: what verification after an incremental run needs. */
+export interface KeyRangeReads {
+  /** The source's records in the range (all of them when null), counted on the source. */
+  count(range: KeyRange | null): Promise<number>;
+  /** COPY the key columns of the source's records in the range into `into` on the target connection. */
+  copyKeys(range: KeyRange | null, target: PoolClient, into: string): Promise<void>;
+}
+
+/** A planned run: its columns and what the source guarantees and can do. */
+export interface PlannedRun {
+  /** Target columns the run writes, and the source field or column feeding each (same order). */
+  targetColumns: string[];
+  sourceColumns: string[];
+  /** The source cannot repeat a key (a unique index on a table source). */
+  sourceKeyUnique: boolean;
+  /** The run reads a whole listing whose records can be counted against the target after a full run. */
+  countable: boolean;
+  /** Stage the run's records. */
+  stage(run: StageRun): Promise<Staged>;
+  /** Capability: COPY the records, typed, straight into a table (the engine loads an empty target directly). */
+  copyInto?: (run: StageRun, table: string) => Promise<number>;
+  /** Capability: key-range reads (gap detection after incremental runs). */
+  keyRange?: KeyRangeReads;
+}
+
+/** One source kind: a folder in src/sources and a line in the registry. */
+export interface SourceKind {
+  /** The columns the entity's source yields as a first run reads them; a count where the source names no columns (a file's header, an API's first record). */
+  columns(env: SourceEnv, name: string, def: EntityConfig): Promise<string[] | number>;
+  /** Whether the source itself is reachable, as a line for `check`; throws with a hint. Absent: checked through its entities. */
+  check?(env: SourceEnv, source: string): Promise<string>;
+  /** Whether a run can read just chosen keys (else a re-sync by key reads everything). */
+  readsKeys(def: EntityConfig): boolean;
+  plan(input: PlanInput): Promise<PlannedRun>;
+}
