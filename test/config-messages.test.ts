@@ -196,9 +196,9 @@ describe('schema messages a person can act on', () => {
   it('a source "kind" no source has, or none at all', () => {
     const raw = base();
     raw.sources.remote.kind = 'postgress';
-    expect(problems(raw)).toEqual(['sources.remote.kind: "postgress" is not allowed — did you mean "postgres"? (one of "postgres", "csv", "http")']);
+    expect(problems(raw)).toEqual(['sources.remote.kind: "postgress" is not allowed — did you mean "postgres"? (one of "postgres", "csv", "http", "jsonl")']);
     delete raw.sources.remote.kind;
-    expect(problems(raw)).toEqual(['sources.remote.kind: is required — use one of "postgres", "csv", "http"']);
+    expect(problems(raw)).toEqual(['sources.remote.kind: is required — use one of "postgres", "csv", "http", "jsonl"']);
   });
 
   it('an http pagination "style" that does not exist', () => {

@@ -178,8 +178,8 @@ export function maskSecrets(cfg: Config): Config {
     }];
   })) as Config['sources'];
   const entities = Object.fromEntries(Object.entries(cfg.entities).map(([name, e]) => {
-    // A csv file's URL (or its name under a URL location) may carry a token: a signed URL's ?sig=.
-    if (cfg.sources[e.source]?.kind !== 'csv' || !('file' in e.from)) return [name, e];
+    // A file's URL (or its name under a URL location) may carry a token: a signed URL's ?sig=.
+    if (!['csv', 'jsonl'].includes(cfg.sources[e.source]?.kind ?? '') || !('file' in e.from)) return [name, e];
     return [name, { ...e, from: { ...e.from, file: maskQuery(e.from.file) } }];
   })) as Config['entities'];
   const { email, webhook } = cfg.alerts ?? {};

@@ -68,10 +68,23 @@ export const csvSource = z.object({
   redirects: redirectPolicy.optional().describe('A redirect to another host: without "headers" it is followed (a published Google Sheet moves to googleusercontent.com); with them "same-origin" (the default) refuses it and "follow-without-credentials" follows it without the headers.'),
 }).strict();
 
-export const source = z.discriminatedUnion('kind', [postgresSource, csvSource, httpSource]);
+export const jsonlSource = z.object({
+  kind: z.literal('jsonl'),
+  location: z.string().min(1).optional()
+    .describe('Directory or base URL the entities\' files are relative to (default: the config file\'s directory).'),
+  encoding: z.string().default('utf-8').refine((enc) => { try { new TextDecoder(enc); return true; } catch { return false; } },
+    'is not an encoding this Node.js knows — use e.g. "utf-8", "windows-1252", "latin1"'),
+  timeZone: z.string().optional()
+    .describe('Time zone of timestamps written without an offset, e.g. "Europe/Berlin" (default: UTC).'),
+  headers: z.record(z.string(), z.string()).optional().describe('HTTP headers for a URL (put tokens in ${ENV}).'),
+  redirects: redirectPolicy.optional().describe('A redirect to another host: without "headers" it is followed; with them "same-origin" (the default) refuses it and "follow-without-credentials" follows it without the headers.'),
+}).strict().describe('A JSON-lines file: one JSON object a line; "columns" maps target columns to fields (dotted paths reach nested ones).');
+
+export const source = z.discriminatedUnion('kind', [postgresSource, csvSource, httpSource, jsonlSource]);
 export type SourceConfig = z.infer<typeof source>;
 export type PostgresSourceConfig = z.infer<typeof postgresSource>;
 export type CsvSourceConfig = z.infer<typeof csvSource>;
+export type JsonlSourceConfig = z.infer<typeof jsonlSource>;
 export type { HttpSourceConfig };
 
 const overlap = z.union([
@@ -128,7 +141,7 @@ export const entity = z.object({
       }).strict().describe('Children nested in each record of the endpoint (a sale\'s line items): every record is a parent whose child set is replaced as a whole.'),
     }).strict(),
     z.object({ http: httpEntityOptions.describe('An http source\'s endpoint: path, params ({{cursor}} becomes the cursor; a param whose value is only {{cursor}} is left out on a first run), recordsPath, pagination, fields.') }).strict(),
-    z.object({ file: z.string().min(1).describe('A csv source\'s file: a path relative to the source\'s location, or a URL.') }).strict(),
+    z.object({ file: z.string().min(1).describe('A csv or jsonl source\'s file: a path relative to the source\'s location, or a URL.') }).strict(),
     z.object({ query: z.string().min(1).describe('One SELECT (WITH, VALUES or TABLE), no other statement: it runs on a read-only session. {{tenant}} becomes the tenant value and {{cursor}} the cursor lower bound, as quoted literals; {{cursor}} is null on a first or --full run, so write ({{cursor}} is null or updated_at > {{cursor}}). Tenant and cursor filters are also applied around the query.') }).strict(),
   ]).describe('What to read on the source: a table, or a query template.'),
   target: tableRef.describe('The target table (yours; Syncline never creates it).'),
@@ -296,6 +309,12 @@ export const config = z.object({
     }
     if (src?.kind === 'csv' && e.cursor) {
       ctx.addIssue({ code: 'custom', path: ['entities', name, 'cursor'], message: 'a csv file is read whole on every run: remove "cursor"' });
+    }
+    if (src?.kind === 'jsonl' && !('file' in e.from)) {
+      ctx.addIssue({ code: 'custom', path: ['entities', name, 'from'], message: `source "${e.source}" is a jsonl source: use "from": {"file": "name.jsonl"}` });
+    }
+    if (src?.kind === 'jsonl' && e.cursor) {
+      ctx.addIssue({ code: 'custom', path: ['entities', name, 'cursor'], message: 'a jsonl file is read whole on every run: remove "cursor"' });
     }
     // Here and not in the entity schema: a definition written into sync.entity
     // by hand meets the run's own defenses (sourceColumns, copyFromSource).

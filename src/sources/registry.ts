@@ -4,6 +4,7 @@
  */
 import { csvSource } from './csv/index.js';
 import { httpSource } from './http/index.js';
+import { jsonlSource } from './jsonl/index.js';
 import type { SourceKind } from './port.js';
 import { postgresSource } from './postgres/index.js';
 
@@ -11,6 +12,7 @@ const KINDS: Record<string, SourceKind> = {
   postgres: postgresSource,
   csv: csvSource,
   http: httpSource,
+  jsonl: jsonlSource,
 };
 
 /** The kind of a configured source; undefined for a kind nothing implements. */

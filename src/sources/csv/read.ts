@@ -1,10 +1,7 @@
-import { createReadStream } from 'node:fs';
-import path from 'node:path';
-import { Readable, Transform } from 'node:stream';
+import { Transform } from 'node:stream';
 import { parse } from 'csv-parse';
 import type { CsvSourceConfig, EntityConfig } from '../../config/schema.js';
-import { CriticalError } from '../http/errors.js';
-import { fetchFollowing } from '../http/redirect.js';
+import { fileLocation, openBytes } from '../files.js';
 import { configuredEndingDoubt, lineEndingDoubt, lineEndingScanner, quoteRunsLinesTogether, type LineEndings } from './lines.js';
 
 // A header row longer than this is not a header: refuse rather than guess.
@@ -37,51 +34,10 @@ export function normalizeHeader(h: string): string {
 }
 
 /** Where an entity's file lives: a URL, or a path relative to the source's location (or the config's directory). */
-export function csvLocation(src: CsvSourceConfig, file: string, configDir: string): string {
-  if (/^https?:\/\//.test(file)) return file;
-  const base = src.location ?? configDir;
-  if (/^https?:\/\//.test(base)) {
-    // "?gid=0" belongs to the base's own path (a published sheet's /pub); a name goes below it.
-    return new URL(file, file.startsWith('?') || base.endsWith('/') ? base : `${base}/`).toString();
-  }
-  return path.resolve(configDir, base, file);
-}
+export const csvLocation = fileLocation;
 
-async function openBytes(location: string, src: Pick<CsvSourceConfig, 'headers' | 'redirects'>, signal: AbortSignal): Promise<Readable> {
-  if (!/^https?:\/\//.test(location)) {
-    const stream = createReadStream(location);
-    await new Promise<void>((resolve, reject) => {
-      stream.once('open', () => resolve());
-      stream.once('error', (err) => reject(new Error(`cannot read ${location}: ${(err as Error).message} — check the path`, { cause: err })));
-    });
-    return stream;
-  }
-  const url = new URL(location);
-  const headers = src.headers ?? {};
-  // Without headers there is nothing to keep from another host: a published
-  // Google Sheet answers from *.googleusercontent.com and must keep working.
-  const policy = Object.keys(headers).length ? src.redirects ?? 'same-origin' : 'follow-without-credentials';
-  // Messages show where, never a query string (a signed URL's token is in it).
-  const describe = (u: URL | string) => {
-    const x = new URL(String(u));
-    return x.pathname === '/' ? x.origin : `${x.origin}${x.pathname}`;
-  };
-  const { response: res } = await fetchFollowing({
-    url, home: url.origin, headers, bareHeaders: {}, secrets: Object.values(headers), policy, describe, signal,
-    advice: (other) => `use the URL it redirects to on ${other} as the file's location if that host may have the headers, `
-      + 'or set "redirects": "follow-without-credentials" on the csv source to follow such redirects without them',
-  }).catch((err) => {
-    if (err instanceof CriticalError) throw err;
-    throw new Error(`cannot fetch ${url.origin}: ${(err as Error).message} — check the URL and the network`, { cause: err });
-  });
-  if (!res.ok || !res.body) {
-    await res.body?.cancel().catch(() => undefined);
-    const hint = res.status === 404 ? 'check the URL (for a Google Sheet: File → Share → Publish to web → CSV)'
-      : res.status === 401 || res.status === 403 ? 'the file is not public or the credentials are wrong' : 'the server refused the request';
-    throw new Error(`fetching ${url.pathname} answered ${res.status}: ${hint}`);
-  }
-  return Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
-}
+// What a csv source's fetch advises: a published Google Sheet is the common case.
+const CSV_FILE = { kind: 'csv', notFound: 'check the URL (for a Google Sheet: File → Share → Publish to web → CSV)' };
 
 /** Bytes in the source's encoding → UTF-8 text (a UTF-8 byte-order mark is dropped by the parser). */
 function decoder(encoding: string): Transform {
@@ -101,8 +57,8 @@ function decoder(encoding: string): Transform {
 export async function openCsv(src: CsvSourceConfig, e: EntityConfig, targetColumns: string[], configDir: string,
   signal: AbortSignal): Promise<CsvReader> {
   const file = (e.from as { file: string }).file;
-  const location = csvLocation(src, file, configDir);
-  const bytes = await openBytes(location, src, signal);
+  const location = fileLocation(src, file, configDir);
+  const bytes = await openBytes(location, src, signal, CSV_FILE);
   const rejects: CsvRecord[] = [];
   const endings: LineEndings = {};
   const parser = bytes.pipe(decoder(src.encoding)).pipe(lineEndingScanner(src.quote, src.delimiter, endings)).pipe(parse({
