@@ -24,10 +24,7 @@ export class Engine implements EngineContext {
 
   /** The pool and URL of a postgres source; a clear error for anything else. */
   pgSource(name: string): { pool: Pool; url: string } {
-    const src = this.config.sources[name];
-    if (!src) throw new Error(`source "${name}" is not defined in the config file — add it under "sources"`);
-    if (src.kind !== 'postgres') throw new Error(`source "${name}" is a ${src.kind} source, not postgres`);
-    return this.sources.get(name, src);
+    return this.sources.of(this.config.sources, name);
   }
 
   async close(): Promise<void> {
@@ -75,8 +72,10 @@ function errorMessage(err: unknown): string {
 }
 
 /**
- * One sync run of one entity: lock, stage (COPY from the source), merge (one
- * SQL transaction), record. Never throws for a failed run: the failure is in
+ * One sync run of one entity, the same path for every source kind: lock,
+ * plan (with the source), open the run, stage (the source COPYs its records
+ * in), cast text staging, merge (one SQL transaction), verify (with what the
+ * source can do), record. Never throws for a failed run: the failure is in
  * the result and in sync.run.
  */
 export async function runEntity(engine: Engine, name: string, opts: RunOptions): Promise<RunResult> {
@@ -131,6 +130,7 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
     const plan = await kind.plan({ env: engine, name, def: ent.def, cursor: ent.cursor, opts,
       targetColumns: () => targetColumns(engine, name, ent.def) });
     const ctx: LoadContext = { engine, target, name, runId: await start(plan.targetColumns), def: ent.def, plan, opts };
+    // A source that can COPY into a table loads an empty target directly.
     // Rules and version checks run in sync.merge: a direct load would skip them.
     const direct = plan.copyInto && !opts.dryRun && !opts.keys && !ent.def.validate && !ent.def.version
       && (await target.query('select sync.can_load_direct($1) as ok', [name])).rows[0].ok;

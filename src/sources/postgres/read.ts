@@ -2,7 +2,7 @@ import { Transform, type Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { to as copyTo, from as copyFrom } from 'pg-copy-streams';
-import type { EntityConfig, PostgresSourceConfig } from '../../config/schema.js';
+import type { EntityConfig, PostgresSourceConfig, SourceConfig } from '../../config/schema.js';
 import { quoteIdent } from '../../db/database.js';
 import { connectionHint, makePool, type Pool } from '../../db/pool.js';
 import { renderTemplate, SqlTextError, statementProblem } from './sql-text.js';
@@ -55,6 +55,14 @@ export function sourceConnection(url: string): { connectionString: string; optio
 export class SourcePools {
   private pools = new Map<string, Pool>();
   constructor(private syncUrl: string) {}
+
+  /** The pool and URL of the configured source `name`; a clear error for anything but a postgres source. */
+  of(sources: Record<string, SourceConfig>, name: string): { pool: Pool; url: string } {
+    const src = sources[name];
+    if (!src) throw new Error(`source "${name}" is not defined in the config file — add it under "sources"`);
+    if (src.kind !== 'postgres') throw new Error(`source "${name}" is a ${src.kind} source, not postgres`);
+    return this.get(name, src);
+  }
 
   get(name: string, src: PostgresSourceConfig): { pool: Pool; url: string } {
     const url = sourceUrl(src, this.syncUrl);
