@@ -6,13 +6,8 @@
  */
 import type { CsvSourceConfig } from '../../config/schema.js';
 import type { SourceKind } from '../port.js';
-import { RawWriter, type RawRecord } from '../raw-writer.js';
-import { doubt, inTransaction } from '../staging.js';
+import { stageFileRecords } from '../file-staging.js';
 import { openCsv } from './read.js';
-
-// CSV records a COPY: big enough that COPY's overhead vanishes, small enough
-// that a refused record is found in one batch.
-const CSV_BATCH = 5000;
 
 export const csvSource: SourceKind = {
   async columns(env, _name, def) {
@@ -41,32 +36,16 @@ export const csvSource: SourceKind = {
       sourceColumns: reader.mapping.map(([, h]) => h),
       sourceKeyUnique: false,
       countable: true,
-      async stage({ target, name, runId, opts, fetchPhase }) {
-        await fetchPhase(async (signal) => {
-          signal.addEventListener('abort', () => reading.abort(signal.reason), { once: true });
-          const { rows } = await target.query('select sync.create_raw_staging($1) as raw', [runId]);
-          const writer = new RawWriter(target, rows[0].raw, columns, def.key);
-          const none = columns.map(() => null);
-          let count = 0;
-          let batch: RawRecord[] = [];
-          // Parsing the next batch overlaps writing the last one.
-          let writing: Promise<void> = Promise.resolve();
-          const flush = async () => {
-            const b = batch;
-            batch = [];
-            await writing;
-            writing = inTransaction(target, () => writer.write(b));
-            opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: count, bytes: 0 });
-          };
-          for await (const r of reader.records) {
-            count += 1;
-            batch.push(r.error ? { line: r.line, values: none, raw: r.raw, error: r.error }
-              : { line: r.line, values: r.values, raw: { line: r.line, record: r.raw } });
-            if (batch.length >= CSV_BATCH) await flush();
-          }
-          await flush();
-          await writing;
-          for (const d of reader.doubts()) await doubt(target, runId, d);
+      async stage(run) {
+        const none = columns.map(() => null);
+        await stageFileRecords(run, {
+          columns, reading, doubts: () => reader.doubts(),
+          records: (async function* () {
+            for await (const r of reader.records) {
+              yield r.error ? { line: r.line, values: none, raw: r.raw, error: r.error }
+                : { line: r.line, values: r.values, raw: { line: r.line, record: r.raw } };
+            }
+          })(),
         });
         return { cast: { timeZone: src.timeZone, keepLast: false } };
       },

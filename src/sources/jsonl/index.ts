@@ -7,13 +7,8 @@
  */
 import type { JsonlSourceConfig } from '../../config/schema.js';
 import type { SourceKind } from '../port.js';
-import { RawWriter, type RawRecord } from '../raw-writer.js';
-import { inTransaction } from '../staging.js';
+import { stageFileRecords } from '../file-staging.js';
 import { openJsonl } from './read.js';
-
-// Records a COPY: big enough that COPY's overhead vanishes, small enough
-// that a refused record is found in one batch.
-const JSONL_BATCH = 5000;
 
 export const jsonlSource: SourceKind = {
   /** The number of fields of the file's first record. */
@@ -45,25 +40,15 @@ export const jsonlSource: SourceKind = {
       sourceColumns: reader.mapping.map(([, f]) => f),
       sourceKeyUnique: false,
       countable: true,
-      async stage({ target, name, runId, opts, fetchPhase }) {
-        await fetchPhase(async (signal) => {
-          signal.addEventListener('abort', () => reading.abort(signal.reason), { once: true });
-          const { rows } = await target.query('select sync.create_raw_staging($1) as raw', [runId]);
-          const writer = new RawWriter(target, rows[0].raw, columns, def.key);
-          const none = columns.map(() => null);
-          let count = 0;
-          let batch: RawRecord[] = [];
-          const flush = async () => {
-            await inTransaction(target, () => writer.write(batch));
-            batch = [];
-            opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: count, bytes: 0 });
-          };
-          for await (const r of reader.records) {
-            count += 1;
-            batch.push(r.error ? { line: r.line, values: none, raw: r.raw, error: r.error } : { line: r.line, values: r.values, raw: r.raw });
-            if (batch.length >= JSONL_BATCH) await flush();
-          }
-          await flush();
+      async stage(run) {
+        const none = columns.map(() => null);
+        await stageFileRecords(run, {
+          columns, reading,
+          records: (async function* () {
+            for await (const r of reader.records) {
+              yield r.error ? { line: r.line, values: none, raw: r.raw, error: r.error } : { line: r.line, values: r.values, raw: r.raw };
+            }
+          })(),
         });
         return { cast: { timeZone: src.timeZone, keepLast: false } };
       },
