@@ -1,5 +1,5 @@
 --! Previous: sha1:e7055cd9fa6e68813aec2765387f7d22170fb204
---! Hash: sha1:b88b94b839969d144f88f96668d79f2a8dba66cd
+--! Hash: sha1:935162330363cf83768bff4cabcb7a94d652ca06
 --! Message: worker heartbeats, waves, leftovers and true timings
 
 /*
@@ -638,33 +638,6 @@ as $$
 $$;
 comment on function sync.wave_claim(bigint) is 'Takes the next ready entity of a local wave (the CLI or the API runs it): none when nothing is ready.';
 
-create or replace function sync.wave_take(p_wave_id bigint, p_entity text, p_pass smallint) returns boolean
-  language plpgsql volatile
-  set search_path to pg_catalog, public, pg_temp
-as $$
-declare
-  v_we sync.wave_entity;
-  v_run sync.run;
-begin
-  select * into v_we from sync.wave_entity where wave_id = p_wave_id and entity = p_entity for update;
-  if not found or v_we.pass <> p_pass or v_we.state not in ('ready', 'running') then
-    return false;
-  end if;
-  -- Its run ended before the worker that ran it died, unrecorded: record it now.
-  select * into v_run from sync.run r
-   where r.wave_id = p_wave_id and r.entity = p_entity and r.status in ('succeeded', 'partial')
-     and r.id > coalesce((select max(x) from unnest(v_we.run_ids) x), 0)
-   order by r.id desc limit 1;
-  if found then
-    perform sync.wave_done(p_wave_id, p_entity, v_run.id, v_run.status);
-    return false;
-  end if;
-  update sync.wave_entity set state = 'running' where wave_id = p_wave_id and entity = p_entity;
-  return true;
-end
-$$;
-comment on function sync.wave_take(bigint, text, smallint) is 'A worker''s job taking its entity of a wave. False, running nothing, when that pass is over already or its run ended before the worker running it died (the outcome is recorded then): a job run again after a crash never runs its entity twice in a wave.';
-
 create or replace function sync.wave_done(p_wave_id bigint, p_entity text, p_run_id bigint, p_status text) returns void
   language plpgsql volatile
   set search_path to pg_catalog, public, pg_temp
@@ -691,7 +664,7 @@ begin
   -- A worker wave's ready entity whose job is gone (deleted by hand, failed for good) gets it back.
   for v_row in
     select we.* from sync.wave_entity we join sync.wave w on w.id = we.wave_id
-     where w.finished_at is null and w.executor = 'worker' and we.state in ('ready', 'running') and w.started_at < now() - interval '1 minute'
+     where w.finished_at is null and w.executor = 'worker' and we.state = 'ready' and w.started_at < now() - interval '1 minute'
        and not exists (select 1 from graphile_worker.jobs j where j.key = format('wave:%s:%s:%s', we.wave_id, we.pass, we.entity))
        and not exists (select 1 from sync.run r where r.entity = we.entity and r.status = 'running')
   loop

@@ -1,5 +1,5 @@
---! Previous: sha1:b88b94b839969d144f88f96668d79f2a8dba66cd
---! Hash: sha1:25f44bfbb4c10e060f7b605095722cce4a3df6b9
+--! Previous: sha1:86fcba45c1739d01c4dd7fef74f9b3dffa048808
+--! Hash: sha1:5ff69032661dd5a9ef60fa87516e12fc7eb796a8
 --! Message: removing an entity leaves nothing running
 
 /*
