@@ -69,10 +69,10 @@ export function parseConfig(raw: unknown, env: NodeJS.ProcessEnv = process.env, 
     const ctx = { schema: configSchema, input: expanded, fromEnv };
     problems.push(...result.error.issues.flatMap((issue) => describeIssue(issue, ctx)));
   }
-  // zod checks names against "sources" and "entities" only once all else
-  // parsed: found here too, so one run reports them beside the other errors
-  // (and by own keys: a source named "constructor" is no source).
-  problems.push(...referenceProblems(expanded).filter((p) => !problems.includes(p)));
+  // Names are checked apart from the schema: zod's config-level refinement
+  // runs only once all else parsed, and a misspelt name belongs beside the
+  // other errors (looked up by own keys: a source named "constructor" is no source).
+  problems.push(...referenceProblems(expanded));
   if (problems.length) throw invalid();
   const cfg = result.data as Config;
   ENV_VALUES.set(cfg, fromEnv);

@@ -3,15 +3,12 @@ import { formatPath } from './issues.js';
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /**
- * Entities naming a source or a dependency the config does not define,
- * found in the raw (substituted) config, as "path: message" lines worded as
- * the schema's config-level refinement words them. zod runs that refinement
- * only once everything else parsed, so without this pass a config with a
- * typo elsewhere hides its unknown names until that typo is fixed. Shapes
- * the schema judges itself (a "sources" that is not an object, a dependsOn
- * that is "auto" — resolved when the config is applied — or not a list) are
- * skipped here. The wording matches the refinement's, so the caller can
- * drop a line both report.
+ * Entities naming a source or a dependency the config does not define, as
+ * "path: message" lines: the one place these names are checked. Read from
+ * the raw (substituted) config, so a config with a typo elsewhere still has
+ * its unknown names reported in the same run. Shapes the schema judges
+ * itself (a "sources" that is not an object, a dependsOn that is "auto" or
+ * not a list) are skipped here.
  */
 export function referenceProblems(raw: unknown): string[] {
   if (!isObject(raw) || !isObject(raw.entities)) return [];

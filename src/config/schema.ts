@@ -290,13 +290,10 @@ export const config = z.object({
   entities: z.record(z.string().min(1).max(100).refine((s) => !/[\u0000-\u001f]/.test(s), 'must not contain control characters'), entity),
 }).strict().superRefine((c, ctx) => {
   for (const [name, e] of Object.entries(c.entities)) {
-    if (!Object.hasOwn(c.sources, e.source)) {
-      ctx.addIssue({ code: 'custom', path: ['entities', name, 'source'],
-        message: `source "${e.source}" is not defined — add it under "sources" or use one of: ${Object.keys(c.sources).join(', ') || '(none)'}` });
-    }
-    const src = c.sources[e.source];
-    if (src?.kind === 'csv' && !('file' in e.from)) {
-      ctx.addIssue({ code: 'custom', path: ['entities', name, 'from'], message: `source "${e.source}" is a csv source: use "from": {"file": "name.csv"}` });
+    // An unknown source or dependsOn name is referenceProblems' (references.ts) to report.
+    const src = Object.hasOwn(c.sources, e.source) ? c.sources[e.source] : undefined;
+    if ((src?.kind === 'csv' || src?.kind === 'jsonl') && !('file' in e.from)) {
+      ctx.addIssue({ code: 'custom', path: ['entities', name, 'from'], message: `source "${e.source}" is a ${src.kind} source: use "from": {"file": "name.${src.kind}"}` });
     }
     if (src?.kind === 'postgres' && 'file' in e.from) {
       ctx.addIssue({ code: 'custom', path: ['entities', name, 'from'], message: `source "${e.source}" is a postgres source: use "from": {"table": …} or {"query": …}` });
@@ -307,23 +304,15 @@ export const config = z.object({
     if (src?.kind !== 'http' && 'http' in e.from) {
       ctx.addIssue({ code: 'custom', path: ['entities', name, 'from'], message: `source "${e.source}" is not an http source: "from": {"http": …} needs one` });
     }
-    if (src?.kind === 'csv' && e.cursor) {
-      ctx.addIssue({ code: 'custom', path: ['entities', name, 'cursor'], message: 'a csv file is read whole on every run: remove "cursor"' });
-    }
-    if (src?.kind === 'jsonl' && !('file' in e.from)) {
-      ctx.addIssue({ code: 'custom', path: ['entities', name, 'from'], message: `source "${e.source}" is a jsonl source: use "from": {"file": "name.jsonl"}` });
-    }
-    if (src?.kind === 'jsonl' && e.cursor) {
-      ctx.addIssue({ code: 'custom', path: ['entities', name, 'cursor'], message: 'a jsonl file is read whole on every run: remove "cursor"' });
+    if ((src?.kind === 'csv' || src?.kind === 'jsonl') && e.cursor) {
+      ctx.addIssue({ code: 'custom', path: ['entities', name, 'cursor'], message: `a ${src.kind} file is read whole on every run: remove "cursor"` });
     }
     // Here and not in the entity schema: a definition written into sync.entity
     // by hand meets the run's own defenses (sourceColumns, copyFromSource).
     const queryProblem = 'query' in e.from ? templateProblem(e.from.query) : null;
     if (queryProblem) ctx.addIssue({ code: 'custom', path: ['entities', name, 'from', 'query'], message: queryProblem });
     (e.dependsOn === 'auto' ? [] : e.dependsOn).forEach((d, i) => {
-      if (!Object.hasOwn(c.entities, d)) {
-        ctx.addIssue({ code: 'custom', path: ['entities', name, 'dependsOn', i], message: `entity "${d}" is not defined` });
-      } else if (c.entities[d].direction === 'push') {
+      if (Object.hasOwn(c.entities, d) && c.entities[d].direction === 'push') {
         ctx.addIssue({ code: 'custom', path: ['entities', name, 'dependsOn', i],
           message: `entity "${d}" is a push entity: the edge cycle pushes before it pulls, so nothing needs to depend on it — remove it` });
       }
