@@ -13,7 +13,7 @@ import type { Config, EntityConfig, TableRef } from '../config/schema.js';
 import { quoteIdent } from '../db/database.js';
 import { describeUrl, type Pool } from '../db/pool.js';
 import { prepareDemo } from '../demo/seed.js';
-import { sourceKind } from '../sources/registry.js';
+import { entitySourceKind, sourceKind } from '../sources/registry.js';
 import { EXIT, openSession, type GlobalOptions, type Session } from './context.js';
 
 /** What a line says about a check: passed, blocks a run, or worth fixing though a run goes ahead. */
@@ -239,11 +239,8 @@ async function cursorProblems(pool: Pool, name: string, e: EntityConfig, target:
  * postgres query's column names ({{cursor}} null), an http endpoint's first
  * page (the number of fields of its first record), a csv file's header.
  */
-async function sourceYields(s: Session, name: string, e: EntityConfig): Promise<string[] | number> {
-  const src = s.config.sources[e.source];
-  const kind = sourceKind(src.kind);
-  if (!kind) throw new Error(`source "${e.source}" is of kind "${src.kind}", which this Syncline cannot read`);
-  return kind.columns(s.engine, name, e);
+function sourceYields(s: Session, name: string, e: EntityConfig): Promise<string[] | number> {
+  return entitySourceKind(s.config, name, e).columns(s.engine, name, e);
 }
 
 /** Source columns the mapping reads that a postgres source does not yield. */

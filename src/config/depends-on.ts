@@ -156,7 +156,7 @@ function cycleError(cycle: string[], names: Record<string, string[]>, auto: Map<
 export function runLevels(graph: Record<string, string[]>): string[][] {
   const level = new Map<string, number>();
   const levelOf = (n: string): number => {
-    if (!level.has(n)) level.set(n, Math.max(-1, ...(graph[n] ?? []).filter((d) => d in graph).map(levelOf)) + 1);
+    if (!level.has(n)) level.set(n, Math.max(-1, ...(graph[n] ?? []).filter((d) => Object.hasOwn(graph, d)).map(levelOf)) + 1);
     return level.get(n)!;
   };
   const levels: string[][] = [];

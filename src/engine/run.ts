@@ -3,8 +3,7 @@ import { withSecrets } from '../config/stored.js';
 import type { Pool, PoolClient } from '../db/pool.js';
 import { log, maskUrls } from '../log.js';
 import { SourcePools } from '../sources/postgres/read.js';
-import type { SourceKind } from '../sources/port.js';
-import { sourceKind } from '../sources/registry.js';
+import { entitySourceKind, sourceKind } from '../sources/registry.js';
 import { targetColumns } from './columns.js';
 import { blockingDependency, CancelledError, waitForDependencies } from './guards.js';
 import { loadDirect, loadStaged, type LoadContext, type MergeResult } from './load.js';
@@ -126,7 +125,7 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
       }
       return runId;
     };
-    const kind = sourceKindOf(engine, name, ent.def);
+    const kind = entitySourceKind(engine.config, name, ent.def);
     const plan = await kind.plan({ env: engine, name, def: ent.def, cursor: ent.cursor, opts,
       targetColumns: () => targetColumns(engine, name, ent.def) });
     const ctx: LoadContext = { engine, target, name, runId: await start(plan.targetColumns), def: ent.def, plan, opts };
@@ -168,17 +167,6 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
     // releases the advisory lock.
     target.release(targetBroken ? true : undefined);
   }
-}
-
-/** The kind of source an entity reads, from the registry; a clear error for a source the config lacks. */
-function sourceKindOf(engine: EngineContext, name: string, def: EntityConfig): SourceKind {
-  const src = engine.config.sources[def.source];
-  if (!src) {
-    throw new Error(`entity "${name}" reads from source "${def.source}", which the config file does not define — add it under "sources"`);
-  }
-  const kind = sourceKind(src.kind);
-  if (!kind) throw new Error(`source "${def.source}" is of kind "${src.kind}", which this Syncline cannot read`);
-  return kind;
 }
 
 // How long a run waits for its entity's lock before reporting that another
