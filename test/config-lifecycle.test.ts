@@ -60,4 +60,14 @@ describe('a config and sync.entity', () => {
     const exists = await sync.pool.query(`select count(*)::int as n from pg_database where datname = 'syncline_demo_lifecycle'`);
     expect(exists.rows[0].n).toBe(0);
   });
+
+  it('backfill runs the config it is given too: its changes are applied first and printed', async () => {
+    const cursor = { cursor: { column: 'id' } };
+    expect(cli(['config', 'apply'], config({ items: entity({ columns: ['id', 'name'], ...cursor }) })).code).toBe(0);
+    await sync.pool.query('update items set code = null');
+    const r = cli(['backfill', 'items', '--from', '0', '--to', '10', '--chunk', '10'], config({ items: entity({ columns: ['id', 'name', 'code'], ...cursor }) }));
+    expect(r.code, r.err).toBe(0);
+    expect(r.err).toMatch(/applied the config to sync\.entity:\n\s+~ items\n\s+definition\.columns: \["id","name"\] → \["id","name","code"\]/);
+    expect((await sync.pool.query('select count(*)::int as n from items where code is not null')).rows[0].n).toBe(5);
+  });
 });

@@ -53,20 +53,27 @@ export interface SyncOptions extends GlobalOptions {
   confirmDeletes?: boolean;
 }
 
+/**
+ * Runs use the config given: its new and changed entities are applied
+ * first, printed as `config apply` prints them. Entities the config does not
+ * have stay (only `config apply` removes them), with a note.
+ */
+async function applyBeforeRuns(s: Session, verb: string): Promise<void> {
+  const applied = await applyConfig(s.pool, s.config, { keepOthers: true });
+  if (applied.length) process.stderr.write(`applied the config to sync.entity:\n${formatDiff(applied).replace(/^/gm, '  ')}\n`);
+  const { rows } = await s.pool.query<{ name: string }>(
+    'select name from sync.entity where not (name = any($1)) order by name', [Object.keys(s.config.entities)]);
+  if (rows.length) {
+    process.stderr.write(`note: sync.entity also has ${rows.map((r) => r.name).join(', ')}, which this config does not define: `
+      + `\`${verb}\` leaves them be, \`config apply\` removes them\n`);
+  }
+}
+
 export async function sync(entities: string[], opts: SyncOptions): Promise<number> {
   const selected = [...entities, ...(opts.tables ? opts.tables.split(',').map((t) => t.trim()).filter(Boolean) : [])];
   return withSession(opts, async (s) => {
     await prepareDemo(s.db.url, s.config, Boolean(s.db.embedded));
-    // Runs use the config given: its new and changed entities are applied
-    // first, printed as `config apply` prints them. Entities the config does
-    // not have stay (only `config apply` removes them).
-    const applied = await applyConfig(s.pool, s.config, { keepOthers: true });
-    if (applied.length) process.stderr.write(`applied the config to sync.entity:\n${formatDiff(applied).replace(/^/gm, '  ')}\n`);
-    const others = (await diffConfig(s.pool, s.config)).filter((d) => d.action === 'remove').map((d) => d.name);
-    if (others.length) {
-      process.stderr.write(`note: sync.entity also has ${others.join(', ')}, which this config does not define: `
-        + '`sync` leaves them be, `config apply` removes them\n');
-    }
+    await applyBeforeRuns(s, 'sync');
     // Push entities run in the edge cycle (`syncline edge`), not here.
     const mine = Object.entries(s.config.entities).filter(([, e]) => e.enabled && e.direction === 'pull').map(([n]) => n);
     const names = selected.length ? selected : mine;
@@ -135,7 +142,7 @@ export interface BackfillCliOptions extends GlobalOptions {
 /** `backfill <entity> --from --to`: chunk runs now with a progress bar, or handed to the worker with --enqueue. */
 export async function backfill(entity: string, opts: BackfillCliOptions): Promise<number> {
   return withSession(opts, async (s) => {
-    await applyConfig(s.pool, s.config, { onlyAdd: true });
+    await applyBeforeRuns(s, 'backfill');
     const o = { from: opts.from, to: opts.to, chunk: opts.chunk };
     // A bad range is the caller's to fix (exit 2), found before any source is read.
     try {

@@ -121,7 +121,7 @@ async function compare(db: Pool | PoolClient, cfg: Config): Promise<{ diffs: Ent
     if (fields.length) diffs.push({ name, action: 'change', fields });
   }
   for (const name of current.keys()) {
-    if (!(name in cfg.entities)) diffs.push({ name, action: 'remove', fields: [] });
+    if (!Object.hasOwn(cfg.entities, name)) diffs.push({ name, action: 'remove', fields: [] });
   }
   return { diffs, wanted };
 }
@@ -157,14 +157,13 @@ function definitionChanges(before: unknown, after: unknown, at = 'definition'): 
  * Writes the config's entities into sync.entity in one transaction and
  * returns what changed. Unchanged rows are not touched, so re-applying is a
  * no-op; a changed cursor column resets the stored cursor. `keepOthers`
- * leaves entities the config does not have in place. `onlyAdd` writes
- * only entities sync.entity does not have yet.
+ * leaves entities the config does not have in place.
  */
-export async function applyConfig(pool: Pool, cfg: Config, opts: { onlyAdd?: boolean; keepOthers?: boolean } = {}): Promise<EntityDiff[]> {
+export async function applyConfig(pool: Pool, cfg: Config, opts: { keepOthers?: boolean } = {}): Promise<EntityDiff[]> {
   return inTransaction(pool, async (c) => {
     await c.query('lock table sync.entity in share row exclusive mode');
     const { diffs: all, wanted } = await compare(c, cfg);
-    const diffs = all.filter((d) => (!opts.onlyAdd || d.action === 'add') && (!opts.keepOthers || d.action !== 'remove'));
+    const diffs = all.filter((d) => !opts.keepOthers || d.action !== 'remove');
     for (const d of diffs) {
       if (d.action === 'remove') {
         await c.query('delete from sync.entity where name = $1', [d.name]);
@@ -182,7 +181,7 @@ export async function applyConfig(pool: Pool, cfg: Config, opts: { onlyAdd?: boo
       );
       await applyTunables(c, d.name, entityTunables(cfg.entities[d.name]));
     }
-    if (cfg.retention && !opts.onlyAdd) {
+    if (cfg.retention) {
       await c.query(`update sync.setting set value = $1 where name = 'retention' and value::interval <> $1::interval`, [cfg.retention]);
     }
     return diffs;
