@@ -30,17 +30,20 @@ export async function withClient<T>(pool: pg.Pool, fn: (c: pg.PoolClient) => Pro
 }
 
 export async function inTransaction<T>(pool: pg.Pool, fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
-  return withClient(pool, async (c) => {
-    await c.query('begin');
-    try {
-      const out = await fn(c);
-      await c.query('commit');
-      return out;
-    } catch (err) {
-      await c.query('rollback').catch(() => {});
-      throw err;
-    }
-  });
+  return withClient(pool, (c) => inClientTransaction(c, () => fn(c)));
+}
+
+/** `fn` inside a transaction on a connection the caller holds (a run's, which keeps its lock across transactions). */
+export async function inClientTransaction<T>(c: pg.PoolClient, fn: () => Promise<T>): Promise<T> {
+  await c.query('begin');
+  try {
+    const out = await fn();
+    await c.query('commit');
+    return out;
+  } catch (err) {
+    await c.query('rollback').catch(() => {});
+    throw err;
+  }
 }
 
 /** Host, port and database of a URL, without credentials, for messages. */

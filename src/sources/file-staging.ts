@@ -5,7 +5,8 @@
  */
 import type { StageRun } from './port.js';
 import { RawWriter, type RawRecord } from './raw-writer.js';
-import { doubt, inTransaction } from './staging.js';
+import { inClientTransaction } from '../db/pool.js';
+import { doubt } from './staging.js';
 
 // Records a COPY: big enough that COPY's overhead vanishes, small enough
 // that a refused record is found in one batch.
@@ -33,7 +34,7 @@ export async function stageFileRecords({ target, name, def, runId, opts, fetchPh
       const b = batch;
       batch = [];
       await writing;
-      writing = inTransaction(target, () => writer.write(b));
+      writing = inClientTransaction(target, () => writer.write(b));
       opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: count, bytes: 0 });
     };
     for await (const r of file.records) {

@@ -1,6 +1,6 @@
 /**
  * What every text source shares on its way into a run's staging: the raw
- * staging table, its transactions, the cast to types, and the one way a
+ * staging table, the cast to types, and the one way a
  * source reports that its snapshot may not be whole (sync.doubt_snapshot).
  */
 import type { EntityConfig } from '../config/schema.js';
@@ -24,19 +24,6 @@ export async function castRaw(target: PoolClient, runId: number, timeZone: strin
   await target.query('select sync.cast_raw($1, $2, $3)', [runId, timeZone ?? null, keepLast]);
   await target.query(`update sync.run set phases = phases || jsonb_build_object('stage', $2::int) where id = $1`,
     [runId, Date.now() - started]);
-}
-
-/** `fn` inside a transaction on the run's connection (savepoints need one). */
-export async function inTransaction<T>(target: PoolClient, fn: () => Promise<T>): Promise<T> {
-  await target.query('begin');
-  try {
-    const out = await fn();
-    await target.query('commit');
-    return out;
-  } catch (err) {
-    await target.query('rollback').catch(() => {});
-    throw err;
-  }
 }
 
 export function rawTable(runId: number): string {

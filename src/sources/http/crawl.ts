@@ -4,11 +4,11 @@ import { from as copyFrom } from 'pg-copy-streams';
 import type { EntityConfig, HttpSourceConfig } from '../../config/schema.js';
 import { copyLine } from '../../db/copy.js';
 import { quoteIdent } from '../../db/database.js';
-import type { PoolClient } from '../../db/pool.js';
+import { inClientTransaction, type PoolClient } from '../../db/pool.js';
 import { log } from '../../log.js';
 import type { PlanInput, PlannedRun, SourceEnv, Staged, StageRun } from '../port.js';
 import { RawWriter, type RawRecord } from '../raw-writer.js';
-import { castRaw, doubt, inTransaction, rawTable, wouldDelete } from '../staging.js';
+import { castRaw, doubt, rawTable, wouldDelete } from '../staging.js';
 import { recordReader, toText, type MappedRecord } from './fields.js';
 import { compareVersions, paginate, type PageState } from './paginate.js';
 import { getPath } from './path.js';
@@ -90,7 +90,7 @@ export async function planHttpRun(input: PlanInput): Promise<PlannedRun> {
           // Let timers run now and then: the next page's request must leave on its reserved slot.
           if (i % YIELD_EVERY === YIELD_EVERY - 1) await new Promise((resolve) => setImmediate(resolve));
         }
-        await inTransaction(target, async () => {
+        await inClientTransaction(target, async () => {
           await writer.write(staged);
           if (parents && nested && records.length) {
             const keys = records.map((p) => copyLine(parentKey.map((c) => toText(getPath(p, nested.parent[c])))));
@@ -217,7 +217,7 @@ async function stageFound(target: PoolClient, runId: number, columns: string[], 
     `select coalesce((detail ->> 'records')::int, 0) as lines from sync.run where id = $1`, [runId]);
   let line = n.lines;
   const staged = found.flatMap((r) => map(r).map((m) => ({ line: ++line, ...m })));
-  await inTransaction(target, () => new RawWriter(target, rows[0].raw, columns, key).write(staged));
+  await inClientTransaction(target, () => new RawWriter(target, rows[0].raw, columns, key).write(staged));
   await castRaw(target, runId, timeZone, false);
 }
 
