@@ -22,6 +22,10 @@ interface Plan {
   sourceKeyUnique: boolean;
 }
 
+/** The source column feeding a target column (its own name when the mapping does not say). */
+const sourceOf = (plan: Pick<Plan, 'targetColumns' | 'sourceColumns'>, column: string) =>
+  plan.sourceColumns[plan.targetColumns.indexOf(column)] ?? column;
+
 export const postgresSource: SourceKind = {
   columns(env, _name, def) {
     const { pool, url } = env.pgSource(def.source);
@@ -58,19 +62,18 @@ export const postgresSource: SourceKind = {
       const available = new Set(await sourceColumns(pool, url, def, name));
       mapping = rows.map((r) => r.attname).filter((c) => available.has(c)).map((c) => [c, c]);
     }
-    const sourceOf = (col: string) => mapping.find((m) => m[0] === col)?.[1] ?? col;
+    const columns = { targetColumns: mapping.map((m) => m[0]), sourceColumns: mapping.map((m) => m[1]) };
     const { pool: srcPool } = env.pgSource(def.source);
     const plan: Plan = {
-      targetColumns: mapping.map((m) => m[0]),
-      sourceColumns: mapping.map((m) => m[1]),
-      sourceKeyUnique: await sourceKeyIsUnique(srcPool, def, def.key.map(sourceOf)),
+      ...columns,
+      sourceKeyUnique: await sourceKeyIsUnique(srcPool, def, def.key.map((k) => sourceOf(columns, k))),
     };
-    if (def.tenant) plan.tenantSourceColumn = sourceOf(def.tenant.column);
+    if (def.tenant) plan.tenantSourceColumn = sourceOf(plan, def.tenant.column);
     if (window && !def.cursor) throw new Error(`entity "${name}" has no cursor column: a backfill needs one to split the range by`);
     if (def.cursor && (!full || window)) {
       const type = types.get(def.cursor.column);
       if (!type) throw new Error(`entity "${name}": cursor column "${def.cursor.column}" is not a column of the target table`);
-      plan.cursor = { column: def.cursor.column, sourceColumn: sourceOf(def.cursor.column), value: cursor, overlap: def.cursor.overlap, type, window };
+      plan.cursor = { column: def.cursor.column, sourceColumn: sourceOf(plan, def.cursor.column), value: cursor, overlap: def.cursor.overlap, type, window };
     }
     if (def.cursor && !plan.targetColumns.includes(def.cursor.column)) {
       throw new Error(`entity "${name}": cursor column "${def.cursor.column}" must be one of the synced columns`);
@@ -97,7 +100,7 @@ async function fetchInto(run: StageRun, plan: Plan, into: string): Promise<numbe
   const { env, def, name, runId, opts } = run;
   const { pool, url } = env.pgSource(def.source);
   const keys = opts.keys
-    ? { sourceColumns: def.key.map((k) => plan.sourceColumns[plan.targetColumns.indexOf(k)] ?? k), values: opts.keys } : undefined;
+    ? { sourceColumns: def.key.map((k) => sourceOf(plan, k)), values: opts.keys } : undefined;
   const select = sourceSelect(def, plan.sourceColumns, { tenantSourceColumn: plan.tenantSourceColumn, cursor: plan.cursor, keys });
   const total = plan.cursor || opts.keys ? undefined : await estimatedRows(pool, def);
   return run.fetchPhase((signal) => copyFromSource({
@@ -119,22 +122,21 @@ async function estimatedRows(pool: Pool, def: EntityConfig): Promise<number | un
 
 /** Counting and copying the source's keys within a cursor range (in the entity's tenant). */
 function keyRangeReads({ pool, url }: { pool: Pool; url: string }, def: EntityConfig, plan: Plan): KeyRangeReads {
-  const sourceOf = (c: string) => plan.sourceColumns[plan.targetColumns.indexOf(c)] ?? c;
+  const keySource = def.key.map((k) => sourceOf(plan, k));
   const inRange = (alias: string, column: string, range: KeyRange) =>
     `${alias}.${quoteIdent(column)} between ${pg.escapeLiteral(range.lo)}::${range.type} and ${pg.escapeLiteral(range.hi)}::${range.type}`;
   const select = (cols: string[], range: KeyRange | null) => `select * from (${sourceSelect(def, cols, { tenantSourceColumn: plan.tenantSourceColumn })}) s
-    where ${range ? inRange('s', sourceOf(range.column), range) : 'true'}`;
+    where ${range ? inRange('s', sourceOf(plan, range.column), range) : 'true'}`;
   return {
     async count(range) {
       const { rows: [src] } = await querySource<{ n: string }>(pool, `select count(*) as n from (${select(plan.sourceColumns, range)}) v`);
       return Number(src.n);
     },
     async copyKeys(range, target, into) {
-      const keySource = def.key.map((k) => plan.sourceColumns[plan.targetColumns.indexOf(k)] ?? k);
       await copyFromSource({
         pool, url, entity: def, target, into, columns: def.key, signal: new AbortController().signal, onRows: () => {},
         select: range ? `select ${keySource.map((c) => `s.${quoteIdent(c)}`).join(', ')} from (${select(
-          [...new Set([...keySource, sourceOf(range.column)])], range)}) s` : sourceSelect(def, keySource, { tenantSourceColumn: plan.tenantSourceColumn }),
+          [...new Set([...keySource, sourceOf(plan, range.column)])], range)}) s` : sourceSelect(def, keySource, { tenantSourceColumn: plan.tenantSourceColumn }),
       });
     },
   };
