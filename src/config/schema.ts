@@ -188,6 +188,8 @@ export const entity = z.object({
     references: z.record(identifier, z.string().regex(/^[^.]+(\.[^.]+)?\.[^.]+$/, 'must be "table.column" or "schema.table.column"')).optional()
       .describe('Column → "schema.table.column" that must hold the value (a property record the seller refers to).'),
   }).strict().optional().describe('Rules checked before the merge: failing records are quarantined in sync.run_error with the reason; the rest merge.'),
+  history: z.enum(['changes', 'keys']).optional()
+    .describe('What sync.run_change keeps: "changes" (default) records every change per key, but an initial load into an empty target as one entry ("initial load, N rows", sync.run.detail.initial_load); "keys" also records each key an initial load inserted (slower, more WAL).'),
   version: z.object({ column: identifier }).strict().optional()
     .describe('A version or updated-at column: a source record older than the target\'s row is not applied, and the conflict is recorded.'),
   deleteGuard: z.union([
