@@ -1,4 +1,4 @@
-import { Transform } from 'node:stream';
+import { Transform, type Readable } from 'node:stream';
 import { parse } from 'csv-parse';
 import type { CsvSourceConfig, EntityConfig } from '../../config/schema.js';
 import { fileLocation, openBytes } from '../files.js';
@@ -55,16 +55,13 @@ function decoder(encoding: string): Transform {
  * the snapshot doubtful, as does a file whose line endings change midway.
  */
 export async function openCsv(src: CsvSourceConfig, e: EntityConfig, targetColumns: string[], configDir: string,
-  signal: AbortSignal): Promise<CsvReader> {
+  signal: AbortSignal, opened?: Readable): Promise<CsvReader> {
   const file = (e.from as { file: string }).file;
-  const location = fileLocation(src, file, configDir);
-  const bytes = await openBytes(location, src, signal, CSV_FILE);
+  const bytes = opened ?? await openCsvBytes(src, e, configDir, signal);
   const rejects: CsvRecord[] = [];
   const endings: LineEndings = {};
   const parser = bytes.pipe(decoder(src.encoding)).pipe(lineEndingScanner(src.quote, src.delimiter, endings)).pipe(parse({
-    bom: true, delimiter: src.delimiter, quote: src.quote, relax_quotes: true, info: true, raw: true,
-    record_delimiter: RECORD_DELIMITERS[src.lineEnding ?? 'auto'],
-    skip_empty_lines: true, skip_records_with_error: true,
+    ...parserOptions(src), info: true, raw: true, skip_records_with_error: true,
     on_skip: (err, raw) => { rejects.push(unreadable(err, raw)); },
   }));
   signal.addEventListener('abort', () => parser.destroy(signal.reason as Error), { once: true });
@@ -102,6 +99,19 @@ export async function openCsv(src: CsvSourceConfig, e: EntityConfig, targetColum
     header, mapping, records: records(),
     doubts: () => [lineEndingDoubt(endings), configuredEndingDoubt(src.lineEnding ?? 'auto', endings)]
       .filter((d): d is string => d !== null),
+  };
+}
+
+/** The bytes of an entity's file (a path or a URL). */
+export function openCsvBytes(src: CsvSourceConfig, e: EntityConfig, configDir: string, signal: AbortSignal): Promise<Readable> {
+  return openBytes(fileLocation(src, (e.from as { file: string }).file, configDir), src, signal, CSV_FILE);
+}
+
+/** How csv-parse reads the source's files: the header row (copy.ts) and the records alike. */
+export function parserOptions(src: CsvSourceConfig) {
+  return {
+    bom: true, delimiter: src.delimiter, quote: src.quote, relax_quotes: true,
+    record_delimiter: RECORD_DELIMITERS[src.lineEnding ?? 'auto'], skip_empty_lines: true,
   };
 }
 
@@ -143,7 +153,7 @@ function unreadable(err: { code?: string; lines?: number; message?: string } | u
  * no `columns` matches headers by name, also after normalizing them
  * ("Seller Number" feeds seller_number).
  */
-function resolveMapping(e: EntityConfig, header: string[], targetColumns: string[], file: string): [string, string][] {
+export function resolveMapping(e: EntityConfig, header: string[], targetColumns: string[], file: string): [string, string][] {
   const byNormal = new Map(header.map((h) => [normalizeHeader(h), h]));
   const find = (name: string) => (header.includes(name) ? name : byNormal.get(normalizeHeader(name)));
   let wanted: [string, string | undefined][];
