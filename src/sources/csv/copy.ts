@@ -34,6 +34,8 @@ const COPY_DELIMITERS = new Set([',', ';', '\t', '|', ':', ' ']);
 
 /** The PostgreSQL encoding for the source's, or why COPY cannot read the file. */
 export function copyOptions(src: CsvSourceConfig): { encoding: string } | { reason: string } {
+  // A switch for the operator (and the tests) to compare the two parsers.
+  if (process.env.SYNCLINE_CSV_PARSER === 'javascript') return { reason: 'SYNCLINE_CSV_PARSER=javascript' };
   const encoding = PG_ENCODINGS[new TextDecoder(src.encoding).encoding];
   if (!encoding) return { reason: `the encoding ${src.encoding} is read by the JavaScript parser` };
   // csv-parse escapes a quote with '"' whatever the quote is; COPY with the quote itself.
