@@ -44,6 +44,10 @@ export function copyOptions(src: CsvSourceConfig): { encoding: string } | { reas
   return { encoding };
 }
 
+// A header row longer than this is not one (a stray quote ran on): the
+// JavaScript path reads the file, rather than holding all of it in memory.
+const MAX_HEADER_BYTES = 1 << 20;
+
 /** A file opened for a run: its header, and its bytes from the first one on. */
 export interface CsvHead {
   /** The header as the JavaScript parser reads it; undefined when the file starts without one (it takes the JavaScript path). */
@@ -63,7 +67,7 @@ export async function readHead(bytes: Readable, src: CsvSourceConfig, parserOpti
   let quoted = false;
   let end = -1;
   let seen = 0;
-  while (end < 0) {
+  while (end < 0 && seen < MAX_HEADER_BYTES) {
     const next = await it.next();
     if (next.done) break;
     const chunk = next.value;
@@ -76,14 +80,8 @@ export async function readHead(bytes: Readable, src: CsvSourceConfig, parserOpti
     seen += chunk.length;
   }
   const all = Buffer.concat(chunks);
-  const text = new TextDecoder(src.encoding).decode(end < 0 ? all : all.subarray(0, end));
-  let header: string[] | undefined;
-  try {
-    const records = parseSync(text, { ...parserOptions, to: 1 }) as string[][];
-    header = records[0]?.length && text.trim() ? records[0] : undefined;
-  } catch {
-    header = undefined; // the JavaScript path reads it and says what is wrong
-  }
+  const capped = end < 0 && seen >= MAX_HEADER_BYTES;
+  const header = capped ? undefined : headerRow(new TextDecoder(src.encoding).decode(end < 0 ? all : all.subarray(0, end)), parserOptions);
   const replay = Readable.from((async function* () {
     try {
       yield all;
@@ -97,6 +95,16 @@ export async function readHead(bytes: Readable, src: CsvSourceConfig, parserOpti
     }
   })(), { objectMode: false });
   return { header, bytes: replay };
+}
+
+/** The header row's fields; undefined when there is none to read (the JavaScript path then says what is wrong). */
+function headerRow(text: string, parserOptions: object): string[] | undefined {
+  try {
+    const records = parseSync(text, { ...parserOptions, to: 1 }) as string[][];
+    return records[0]?.length && text.trim() ? records[0] : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
