@@ -7,6 +7,8 @@
 import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
 import fc from 'fast-check';
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { testDatabase, type TestDatabase } from './helpers/db.js';
@@ -17,6 +19,8 @@ import { Engine, type RunResult } from '../src/engine/run.js';
 
 let db: TestDatabase;
 let engine: Engine;
+let server: http.Server;
+let served: { body: string; requests: number } = { body: '', requests: 0 };
 const dir = mkdtempSync(path.join(os.tmpdir(), 'syncline-csv-copy-'));
 
 const DDL = `(id int primary key, name text, qty int, price numeric(8,2), at timestamptz, ok boolean)`;
@@ -37,11 +41,20 @@ beforeAll(async () => {
     entities[`tenant_${parser}`] = { source: 'files', from: { file: 'tenant.csv' }, target: `tenant_${parser}`, key: ['tenant', 'id'],
       tenant: { column: 'tenant', value: 'acme' }, deleteGuard: false };
   }
-  const cfg = parseConfig({ sources: { files: { kind: 'csv', location: dir, timeZone: 'Europe/Berlin' } }, entities }, {});
+  await db.pool.query(`create table web ${DDL}`);
+  server = http.createServer((_req, res) => { served.requests += 1; res.setHeader('content-type', 'text/csv'); res.end(served.body); });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const web = `http://127.0.0.1:${(server.address() as AddressInfo).port}/export`;
+  entities.web = { source: 'web', from: { file: '?format=csv' }, target: 'web', key: ['id'], deleteGuard: false };
+  const cfg = parseConfig({ sources: { files: { kind: 'csv', location: dir, timeZone: 'Europe/Berlin' }, web: { kind: 'csv', location: web } },
+    entities }, {});
   await applyConfig(db.pool, cfg);
   engine = new Engine(db.pool, db.url, cfg, dir);
 });
-afterAll(() => engine.close());
+afterAll(async () => {
+  await engine.close();
+  await new Promise((r) => server.close(r));
+});
 afterEach(() => { delete process.env.SYNCLINE_CSV_PARSER; });
 
 const write = (name: string, text: string | Buffer) => writeFileSync(path.join(dir, `${name}.csv`), text);
@@ -168,6 +181,26 @@ describe('a csv file COPY would not read as the JavaScript parser does', () => {
     const { copy, detail } = await twins('tenant');
     expect(detail).toMatchObject({ parse: 'copy' });
     expect(copy).toMatchObject({ status: 'partial', inserted: 2, quarantined: 1 });
+  });
+});
+
+describe('a csv file over HTTP', () => {
+  it('is fetched once a run, also when COPY rejects it and the JavaScript parser reads it again', async () => {
+    served = { body: `${HEADER}1,a,1,,,\n2,b,2,,,\n`, requests: 0 };
+    const clean = await engine.run('web', { trigger: 'manual' });
+    expect(clean).toMatchObject({ status: 'succeeded', inserted: 2 });
+    expect((await run(clean)).detail).toMatchObject({ parse: 'copy', direct: true });
+    expect(served.requests).toBe(1);
+
+    // Into a filled target (staging) and into an empty one (direct), a bad value sends the file to the JavaScript parser.
+    for (const empty of [false, true]) {
+      if (empty) await db.pool.query('truncate web');
+      served = { body: `${HEADER}1,a,1,,,\n2,b,seven,,,\n3,c,3,,,\n`, requests: 0 };
+      const bad = await engine.run('web', { trigger: 'manual' });
+      expect(bad).toMatchObject({ status: 'partial', fetched: 3, quarantined: 1 });
+      expect((await run(bad)).detail).toMatchObject({ parse: 'javascript', parse_reason: expect.stringMatching(/"seven"/) });
+      expect(served.requests, empty ? 'into an empty target' : 'into a filled target').toBe(1);
+    }
   });
 });
 

@@ -6,8 +6,9 @@
  * A file COPY rejects, or the scan stops, goes to the JavaScript parser,
  * which locates and quarantines the bad lines (read.ts).
  */
-import { Readable, Transform } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { createWriteStream } from 'node:fs';
+import { PassThrough, Readable, Transform } from 'node:stream';
+import { finished, pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { parse as parseSync } from 'csv-parse/sync';
 import { from as copyFrom } from 'pg-copy-streams';
@@ -230,6 +231,27 @@ export class CopyRejected extends Error {
  * connection) as it is.
  */
 export async function copyCsv(client: PoolClient, copy: CsvCopy, src: CsvSourceConfig, bytes: Readable, signal: AbortSignal,
+  onProgress: (rows: number, bytes: number) => void, spoolTo?: string): Promise<number> {
+  if (!spoolTo) return copyBytes(client, copy, src, bytes, signal, onProgress);
+  // The whole file goes to the spool, also after COPY stopped, so a fallback
+  // reads the same bytes without fetching them again.
+  const spool = createWriteStream(spoolTo);
+  const spooled = finished(spool);
+  const toCopy = new PassThrough();
+  const stop = () => bytes.destroy(signal.reason as Error);
+  signal.addEventListener('abort', stop, { once: true });
+  bytes.on('error', (err) => { spool.destroy(err); toCopy.destroy(err); });
+  bytes.pipe(spool);
+  bytes.pipe(toCopy);
+  try {
+    return await copyBytes(client, copy, src, toCopy, signal, onProgress);
+  } finally {
+    await spooled.catch((err) => { if (!signal.aborted) throw err; });
+    signal.removeEventListener('abort', stop);
+  }
+}
+
+async function copyBytes(client: PoolClient, copy: CsvCopy, src: CsvSourceConfig, bytes: Readable, signal: AbortSignal,
   onProgress: (rows: number, bytes: number) => void): Promise<number> {
   const lit = pg.escapeLiteral;
   const sql = `copy ${copy.table} (${copy.columns.map(quoteIdent).join(', ')}) from stdin with (format csv, header true, `

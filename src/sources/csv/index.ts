@@ -8,12 +8,17 @@
  * doubtful. sync.run.detail.parse says which ("copy" or "javascript", with
  * parse_reason).
  */
+import { createReadStream } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { CsvSourceConfig, EntityConfig } from '../../config/schema.js';
 import { quoteIdent } from '../../db/database.js';
 import { inClientTransaction, type PoolClient } from '../../db/pool.js';
 import type { PlannedRun, SourceKind, StageRun, Staged } from '../port.js';
 import { stageFileRecords } from '../file-staging.js';
+import { fileLocation } from '../files.js';
 import { copyCsv, copyOptions, CopyRejected, readHead, type CsvCopy } from './copy.js';
 import { openCsv, openCsvBytes, parserOptions, resolveMapping, type CsvReader } from './read.js';
 
@@ -53,11 +58,31 @@ export const csvSource: SourceKind = {
       fields[at] = t;
     }
     let bytes: Readable | undefined = head.bytes;
-    // The bytes read for the header go to the first COPY; another reads the file again.
-    const take = async (signal: AbortSignal) => {
+    // A URL is fetched once a run: its bytes go to COPY and to a spool on disk that a second read takes.
+    const remote = /^https?:\/\//.test(fileLocation(src, file, env.configDir));
+    let spool: string | undefined;
+    let spoolDir: string | undefined;
+    // The bytes read for the header go to the first COPY; another reads the file (or its spool) again.
+    const take = async (signal: AbortSignal): Promise<{ bytes: Readable; spoolTo?: string }> => {
+      if (spool) return { bytes: createReadStream(spool) };
       const b = bytes ?? await openCsvBytes(src, def, env.configDir, signal);
       bytes = undefined;
-      return b;
+      if (!remote) return { bytes: b };
+      spoolDir = await mkdtemp(path.join(os.tmpdir(), 'syncline-csv-'));
+      return { bytes: b, spoolTo: path.join(spoolDir, 'file.csv') };
+    };
+    const copyFrom = async (run: StageRun, into: CsvCopy, signal: AbortSignal) => {
+      const { bytes: b, spoolTo } = await take(signal);
+      try {
+        return await copyCsv(run.target, into, src, b, signal, progress(run), spoolTo);
+      } finally {
+        spool = spoolTo ?? spool;
+      }
+    };
+    const cleanUp = async () => {
+      if (spoolDir) await rm(spoolDir, { recursive: true, force: true });
+      spool = undefined;
+      spoolDir = undefined;
     };
     const copy = (table: string, into: string[]): CsvCopy => ({
       table, columns: into, forceNull: columns, encoding: options.encoding, timeZone: src.timeZone });
@@ -77,33 +102,40 @@ export const csvSource: SourceKind = {
               const into = fields.map((t, i) => t ?? `_sl_skip_${i}`);
               const skipped = into.filter((_, i) => fields[i] === undefined);
               for (const s of skipped) await run.target.query(`alter table ${table} add column ${quoteIdent(s)} text`);
-              await copyCsv(run.target, copy(table, into), src, await take(signal), signal, progress(run));
+              await copyFrom(run, copy(table, into), signal);
               for (const s of skipped) await run.target.query(`alter table ${table} drop column ${quoteIdent(s)}`);
               await recordParse(run.target, run.runId, 'copy');
             }));
+            await cleanUp();
             return {};
           } catch (err) {
-            if (!(err instanceof CopyRejected)) throw err;
+            if (!(err instanceof CopyRejected)) { await cleanUp(); throw err; }
             rejected = err.message;
           }
         }
-        const reader = await openCsv(src, def, writable, env.configDir, reading.signal, bytes);
-        bytes = undefined;
-        if (JSON.stringify(reader.mapping) !== JSON.stringify(mapping)) {
-          throw new Error(`${file} changed while it was read (its header is now ${reader.header.join(', ')}) — run the sync again`);
+        try {
+          const reader = await openCsv(src, def, writable, env.configDir, reading.signal, spool ? createReadStream(spool) : bytes);
+          bytes = undefined;
+          if (JSON.stringify(reader.mapping) !== JSON.stringify(mapping)) {
+            throw new Error(`${file} changed while it was read (its header is now ${reader.header.join(', ')}) — run the sync again`);
+          }
+          return await stageJavascript(run, open, reader, `COPY did not take the file: ${rejected}`);
+        } finally {
+          await cleanUp();
         }
-        return stageJavascript(run, open, reader, `COPY did not take the file: ${rejected}`);
       },
       // Straight into an empty target: only when every field of the file fills a column.
       copyInto: fields.every((t) => t !== undefined) ? async (run, table) => {
         try {
-          return await run.fetchPhase(async (signal) => {
-            const n = await copyCsv(run.target, copy(table, fields as string[]), src, await take(signal), signal, progress(run));
+          const copied = await run.fetchPhase(async (signal) => {
+            const n = await copyFrom(run, copy(table, fields as string[]), signal);
             await recordParse(run.target, run.runId, 'copy');
             return n;
           });
+          await cleanUp();
+          return copied;
         } catch (err) {
-          if (!(err instanceof CopyRejected)) throw err;
+          if (!(err instanceof CopyRejected)) { await cleanUp(); throw err; }
           // A repeated or null key: the staging path COPYs again and the merge quarantines those rows.
           if (err.constraint) throw err.cause;
           rejected = err.message;
