@@ -208,10 +208,12 @@ describe('remote Postgres → local, one tenant', () => {
     expect(other.rows[0].n).toBe(0);
   });
 
-  it('records composite keys in the change log and the meters cursor in sync.entity', async () => {
-    const { rows } = await sync.pool.query(`select c.key from sync.change c
-       where c.entity = 'device_register' and c.key ->> 'meter_id' = '1' and c.key ->> 'register_id' = '1' limit 1`);
-    expect(rows[0].key).toEqual({ tenant_id: 'acme', meter_id: '1', register_id: '1' });
+  it('records the initial load in the change log, a composite key\'s history starting with it, and the meters cursor in sync.entity', async () => {
+    // An initial load into an empty table is one entry of N rows, not a row per key.
+    const { rows } = await sync.pool.query(`select c.action, c.key from sync.change c where c.entity = 'device_register'`);
+    expect(rows).toEqual([{ action: expect.stringMatching(/^initial load, \d+ rows$/), key: null }]);
+    const history = await sync.pool.query(`select what from sync.record_history('device_register', 'acme', '1', '1')`);
+    expect(history.rows).toEqual([{ what: expect.stringMatching(/^initial load \(run \d+\)$/) }]);
     const cursor = await sync.pool.query(`select cursor_value from sync.entity where name = 'meters'`);
     const max = await source.pool.query(`select max(updated_at) as m from meters where tenant_id = 'acme'`);
     expect(new Date(cursor.rows[0].cursor_value).getTime()).toBe(max.rows[0].m.getTime());
