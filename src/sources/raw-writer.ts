@@ -100,6 +100,6 @@ export function rawJson(raw: unknown): string | null {
 }
 
 /** A text[] literal (COPY's escaping is applied on top by copyLine). */
-function textArray(items: string[]): string {
+export function textArray(items: string[]): string {
   return `{${items.map((s) => `"${s.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`).join(',')}}`;
 }
