@@ -82,33 +82,45 @@ export async function planHttpRun(input: PlanInput): Promise<PlannedRun> {
       if (resumed) watch.resumed();
       // Resumed after the last page was saved: everything is fetched already.
       const pages = resumed && resumed.resume === null ? [] : paginate(client, endpoint, { resumeFrom, signal, entity: name });
-      for await (const page of pages) {
-        watch.page(page);
-        const staged: RawRecord[] = [];
-        // Children only of parents their own entity has merged: a sale rung up
-        // after the sales run would otherwise bring line items with no sale.
-        const inWindow = window ? page.records.filter(window.keeps) : page.records;
-        const records = synced ? inWindow.filter(synced) : inWindow;
-        for (const [i, r] of records.entries()) {
-          for (const m of map(r)) staged.push({ line: ++line, ...m });
-          // Let timers run now and then: the next page's request must leave on its reserved slot.
-          if (i % YIELD_EVERY === YIELD_EVERY - 1) await new Promise((resolve) => setImmediate(resolve));
-        }
-        await inClientTransaction(target, async () => {
-          await writer.write(staged);
-          if (parents && nested && records.length) {
-            const keys = records.map((p) => copyLine(parentKey.map((c) => toText(getPath(p, nested.parent[c])))));
-            await pipeline(Readable.from(keys), target.query(copyFrom(`copy ${parents} from stdin`)));
+      // Page n is written while page n+1 is fetched and mapped: one write at a time on the connection.
+      let writing: Promise<void> = Promise.resolve();
+      try {
+        for await (const page of pages) {
+          watch.page(page);
+          const staged: RawRecord[] = [];
+          // Children only of parents their own entity has merged: a sale rung up
+          // after the sales run would otherwise bring line items with no sale.
+          const inWindow = window ? page.records.filter(window.keeps) : page.records;
+          const records = synced ? inWindow.filter(synced) : inWindow;
+          for (const [i, r] of records.entries()) {
+            for (const m of map(r)) staged.push({ line: ++line, ...m });
+            // Let timers run now and then: the next page's request must leave on its reserved slot.
+            if (i % YIELD_EVERY === YIELD_EVERY - 1) await new Promise((resolve) => setImmediate(resolve));
           }
-          await target.query(
-            `update sync.run set detail = detail || jsonb_build_object('resume', $2::jsonb, 'pages', $3::int, 'records', $4::int,
-                                                                       'typed_pages', $5::int, 'text_pages', $6::int)
-              where id = $1`, [runId, JSON.stringify(page.next), page.page, line, writer.typedPages, writer.textPages]);
-        });
-        opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: line, bytes: 0, pages: page.page });
-        // A backfill chunk ends where its window does: versions only grow.
-        if (window && inWindow.length < page.records.length) break;
+          await writing;
+          const upTo = line;
+          writing = inClientTransaction(target, async () => {
+            // A commit lost in a crash only means fetching that page again: no need to wait for the disk.
+            await target.query('set local synchronous_commit to off');
+            await writer.write(staged);
+            if (parents && nested && records.length) {
+              const keys = records.map((p) => copyLine(parentKey.map((c) => toText(getPath(p, nested.parent[c])))));
+              await pipeline(Readable.from(keys), target.query(copyFrom(`copy ${parents} from stdin`)));
+            }
+            await target.query(
+              `update sync.run set detail = detail || jsonb_build_object('resume', $2::jsonb, 'pages', $3::int, 'records', $4::int,
+                                                                         'typed_pages', $5::int, 'text_pages', $6::int)
+                where id = $1`, [runId, JSON.stringify(page.next), page.page, upTo, writer.typedPages, writer.textPages]);
+          }).then(() => opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: upTo, bytes: 0, pages: page.page }));
+          writing.catch(() => {}); // awaited before the next page's write or after the last
+          // A backfill chunk ends where its window does: versions only grow.
+          if (window && inWindow.length < page.records.length) break;
+        }
+      } finally {
+        // Whatever ended the crawl, the connection is free again only when the last write has ended.
+        await writing.catch(() => {});
       }
+      await writing;
       for (const d of watch.doubts()) await doubt(target, runId, d);
     });
     if (keepAbsent) await checkDrift(target, runId, name, http.optional ?? [], fields);
