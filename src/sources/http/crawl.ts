@@ -334,9 +334,11 @@ async function adoptPages(target: PoolClient, runId: number, columns: string[]):
     `select attname as name from pg_attribute where attrelid = $1::regclass and attnum > 0 and not attisdropped order by attnum`,
     [rawTable(runId)]);
   const expected = ['_sl_line', ...columns, '_sl_raw', '_sl_error', '_sl_absent'];
+  // Typed pages must still have the staging's types (the target may have changed in between).
   const typed = await columnsOf(target, typedPagesTable(runId));
+  const staging = (await columnsOf(target, `sync_staging.${quoteIdent(`run_${runId}`)}`))?.filter((c) => c !== '_sl_quarantined boolean') ?? [];
   if (cols.map((c) => c.name).join('\u0000') !== expected.join('\u0000')
-    || (typed && typed.join('\u0000') !== [...columns, '_sl_line', '_sl_absent'].join('\u0000'))) {
+    || (typed && typed.join('\u0000') !== [...staging, '_sl_line bigint', '_sl_absent text[]'].join('\u0000'))) {
     await target.query(`drop table ${rawTable(runId)}`);
     await target.query(`drop table if exists ${typedPagesTable(runId)}`);
     return null;
@@ -345,11 +347,12 @@ async function adoptPages(target: PoolClient, runId: number, columns: string[]):
   return { resume: adopted.resume, records: adopted.records ?? 0 };
 }
 
-/** A table's column names in order; null when it does not exist. */
+/** A table's columns in order, each as "name type"; null when it does not exist. */
 async function columnsOf(target: PoolClient, table: string): Promise<string[] | null> {
-  const { rows } = await target.query<{ name: string }>(
-    `select attname as name from pg_attribute where attrelid = to_regclass($1) and attnum > 0 and not attisdropped order by attnum`, [table]);
-  return rows.length ? rows.map((r) => r.name) : null;
+  const { rows } = await target.query<{ c: string }>(
+    `select attname || ' ' || format_type(atttypid, atttypmod) as c from pg_attribute
+      where attrelid = to_regclass($1) and attnum > 0 and not attisdropped order by attnum`, [table]);
+  return rows.length ? rows.map((r) => r.c) : null;
 }
 
 /** The crawl's typed pages: those an interrupted run left (adopted with its text pages), else a new table. */
