@@ -34,6 +34,8 @@ export function httpRows(h: Http): string[][] {
     run(`http: initial sync, ${num(h.small_rows)} records`, p.small, `RSS reference; ${p.small.requests} requests`),
     run(`http: initial sync, ${num(h.rows)} records, no limit`, p.full,
       `${p.full.requests} requests, vendor busy ${pct(h.overlap.server_busy_share)} of fetch`),
+    ...(p.fetch_alone ? [['http: the same crawl, fetch only (no staging)', p.fetch_alone.seconds.toFixed(2), num(p.fetch_alone.rows_per_s),
+      p.fetch_alone.peak_rss_mb.toFixed(1), '', '', '', '', `${p.fetch_alone.requests} requests; the full sync took ${h.fetch_ratio}× this`]] : []),
     ['http: sequential fetch → COPY (no overlap)', p.sequential.seconds.toFixed(2), num(p.sequential.rows_per_s),
       p.sequential.peak_rss_mb.toFixed(1), (p.sequential.wal_bytes / 1024 / 1024).toFixed(1),
       `${secs(p.sequential.fetch_ms)} / ${secs(p.sequential.copy_ms)}`, '', '', 'bench baseline: fetch / COPY s, no cast or merge'],
@@ -48,7 +50,10 @@ export function httpNotes(h: Http): string[] {
   const r = h.rate_limit;
   return [
     ...(h.experiment ? [`http: EXPERIMENT: ${h.experiment} applied on top of the migrations.`] : []),
-    'http: "fetch / merge s" of the http rows is fetch / cast_raw (+ analyze) / merge.',
+    'http: "fetch / merge s" of the http rows is fetch (pages COPYed typed as they come) / stage (sync.cast_typed: only pages refused typed are cast) + analyze / merge.',
+    ...(h.phases.fetch_alone ? [`http fetch alone: the engine's crawl (paginate, one page of fetch-ahead) reading and dropping every page took ${h.phases.fetch_alone.seconds} s; ` +
+      `the initial sync of the same ${num(h.rows)} records took ${h.phases.full.seconds} s = ${h.fetch_ratio}× (target ≤ 1.2×)` +
+      (h.fetch_ratio > 1.2 ? `: what the sync adds after the last page is stage ${secs(h.phases.full.phases.stage)} s, merge + validate ${secs(h.phases.full.merge_ms)} s, and the fetch phase itself ${secs(h.phases.full.fetch_ms)} s.` : '.')] : []),
     `http: vendor on 127.0.0.1 answering each page of ${num(h.page_size)} products after ${h.latency_ms} ms (version cursor, X-Series 2.0 style).`,
     `http overlap: engine fetch phase ${o.engine_fetch_s} s (crawl + COPY of each page; then cast + merge ${o.engine_cast_merge_s} s) ` +
       `against fetch ${o.sequential_fetch_s} s + COPY ${o.sequential_copy_s} s = ${o.sequential_total_s} s one after the other ` +

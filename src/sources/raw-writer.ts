@@ -60,7 +60,7 @@ export class RawWriter {
   private async tryCopy(lines: string[]): Promise<boolean> {
     await this.client.query('savepoint sl_raw');
     try {
-      await pipeline(Readable.from(lines), this.client.query(copyFrom(this.copySql)));
+      await pipeline(Readable.from([lines.join('')]), this.client.query(copyFrom(this.copySql)));
       await this.client.query('release savepoint sl_raw');
       return true;
     } catch (err) {
@@ -100,6 +100,6 @@ export function rawJson(raw: unknown): string | null {
 }
 
 /** A text[] literal (COPY's escaping is applied on top by copyLine). */
-function textArray(items: string[]): string {
+export function textArray(items: string[]): string {
   return `{${items.map((s) => `"${s.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`).join(',')}}`;
 }

@@ -8,7 +8,8 @@ import { inClientTransaction, type PoolClient } from '../../db/pool.js';
 import { log } from '../../log.js';
 import type { PlanInput, PlannedRun, SourceEnv, Staged, StageRun } from '../port.js';
 import { RawWriter, type RawRecord } from '../raw-writer.js';
-import { castRaw, doubt, rawTable, wouldDelete } from '../staging.js';
+import { castRaw, castTyped, doubt, rawTable, typedPagesTable, wouldDelete } from '../staging.js';
+import { PageWriter } from '../typed-writer.js';
 import { recordReader, toText, type MappedRecord } from './fields.js';
 import { compareVersions, paginate, type PageState } from './paginate.js';
 import { getPath } from './path.js';
@@ -18,10 +19,11 @@ import { httpSourceClient } from './source.js';
 
 /**
  * A run of an entity on an http source: page by page, each page's records
- * COPYed into the run's text staging and the state to resume after it saved
- * in sync.run.detail in the same transaction, fetching page n+1 while page n
- * is written. Then sync.cast_raw (keeping the last copy of a record an API
- * sent twice) and the merge, once, at the end.
+ * COPYed typed into the run's typed pages (a page the database refuses goes
+ * to the text staging instead) and the state to resume after it saved in
+ * sync.run.detail in the same transaction, fetching page n+1 while page n is
+ * written. Then sync.cast_typed (casting only the text pages, keeping the
+ * last copy of a record an API sent twice) and the merge, once, at the end.
  */
 export async function planHttpRun(input: PlanInput): Promise<PlannedRun> {
   const { env, name, def, opts, cursor } = input;
@@ -36,8 +38,8 @@ export async function planHttpRun(input: PlanInput): Promise<PlannedRun> {
   const parent = nested ? await feedingParent(env, def, http) : null;
   const feeds = parent && !opts.full && !opts.window && !opts.keys ? await parentFeeds(env, name, parent.name) : null;
   // Cast and merge a nested entity's staged records: each parent seen has its child set replaced.
-  const nestedMerge = (target: PoolClient, runId: number): Staged => ({
-    cast: { timeZone: src.timeZone, keepLast: http.pagination.style === 'version' },
+  const nestedMerge = (target: PoolClient, runId: number, cast: boolean): Staged => ({
+    cast: cast ? { timeZone: src.timeZone, keepLast: http.pagination.style === 'version' } : undefined,
     beforeMerge: async () => {
       await target.query(`update sync.run set detail = detail || jsonb_build_object('parent_scope', $2::jsonb) where id = $1`,
         [runId, JSON.stringify(parentKey)]);
@@ -51,7 +53,7 @@ export async function planHttpRun(input: PlanInput): Promise<PlannedRun> {
     if (nested && feeds) {
       await feedNested({ run, feeds, columns, fields, nested, parentKey, keepAbsent: http.absent === 'keep' });
       if (http.absent === 'keep') await checkDrift(target, runId, name, http.optional ?? [], fields);
-      return nestedMerge(target, runId);
+      return nestedMerge(target, runId, true);
     }
     const incremental = def.cursor && !opts.full && !opts.window && !opts.keys ? cursor : null;
     const window = opts.window ? backfillWindow(def, http, opts.window) : null;
@@ -68,7 +70,9 @@ export async function planHttpRun(input: PlanInput): Promise<PlannedRun> {
       const resumed = await adoptPages(target, runId, columns);
       const raw = resumed ? rawTable(runId)
         : (await target.query('select sync.create_raw_staging($1) as raw', [runId])).rows[0].raw as string;
-      const writer = new RawWriter(target, raw, columns, def.key);
+      // Records kept for nested entities (sync.keep_feed) are read from the text staging, so those crawls stay text.
+      const typed = children.length ? null : await typedPages(target, runId, Boolean(resumed));
+      const writer = new PageWriter(target, typed, columns, new RawWriter(target, raw, columns, def.key), src.timeZone);
       const parents = nested ? await parentsTable(target, runId, parentKey, !resumed) : null;
       const after = window ? window.after : incremental;
       const resumeFrom = resumed ? resumed.resume ?? undefined
@@ -78,41 +82,58 @@ export async function planHttpRun(input: PlanInput): Promise<PlannedRun> {
       if (resumed) watch.resumed();
       // Resumed after the last page was saved: everything is fetched already.
       const pages = resumed && resumed.resume === null ? [] : paginate(client, endpoint, { resumeFrom, signal, entity: name });
-      for await (const page of pages) {
-        watch.page(page);
-        const staged: RawRecord[] = [];
-        // Children only of parents their own entity has merged: a sale rung up
-        // after the sales run would otherwise bring line items with no sale.
-        const inWindow = window ? page.records.filter(window.keeps) : page.records;
-        const records = synced ? inWindow.filter(synced) : inWindow;
-        for (const [i, r] of records.entries()) {
-          for (const m of map(r)) staged.push({ line: ++line, ...m });
-          // Let timers run now and then: the next page's request must leave on its reserved slot.
-          if (i % YIELD_EVERY === YIELD_EVERY - 1) await new Promise((resolve) => setImmediate(resolve));
-        }
-        await inClientTransaction(target, async () => {
-          await writer.write(staged);
-          if (parents && nested && records.length) {
-            const keys = records.map((p) => copyLine(parentKey.map((c) => toText(getPath(p, nested.parent[c])))));
-            await pipeline(Readable.from(keys), target.query(copyFrom(`copy ${parents} from stdin`)));
+      // Page n is written while page n+1 is fetched and mapped: one write at a time on the connection.
+      let writing: Promise<void> = Promise.resolve();
+      try {
+        for await (const page of pages) {
+          watch.page(page);
+          const staged: RawRecord[] = [];
+          // Children only of parents their own entity has merged: a sale rung up
+          // after the sales run would otherwise bring line items with no sale.
+          const inWindow = window ? page.records.filter(window.keeps) : page.records;
+          const records = synced ? inWindow.filter(synced) : inWindow;
+          for (const [i, r] of records.entries()) {
+            for (const m of map(r)) staged.push({ line: ++line, ...m });
+            // Let timers run now and then: the next page's request must leave on its reserved slot.
+            if (i % YIELD_EVERY === YIELD_EVERY - 1) await new Promise((resolve) => setImmediate(resolve));
           }
-          await target.query(
-            `update sync.run set detail = detail || jsonb_build_object('resume', $2::jsonb, 'pages', $3::int, 'records', $4::int)
-              where id = $1`, [runId, JSON.stringify(page.next), page.page, line]);
-        });
-        opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: line, bytes: 0, pages: page.page });
-        // A backfill chunk ends where its window does: versions only grow.
-        if (window && inWindow.length < page.records.length) break;
+          await writing;
+          const upTo = line;
+          writing = inClientTransaction(target, async () => {
+            // A commit lost in a crash only means fetching that page again: no need to wait for the disk.
+            await target.query('set local synchronous_commit to off');
+            await writer.write(staged);
+            if (parents && nested && records.length) {
+              const keys = records.map((p) => copyLine(parentKey.map((c) => toText(getPath(p, nested.parent[c])))));
+              await pipeline(Readable.from(keys), target.query(copyFrom(`copy ${parents} from stdin`)));
+            }
+            await target.query(
+              `update sync.run set detail = detail || jsonb_build_object('resume', $2::jsonb, 'pages', $3::int, 'records', $4::int,
+                                                                         'typed_pages', $5::int, 'text_pages', $6::int)
+                where id = $1`, [runId, JSON.stringify(page.next), page.page, upTo, writer.typedPages, writer.textPages]);
+          }).then(() => opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: upTo, bytes: 0, pages: page.page }));
+          writing.catch(() => {}); // awaited before the next page's write or after the last
+          // A backfill chunk ends where its window does: versions only grow.
+          if (window && inWindow.length < page.records.length) break;
+        }
+      } finally {
+        // Whatever ended the crawl, the connection is free again only when the last write has ended.
+        await writing.catch(() => {});
       }
+      await writing;
       for (const d of watch.doubts()) await doubt(target, runId, d);
     });
     if (keepAbsent) await checkDrift(target, runId, name, http.optional ?? [], fields);
     if (children.length) await target.query('select sync.keep_feed($1, $2)', [runId, children]);
-    if (nested) return nestedMerge(target, runId);
+    const keepLast = endpoint.pagination.style === 'version';
+    if (nested) {
+      await castTyped(target, runId, src.timeZone, keepLast);
+      return nestedMerge(target, runId, false);
+    }
     const deleting = wouldDelete(def, opts);
     if (deleting) await watch.checkRepeats(target, runId, def.key);
+    await castTyped(target, runId, src.timeZone, keepLast);
     return {
-      cast: { timeZone: src.timeZone, keepLast: endpoint.pagination.style === 'version' },
       beforeMerge: deleting ? async () => {
         await proveOffsetDeletes({ target, runId, def, http: endpoint, client, fields,
           stage: (found: unknown[]) => stageFound(target, runId, columns, def.key, found, map, src.timeZone) });
@@ -313,12 +334,32 @@ async function adoptPages(target: PoolClient, runId: number, columns: string[]):
     `select attname as name from pg_attribute where attrelid = $1::regclass and attnum > 0 and not attisdropped order by attnum`,
     [rawTable(runId)]);
   const expected = ['_sl_line', ...columns, '_sl_raw', '_sl_error', '_sl_absent'];
-  if (cols.map((c) => c.name).join('\u0000') !== expected.join('\u0000')) {
+  // Typed pages must still have the staging's types (the target may have changed in between).
+  const typed = await columnsOf(target, typedPagesTable(runId));
+  const staging = (await columnsOf(target, `sync_staging.${quoteIdent(`run_${runId}`)}`))?.filter((c) => c !== '_sl_quarantined boolean') ?? [];
+  if (cols.map((c) => c.name).join('\u0000') !== expected.join('\u0000')
+    || (typed && typed.join('\u0000') !== [...staging, '_sl_line bigint', '_sl_absent text[]'].join('\u0000'))) {
     await target.query(`drop table ${rawTable(runId)}`);
+    await target.query(`drop table if exists ${typedPagesTable(runId)}`);
     return null;
   }
   log.info({ runId, from: adopted.run_id, records: adopted.records }, 'resuming the interrupted crawl of an earlier run');
   return { resume: adopted.resume, records: adopted.records ?? 0 };
+}
+
+/** A table's columns in order, each as "name type"; null when it does not exist. */
+async function columnsOf(target: PoolClient, table: string): Promise<string[] | null> {
+  const { rows } = await target.query<{ c: string }>(
+    `select attname || ' ' || format_type(atttypid, atttypmod) as c from pg_attribute
+      where attrelid = to_regclass($1) and attnum > 0 and not attisdropped order by attnum`, [table]);
+  return rows.length ? rows.map((r) => r.c) : null;
+}
+
+/** The crawl's typed pages: those an interrupted run left (adopted with its text pages), else a new table. */
+async function typedPages(target: PoolClient, runId: number, resumed: boolean): Promise<string> {
+  if (resumed && await columnsOf(target, typedPagesTable(runId))) return typedPagesTable(runId);
+  const { rows } = await target.query('select sync.create_typed_pages($1) as t', [runId]);
+  return rows[0].t as string;
 }
 
 /**

@@ -77,9 +77,13 @@ export class CrawlWatch {
   async checkRepeats(target: PoolClient, runId: number, key: string[]): Promise<void> {
     if (!['offset', 'page'].includes(this.pagination.style)) return;
     const cols = key.map(quoteIdent).join(', ');
+    const typed = `sync_staging.${quoteIdent(`run_${runId}_typed`)}`;
+    const { rows: [t] } = await target.query<{ exists: boolean }>('select to_regclass($1) is not null as exists', [typed]);
+    // Keys of typed pages compared as text with those of text pages.
+    const typedKeys = t.exists ? `union all select ${key.map((k) => `${quoteIdent(k)}::text`).join(', ')} from ${typed}` : '';
     const { rows } = await target.query<{ n: number }>(
-      `select count(*)::int as n from (select ${cols} from sync_staging.${quoteIdent(`run_${runId}_raw`)}
-        where _sl_error is null group by ${cols} having count(*) > 1) d`);
+      `select count(*)::int as n from (select ${cols} from (select ${cols} from sync_staging.${quoteIdent(`run_${runId}_raw`)}
+        where _sl_error is null ${typedKeys}) k group by ${cols} having count(*) > 1) d`);
     if (rows[0].n > 0) {
       await doubt(target, runId, `${rows[0].n} key(s) came twice in a crawl paged by ${this.pagination.style}: `
         + 'rows were added or removed while it ran, so others may have been skipped');
