@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { httpEntityOptions, httpSource, redirectPolicy, type HttpSourceConfig } from '../sources/http/schema.js';
+import { dottedPath, httpEntityOptions, httpSource, redirectPolicy, type HttpSourceConfig } from '../sources/http/schema.js';
 import { templateProblem } from '../sources/postgres/sql-text.js';
 
 // Names reach SQL only through format('%I') or quoteIdent, so any character
@@ -153,7 +153,13 @@ export const entity = z.object({
   mode: z.enum(['mirror', 'upsert', 'append', 'soft-delete']).default('mirror'),
   tenant: z.object({ column: identifier, value: z.union([z.string(), z.number()]).transform(String) }).strict().optional()
     .describe('Restricts reads and deletes to one tenant.'),
-  cursor: z.object({ column: identifier, overlap: overlap.optional() }).strict().optional()
+  cursor: z.object({
+    column: identifier,
+    overlap: overlap.optional(),
+    from: z.array(dottedPath).min(2, 'list two or more record fields, e.g. ["date_updated", "date_created"]; for one field map the column in from.http.fields')
+      .refine((f) => new Set(f).size === f.length, 'names a field twice').optional()
+      .describe('http sources: the column holds the latest of these record fields that are set (e.g. ["date_updated", "date_created"] when an API leaves date_updated empty on new records); the cursor is the highest such value.'),
+  }).strict().optional()
     .describe('Incremental sync: fetch only rows whose column is past the last merged value (less overlap, for late commits).'),
   softDelete: z.object({ column: identifier }).strict().optional(),
   deletedWhen: z.object({ column: identifier }).strict().optional()
@@ -303,6 +309,14 @@ export const config = z.object({
     }
     if (src?.kind !== 'http' && 'http' in e.from) {
       ctx.addIssue({ code: 'custom', path: ['entities', name, 'from'], message: `source "${e.source}" is not an http source: "from": {"http": …} needs one` });
+    }
+    if (e.cursor?.from && src && src.kind !== 'http') {
+      ctx.addIssue({ code: 'custom', path: ['entities', name, 'cursor', 'from'],
+        message: `cursor.from reads record fields of an http source; source "${e.source}" is a ${src.kind} source — for a postgres source compute the column in from.query (greatest(updated_at, created_at) as changed_at)` });
+    }
+    if (e.cursor?.from && 'http' in e.from && e.from.http.fields?.[e.cursor.column] !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['entities', name, 'from', 'http', 'fields', e.cursor.column],
+        message: `column "${e.cursor.column}" is filled from cursor.from, so it must not also be mapped in from.http.fields — remove one of the two` });
     }
     if ((src?.kind === 'csv' || src?.kind === 'jsonl') && e.cursor) {
       ctx.addIssue({ code: 'custom', path: ['entities', name, 'cursor'], message: `a ${src.kind} file is read whole on every run: remove "cursor"` });

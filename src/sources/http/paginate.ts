@@ -13,7 +13,7 @@ export const MAX_PAGES = 1_000_000;
  * `index` is the 0-based position of that page in the whole crawl.
  */
 export type PageState =
-  | { style: 'page'; index: number; page: number }
+  | { style: 'page'; index: number; page: number; size?: number }
   | { style: 'offset'; index: number; offset: number }
   | { style: 'cursor'; index: number; cursor: string | null }
   | { style: 'next-link'; index: number; url: string | null }
@@ -56,7 +56,7 @@ interface Fetched { state: PageState; records: unknown[]; next: PageState | null
 /** The state of a crawl's first page. */
 export function firstState(p: Pagination): PageState {
   switch (p.style) {
-    case 'page': return { style: 'page', index: 0, page: p.start };
+    case 'page': return { style: 'page', index: 0, page: p.start, size: p.size };
     case 'offset': return { style: 'offset', index: 0, offset: 0 };
     case 'cursor': return { style: 'cursor', index: 0, cursor: null };
     case 'next-link': return { style: 'next-link', index: 0, url: null };
@@ -70,7 +70,9 @@ export function firstState(p: Pagination): PageState {
  * The pages of one entity, in order. The request for page n+1 goes out when
  * page n is handed over, so fetching overlaps the caller's work on page n;
  * no more than that one page waits in memory. An empty page ends the crawl,
- * as does a page without a next cursor or link.
+ * as does a page without a next cursor or link, and for offset and page
+ * styles the page that reaches the total the API reports or, without one, a
+ * page shorter than the size asked for: no request for an empty page after it.
  */
 export async function* paginate(client: HttpClient, entity: HttpEntityOptions, opts: PaginateOptions = {}): AsyncGenerator<Page> {
   const start = opts.resumeFrom ?? firstState(entity.pagination);
@@ -86,18 +88,41 @@ export async function* paginate(client: HttpClient, entity: HttpEntityOptions, o
     return p;
   };
   let pending: Promise<Fetched> | null = fetchOne(start);
+  let seen = recordsBefore(entity.pagination, start);
   try {
     while (pending) {
       const got: Fetched = await pending;
       pending = null;
       if (got.records.length === 0) return;
       if (got.state.index + 1 >= MAX_PAGES) throw tooManyPages(client, entity, got.state);
-      if (got.next) pending = fetchOne(got.next);
-      yield { records: got.records, page: got.state.index + 1, state: got.state, next: got.next, total: got.total, crossOrigin: got.crossOrigin };
+      seen += got.records.length;
+      const next = got.next && !lastPage(entity.pagination, got, seen) ? got.next : null;
+      if (next) pending = fetchOne(next);
+      yield { records: got.records, page: got.state.index + 1, state: got.state, next, total: got.total, crossOrigin: got.crossOrigin };
     }
   } finally {
     stop.abort(); // a caller that stops early must not leave a request running
   }
+}
+
+/** How many records of the listing come before a crawl's starting state (offset and page styles; 0 for others). */
+function recordsBefore(p: Pagination, s: PageState): number {
+  if (s.style === 'offset') return s.offset;
+  if (s.style === 'page' && p.style === 'page') return (s.page - p.start) * (s.size ?? p.size);
+  return 0;
+}
+
+/**
+ * Whether an offset or page crawl has everything after this page: the API's
+ * total is reached or, without one, the page is shorter than asked. With a
+ * total, a short page is not the end: the API caps the page size below what
+ * was asked (declare it as maxPageSize) and its full pages are shorter.
+ */
+function lastPage(p: Pagination, got: Fetched, seen: number): boolean {
+  const asked = p.style === 'offset' ? p.limit : p.style === 'page' ? p.size : null;
+  if (asked === null) return false;
+  if (got.total !== undefined) return seen >= got.total;
+  return got.records.length < asked;
 }
 
 async function fetchPage(client: HttpClient, entity: HttpEntityOptions, state: PageState,
@@ -154,7 +179,7 @@ function recordsOf(client: HttpClient, entity: HttpEntityOptions, res: HttpRespo
 function nextState(client: HttpClient, p: Pagination, s: PageState, res: HttpResponse, records: unknown[]): PageState | null {
   const index = s.index + 1;
   switch (s.style) {
-    case 'page': return { style: 'page', index, page: s.page + 1 };
+    case 'page': return { style: 'page', index, page: s.page + 1, size: s.size };
     case 'offset': return { style: 'offset', index, offset: s.offset + records.length };
     case 'cursor': {
       const token = getPath(res.body, p.style === 'cursor' ? p.cursorPath : undefined);
