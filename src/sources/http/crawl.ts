@@ -82,7 +82,8 @@ export async function planHttpRun(input: PlanInput): Promise<PlannedRun> {
       let line = resumed?.records ?? 0;
       if (resumed) watch.resumed();
       // Resumed after the last page was saved: everything is fetched already.
-      const pages = resumed && resumed.resume === null ? [] : paginate(client, endpoint, { resumeFrom, signal, entity: name });
+      const pages = resumed && resumed.resume === null ? [] : paginate(client, endpoint,
+        { resumeFrom, signal, entity: name, sizeHonored: src.maxPageSize !== undefined });
       for await (const page of pages) {
         watch.page(page);
         const staged: RawRecord[] = [];
@@ -109,6 +110,8 @@ export async function planHttpRun(input: PlanInput): Promise<PlannedRun> {
         // A backfill chunk ends where its window does: versions only grow.
         if (window && inWindow.length < page.records.length) break;
       }
+      // Every page is in: a run failing after this (drift, cast, merge) leaves nothing to resume, its pages are fetched again.
+      await target.query(`update sync.run set detail = detail || '{"resume": null}'::jsonb where id = $1`, [runId]);
       for (const d of watch.doubts()) await doubt(target, runId, d);
     });
     if (keepAbsent) await checkDrift(target, runId, name, http.optional ?? [], fields);

@@ -49,6 +49,11 @@ export interface PaginateOptions {
   signal?: AbortSignal;
   /** The entity's name, for messages. */
   entity?: string;
+  /**
+   * The API is known to give pages of the size asked (the source declares
+   * its maxPageSize), so even a short first page is the last.
+   */
+  sizeHonored?: boolean;
 }
 
 interface Fetched { state: PageState; records: unknown[]; next: PageState | null; total?: number; crossOrigin: boolean }
@@ -74,6 +79,10 @@ export function firstState(p: Pagination): PageState {
  * styles the page that reaches the total the API reports or, without one, a
  * page shorter than the size asked for: no request for an empty page after it.
  */
+// A short page is the last only where the API is known to give the size
+// asked: the source says so (maxPageSize), or a page of this crawl came
+// full. An API capping pages below the size asked would otherwise end every
+// crawl after its first page, silently.
 export async function* paginate(client: HttpClient, entity: HttpEntityOptions, opts: PaginateOptions = {}): AsyncGenerator<Page> {
   const start = opts.resumeFrom ?? firstState(entity.pagination);
   if (start.style !== entity.pagination.style) {
@@ -89,6 +98,7 @@ export async function* paginate(client: HttpClient, entity: HttpEntityOptions, o
   };
   let pending: Promise<Fetched> | null = fetchOne(start);
   let seen = recordsBefore(entity.pagination, start);
+  let honored = opts.sizeHonored ?? false;
   try {
     while (pending) {
       const got: Fetched = await pending;
@@ -96,7 +106,11 @@ export async function* paginate(client: HttpClient, entity: HttpEntityOptions, o
       if (got.records.length === 0) return;
       if (got.state.index + 1 >= MAX_PAGES) throw tooManyPages(client, entity, got.state);
       seen += got.records.length;
-      const next = got.next && !lastPage(entity.pagination, got, seen) ? got.next : null;
+      const asked = askedSize(entity.pagination);
+      honored ||= got.records.length === asked;
+      // With a total, a short page is not the end: the API caps pages below the size asked.
+      const last = asked !== null && (got.total !== undefined ? seen >= got.total : honored && got.records.length < asked);
+      const next = got.next && !last ? got.next : null;
       if (next) pending = fetchOne(next);
       yield { records: got.records, page: got.state.index + 1, state: got.state, next, total: got.total, crossOrigin: got.crossOrigin };
     }
@@ -112,17 +126,9 @@ function recordsBefore(p: Pagination, s: PageState): number {
   return 0;
 }
 
-/**
- * Whether an offset or page crawl has everything after this page: the API's
- * total is reached or, without one, the page is shorter than asked. With a
- * total, a short page is not the end: the API caps the page size below what
- * was asked (declare it as maxPageSize) and its full pages are shorter.
- */
-function lastPage(p: Pagination, got: Fetched, seen: number): boolean {
-  const asked = p.style === 'offset' ? p.limit : p.style === 'page' ? p.size : null;
-  if (asked === null) return false;
-  if (got.total !== undefined) return seen >= got.total;
-  return got.records.length < asked;
+/** The page size an offset or page crawl asks for; null for styles that end by their own marker. */
+function askedSize(p: Pagination): number | null {
+  return p.style === 'offset' ? p.limit : p.style === 'page' ? p.size : null;
 }
 
 async function fetchPage(client: HttpClient, entity: HttpEntityOptions, state: PageState,
