@@ -140,7 +140,7 @@ export const entity = z.object({
           .describe('The child columns of "parent" that identify the parent (default: all of them); other parent columns (a version) are just copied.'),
       }).strict().describe('Children nested in each record of the endpoint (a sale\'s line items): every record is a parent whose child set is replaced as a whole.'),
     }).strict(),
-    z.object({ http: httpEntityOptions.describe('An http source\'s endpoint: path, params ({{cursor}} becomes the cursor; a param whose value is only {{cursor}} is left out on a first run), recordsPath, pagination, fields.') }).strict(),
+    z.object({ http: httpEntityOptions.describe('An http source\'s endpoint: path, params ({{cursor}} becomes the cursor; a param holding {{cursor}} is left out on a first or full run), recordsPath, pagination, fields.') }).strict(),
     z.object({ file: z.string().min(1).describe('A csv or jsonl source\'s file: a path relative to the source\'s location, or a URL.') }).strict(),
     z.object({ query: z.string().min(1).describe('One SELECT (WITH, VALUES or TABLE), no other statement: it runs on a read-only session. {{tenant}} becomes the tenant value and {{cursor}} the cursor lower bound, as quoted literals; {{cursor}} is null on a first or --full run, so write ({{cursor}} is null or updated_at > {{cursor}}). Tenant and cursor filters are also applied around the query.') }).strict(),
   ]).describe('What to read on the source: a table, or a query template.'),
