@@ -5,6 +5,8 @@ import { parseConfig } from '../src/config/load.js';
 import { applyConfig } from '../src/config/apply.js';
 import { Engine } from '../src/engine/run.js';
 import { FakeDirectus, type Item } from './http/directus.js';
+import { configProblems } from './helpers/config.js';
+import { laterOf } from '../src/sources/http/cursor.js';
 
 // Incremental reads of a Directus 11 instance (a fake written from its
 // docs) that caps pages at 50 records whatever is asked.
@@ -62,11 +64,7 @@ afterAll(async () => {
   await directus.close();
 });
 
-const run = async (name: string) => {
-  const r = await engine.run(name, { trigger: 'manual' });
-  if (process.env.DEBUG_RUNS) console.log(name, r);
-  return r;
-};
+const run = (name: string) => engine.run(name, { trigger: 'manual' });
 
 /** The target's rows as the API sends items. */
 async function rows(table: string): Promise<Item[]> {
@@ -219,5 +217,31 @@ describe('incremental runs converge (property)', () => {
       expect((await run('prop')).status).toBe('succeeded');
       expect(await rows('prop')).toEqual(directus.items('prop'));
     }), { numRuns: 15 });
+  });
+});
+
+describe('cursor.from', () => {
+  const entity = (cursor: unknown, extra: Record<string, unknown> = {}) => ({
+    sources: { cms: { kind: 'http', baseUrl: 'https://cms.example.com' }, pg: { kind: 'postgres', database: 'x' } },
+    entities: { a: { source: 'cms', from: { http: { path: 'items/a', ...extra } }, target: 'a', key: ['id'], cursor } },
+  });
+
+  it('is checked with messages that say what to write', () => {
+    expect(configProblems(entity({ column: 'changed_at', from: ['date_updated'] }))[0])
+      .toMatch(/cursor\.from: list two or more record fields.*for one field map the column in from\.http\.fields/);
+    expect(configProblems(entity({ column: 'changed_at', from: ['date_updated', 'date_created'] }, { fields: { changed_at: 'x' } }))[0])
+      .toMatch(/column "changed_at" is filled from cursor\.from, so it must not also be mapped in from\.http\.fields/);
+    const pg = { ...entity(null), entities: { a: { source: 'pg', from: { table: 'a' }, target: 'a', key: ['id'], cursor: { column: 'c', from: ['a', 'b'] } } } };
+    expect(configProblems(pg)[0]).toMatch(/cursor\.from reads record fields of an http source.*greatest\(updated_at, created_at\)/);
+    expect(configProblems(entity({ column: 'changed_at', from: ['date_updated', 'date_created'], overlap: '1 minute' }))).toEqual([]);
+  });
+
+  it('takes the latest set value: timestamps by instant whatever their spelling, numbers by value', () => {
+    expect(laterOf([null, '2024-01-01T10:00:00.000Z'])).toBe('2024-01-01T10:00:00.000Z');
+    expect(laterOf(['2024-01-01T10:00:00+02:00', '2024-01-01T09:00:00Z'])).toBe('2024-01-01T09:00:00Z');
+    expect(laterOf(['2024-01-01 10:00:00.5+00', '2024-01-01T10:00:00.400Z'])).toBe('2024-01-01 10:00:00.5+00');
+    expect(laterOf(['9', '10', null])).toBe('10');
+    expect(laterOf(['9007199254740993', '9007199254740992'])).toBe('9007199254740993');
+    expect(laterOf([null, null])).toBeNull();
   });
 });
