@@ -79,10 +79,6 @@ export function firstState(p: Pagination): PageState {
  * styles the page that reaches the total the API reports or, without one, a
  * page shorter than the size asked for: no request for an empty page after it.
  */
-// A short page is the last only where the API is known to give the size
-// asked: the source says so (maxPageSize), or a page of this crawl came
-// full. An API capping pages below the size asked would otherwise end every
-// crawl after its first page, silently.
 export async function* paginate(client: HttpClient, entity: HttpEntityOptions, opts: PaginateOptions = {}): AsyncGenerator<Page> {
   const start = opts.resumeFrom ?? firstState(entity.pagination);
   if (start.style !== entity.pagination.style) {
@@ -98,6 +94,10 @@ export async function* paginate(client: HttpClient, entity: HttpEntityOptions, o
   };
   let pending: Promise<Fetched> | null = fetchOne(start);
   let seen = recordsBefore(entity.pagination, start);
+  // A short page is the last only where the API is known to give the size
+  // asked: the source says so (maxPageSize), or a page of this crawl came
+  // full. An API capping pages below the size asked would otherwise end every
+  // crawl after its first page, silently.
   let honored = opts.sizeHonored ?? false;
   try {
     while (pending) {
