@@ -107,8 +107,23 @@ describe('preset expansion', () => {
     expect(expandPresets('not a config')).toBe('not a config');
   });
 
+  it('directus reads /items/<collection> by limit and offset with the filter count as total; maxPageSize is the source\'s', () => {
+    const cfg = parseConfig({
+      sources: { cms: { preset: 'directus', url: 'https://cms.example.com/', token: '${DIRECTUS_TOKEN}', maxPageSize: 200 } },
+      entities: { posts: { source: 'cms', from: { http: { endpoint: 'blog posts', params: { sort: 'id' } } }, target: 'posts', key: ['id'] } },
+    }, { DIRECTUS_TOKEN: 'd1r' });
+    expect(cfg.sources.cms).toMatchObject({ kind: 'http', baseUrl: 'https://cms.example.com', auth: { bearer: 'd1r' }, maxPageSize: 200 });
+    expect(httpOf(cfg, 'posts')).toMatchObject({
+      path: 'items/blog%20posts', params: { meta: 'filter_count', sort: 'id' }, recordsPath: 'data', totalPath: 'meta.filter_count',
+      pagination: { style: 'offset', offsetParam: 'offset', limitParam: 'limit', limit: 1000 },
+      lookup: { param: 'filter[id][_in]', separator: ',' },
+    });
+    expect(problemsOf({ sources: { cms: { preset: 'directus' } }, entities: {} })).toEqual([
+      'sources.cms: preset "directus" needs "url" (the instance, e.g. "https://cms.example.com") or "baseUrl"']);
+  });
+
   it('the presets know the documented endpoints', () => {
-    expect(Object.keys(PRESETS).sort()).toEqual(['airtable', 'lightspeed-x']);
+    expect(Object.keys(PRESETS).sort()).toEqual(['airtable', 'directus', 'lightspeed-x']);
     expect(PRESETS['lightspeed-x'].endpointNames).toEqual(LIGHTSPEED_ENDPOINTS);
   });
 });
@@ -116,7 +131,7 @@ describe('preset expansion', () => {
 describe('preset errors name the JSON path and the known names', () => {
   it('an unknown preset', () => {
     expect(problemsOf({ sources: { shop: { kind: 'http', preset: 'lightspeed', baseUrl: 'https://x.example' } }, entities: {} })).toEqual([
-      'sources.shop.preset: unknown preset "lightspeed" — use one of: "lightspeed-x", "airtable"',
+      'sources.shop.preset: unknown preset "lightspeed" — use one of: "lightspeed-x", "airtable", "directus"',
     ]);
   });
 

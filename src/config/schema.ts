@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { httpEntityOptions, httpSource, redirectPolicy, type HttpSourceConfig } from '../sources/http/schema.js';
+import { dottedPath, httpEntityOptions, httpSource, redirectPolicy, type HttpSourceConfig } from '../sources/http/schema.js';
 import { templateProblem } from '../sources/postgres/sql-text.js';
 
 // Names reach SQL only through format('%I') or quoteIdent, so any character
@@ -140,7 +140,7 @@ export const entity = z.object({
           .describe('The child columns of "parent" that identify the parent (default: all of them); other parent columns (a version) are just copied.'),
       }).strict().describe('Children nested in each record of the endpoint (a sale\'s line items): every record is a parent whose child set is replaced as a whole.'),
     }).strict(),
-    z.object({ http: httpEntityOptions.describe('An http source\'s endpoint: path, params ({{cursor}} becomes the cursor; a param whose value is only {{cursor}} is left out on a first run), recordsPath, pagination, fields.') }).strict(),
+    z.object({ http: httpEntityOptions.describe('An http source\'s endpoint: path, params ({{cursor}} becomes the cursor; a param holding {{cursor}} is left out on a first or full run), recordsPath, pagination, fields.') }).strict(),
     z.object({ file: z.string().min(1).describe('A csv or jsonl source\'s file: a path relative to the source\'s location, or a URL.') }).strict(),
     z.object({ query: z.string().min(1).describe('One SELECT (WITH, VALUES or TABLE), no other statement: it runs on a read-only session. {{tenant}} becomes the tenant value and {{cursor}} the cursor lower bound, as quoted literals; {{cursor}} is null on a first or --full run, so write ({{cursor}} is null or updated_at > {{cursor}}). Tenant and cursor filters are also applied around the query.') }).strict(),
   ]).describe('What to read on the source: a table, or a query template.'),
@@ -153,7 +153,13 @@ export const entity = z.object({
   mode: z.enum(['mirror', 'upsert', 'append', 'soft-delete']).default('mirror'),
   tenant: z.object({ column: identifier, value: z.union([z.string(), z.number()]).transform(String) }).strict().optional()
     .describe('Restricts reads and deletes to one tenant.'),
-  cursor: z.object({ column: identifier, overlap: overlap.optional() }).strict().optional()
+  cursor: z.object({
+    column: identifier,
+    overlap: overlap.optional(),
+    from: z.array(dottedPath).min(2, 'list two or more record fields, e.g. ["date_updated", "date_created"]; for one field map the column in from.http.fields')
+      .refine((f) => new Set(f).size === f.length, 'names a field twice').optional()
+      .describe('http sources: the column holds the latest of these record fields that are set (e.g. ["date_updated", "date_created"] when an API leaves date_updated empty on new records); the cursor is the highest such value.'),
+  }).strict().optional()
     .describe('Incremental sync: fetch only rows whose column is past the last merged value (less overlap, for late commits).'),
   softDelete: z.object({ column: identifier }).strict().optional(),
   deletedWhen: z.object({ column: identifier }).strict().optional()
@@ -305,6 +311,14 @@ export const config = z.object({
     }
     if (src?.kind !== 'http' && 'http' in e.from) {
       ctx.addIssue({ code: 'custom', path: ['entities', name, 'from'], message: `source "${e.source}" is not an http source: "from": {"http": …} needs one` });
+    }
+    if (e.cursor?.from && src && src.kind !== 'http') {
+      ctx.addIssue({ code: 'custom', path: ['entities', name, 'cursor', 'from'],
+        message: `cursor.from reads record fields of an http source; source "${e.source}" is a ${src.kind} source — for a postgres source compute the column in from.query (greatest(updated_at, created_at) as changed_at)` });
+    }
+    if (e.cursor?.from && 'http' in e.from && e.from.http.fields?.[e.cursor.column] !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['entities', name, 'from', 'http', 'fields', e.cursor.column],
+        message: `column "${e.cursor.column}" is filled from cursor.from, so it must not also be mapped in from.http.fields — remove one of the two` });
     }
     if ((src?.kind === 'csv' || src?.kind === 'jsonl') && e.cursor) {
       ctx.addIssue({ code: 'custom', path: ['entities', name, 'cursor'], message: `a ${src.kind} file is read whole on every run: remove "cursor"` });

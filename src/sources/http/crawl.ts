@@ -11,11 +11,14 @@ import { RawWriter, type RawRecord } from '../raw-writer.js';
 import { castRaw, castTyped, doubt, rawTable, typedPagesTable, wouldDelete } from '../staging.js';
 import { PageWriter } from '../typed-writer.js';
 import { recordReader, toText, type MappedRecord } from './fields.js';
+import { apiCursor, cursorReader, withCursor, withCursorColumn } from './cursor.js';
 import { compareVersions, paginate, type PageState } from './paginate.js';
 import { getPath } from './path.js';
-import type { HttpEntityOptions } from './schema.js';
+import type { HttpEntityOptions, Pagination } from './schema.js';
 import { CrawlWatch, checkDrift, proveOffsetDeletes } from './snapshot.js';
 import { httpSourceClient } from './source.js';
+
+export { withCursor } from './cursor.js';
 
 /**
  * A run of an entity on an http source: page by page, each page's records
@@ -55,19 +58,21 @@ export async function planHttpRun(input: PlanInput): Promise<PlannedRun> {
       if (http.absent === 'keep') await checkDrift(target, runId, name, http.optional ?? [], fields);
       return nestedMerge(target, runId, true);
     }
-    const incremental = def.cursor && !opts.full && !opts.window && !opts.keys ? cursor : null;
+    const incremental = def.cursor && !opts.full && !opts.window && !opts.keys && cursor !== null
+      ? await apiCursor(env.pool, def, cursor, await cursorType(input, def.cursor.column)) : null;
     const window = opts.window ? backfillWindow(def, http, opts.window) : null;
-    const endpoint = withCursor(http, incremental, window?.params ?? null);
+    const endpoint = withPageCap(withCursor(http, incremental, window?.params ?? null), src.maxPageSize);
     const client = httpSourceClient(def.source, src, env.pool);
     const keepAbsent = http.absent === 'keep';
+    const read = withCursorColumn(def, columns, fields, recordReader(columns, fields));
     const map = nested ? nestedMapper(columns, fields, nested, keepAbsent)
-      : ((read) => (r: unknown) => [{ ...read(r), raw: r }])(absentAware(recordReader(columns, fields), keepAbsent));
+      : ((r2) => (r: unknown) => [{ ...r2(r), raw: r }])(absentAware(read, keepAbsent));
     const synced = parent ? await parentsSyncedUpTo(env, runId, parent) : null;
     const children = nested || opts.dryRun || opts.keys ? [] : await nestedChildren(env, name, def, http);
     // Only a whole listing can be checked against the total the API reports.
     const watch = new CrawlWatch(endpoint.pagination, !incremental && !window && !nested && !opts.keys);
     await run.fetchPhase(async (signal) => {
-      const resumed = await adoptPages(target, runId, columns);
+      const resumed = await adoptPages(target, runId, columns, endpoint.pagination);
       const raw = resumed ? rawTable(runId)
         : (await target.query('select sync.create_raw_staging($1) as raw', [runId])).rows[0].raw as string;
       // Records kept for nested entities (sync.keep_feed) are read from the text staging, so those crawls stay text.
@@ -81,7 +86,8 @@ export async function planHttpRun(input: PlanInput): Promise<PlannedRun> {
       let line = resumed?.records ?? 0;
       if (resumed) watch.resumed();
       // Resumed after the last page was saved: everything is fetched already.
-      const pages = resumed && resumed.resume === null ? [] : paginate(client, endpoint, { resumeFrom, signal, entity: name });
+      const pages = resumed && resumed.resume === null ? [] : paginate(client, endpoint,
+        { resumeFrom, signal, entity: name, sizeHonored: src.maxPageSize !== undefined });
       // Page n is written while page n+1 is fetched and mapped: one write at a time on the connection.
       let writing: Promise<void> = Promise.resolve();
       try {
@@ -121,6 +127,8 @@ export async function planHttpRun(input: PlanInput): Promise<PlannedRun> {
         await writing.catch(() => {});
       }
       await writing;
+      // Every page is in: a run failing after this (drift, cast, merge) leaves nothing to resume, its pages are fetched again.
+      await target.query(`update sync.run set detail = detail || '{"resume": null}'::jsonb where id = $1`, [runId]);
       for (const d of watch.doubts()) await doubt(target, runId, d);
     });
     if (keepAbsent) await checkDrift(target, runId, name, http.optional ?? [], fields);
@@ -257,11 +265,11 @@ function backfillWindow(def: EntityConfig, http: HttpEntityOptions, w: { from: s
       + 'put {{from}} and {{to}} in from.http.params (e.g. "updated_since": "{{from}}", "updated_before": "{{to}}"), '
       + 'or use version pagination with a numeric version cursor');
   }
-  const path = fieldPath(def, http, def.cursor.column);
+  const cursorOf = cursorReader(def, recordFields(def, http));
   return {
     after: (BigInt(w.from) - 1n).toString(),
     keeps: (r: unknown) => {
-      const v = toText(getPath(r, path));
+      const v = cursorOf(r);
       return v !== null && compareVersions(v, w.to) < 0;
     },
     params: null,
@@ -273,9 +281,30 @@ function recordFields(def: EntityConfig, http: HttpEntityOptions): Record<string
   return { ...(def.columns && !Array.isArray(def.columns) ? def.columns : {}), ...http.fields };
 }
 
-/** The record path a column reads (its own name when nothing maps it). */
-function fieldPath(def: EntityConfig, http: HttpEntityOptions, column: string): string {
-  return recordFields(def, http)[column] ?? column;
+/** The target type of the cursor column, as format_type spells it. */
+async function cursorType(input: PlanInput, column: string): Promise<string> {
+  const found = (await input.targetColumns()).find((c) => c.attname === column);
+  if (!found) {
+    throw new Error(`the cursor column "${column}" of entity "${input.name}" is not a column of its target table — `
+      + 'add the column (it holds the value runs continue from) or name an existing one in cursor.column');
+  }
+  return found.type;
+}
+
+/**
+ * The endpoint asking for pages no larger than the API gives (the source's
+ * maxPageSize): a short page then really is the last, and a lookup batch
+ * fits in one answer.
+ */
+export function withPageCap(http: HttpEntityOptions, max: number | undefined): HttpEntityOptions {
+  if (max === undefined) return http;
+  const p = http.pagination;
+  const pagination: Pagination = p.style === 'page' ? { ...p, size: Math.min(p.size, max) }
+    : p.style === 'offset' ? { ...p, limit: Math.min(p.limit, max) }
+      : (p.style === 'cursor' || p.style === 'version' || p.style === 'keyset') && p.size !== undefined ? { ...p, size: Math.min(p.size, max) }
+        : p;
+  const lookup = http.lookup ? { ...http.lookup, batch: Math.min(http.lookup.batch, max) } : undefined;
+  return { ...http, pagination, ...(lookup ? { lookup } : {}) };
 }
 
 /** A chunk bound as an API wants it: a Postgres timestamp in ISO 8601 UTC, anything else as it is. */
@@ -301,10 +330,10 @@ async function parentsSyncedUpTo(env: SourceEnv, runId: number,
      update sync.run set detail = detail || jsonb_strip_nulls(jsonb_build_object('parents_upto', p.upto))
        from p where id = $1 returning p.cursor_value`, [runId, parent.name]);
   if (!parent.def.cursor) return null;
-  const path = fieldPath(parent.def, parent.http, parent.def.cursor.column);
+  const cursorOf = cursorReader(parent.def, recordFields(parent.def, parent.http));
   const upTo = rows[0]?.cursor_value as string | null;
   return (r) => {
-    const v = toText(getPath(r, path));
+    const v = cursorOf(r);
     return upTo !== null && v !== null && compareVersions(v, upTo) <= 0;
   };
 }
@@ -323,9 +352,11 @@ const YIELD_EVERY = 200;
 /**
  * The pages an interrupted run of the entity fetched, taken over by this run
  * (sync.adopt_raw), with where to go on: `resume` null means every page was
- * fetched. Pages fetched for other columns are dropped: this run starts over.
+ * fetched. Pages fetched for other columns, or by another pagination (a
+ * page size changed: page n is other records now), are dropped: this run
+ * starts over.
  */
-async function adoptPages(target: PoolClient, runId: number, columns: string[]):
+async function adoptPages(target: PoolClient, runId: number, columns: string[], pagination: Pagination):
   Promise<{ resume: PageState | null; records: number } | null> {
   const { rows } = await target.query('select sync.adopt_raw($1) as a', [runId]);
   const adopted = rows[0].a as { resume: PageState | null; records: number | null; run_id: number } | null;
@@ -338,7 +369,8 @@ async function adoptPages(target: PoolClient, runId: number, columns: string[]):
   const typed = await columnsOf(target, typedPagesTable(runId));
   const staging = (await columnsOf(target, `sync_staging.${quoteIdent(`run_${runId}`)}`))?.filter((c) => c !== '_sl_quarantined boolean') ?? [];
   if (cols.map((c) => c.name).join('\u0000') !== expected.join('\u0000')
-    || (typed && typed.join('\u0000') !== [...staging, '_sl_line bigint', '_sl_absent text[]'].join('\u0000'))) {
+    || (typed && typed.join('\u0000') !== [...staging, '_sl_line bigint', '_sl_absent text[]'].join('\u0000'))
+    || (adopted.resume && !continues(adopted.resume, pagination))) {
     await target.query(`drop table ${rawTable(runId)}`);
     await target.query(`drop table if exists ${typedPagesTable(runId)}`);
     return null;
@@ -362,20 +394,8 @@ async function typedPages(target: PoolClient, runId: number, resumed: boolean): 
   return rows[0].t as string;
 }
 
-/**
- * {{cursor}} in an endpoint's params becomes the cursor; on a first or full
- * run a param that is only {{cursor}} is left out (the API then sends all).
- * {{from}} and {{to}} become a backfill chunk's bounds; outside a backfill
- * their params are left out.
- */
-export function withCursor(http: HttpEntityOptions, cursor: string | null, range: { from: string; to: string } | null): HttpEntityOptions {
-  const params: Record<string, string> = {};
-  for (const [k, v] of Object.entries(http.params)) {
-    if (v.includes('{{from}}') || v.includes('{{to}}')) {
-      if (range) params[k] = v.replaceAll('{{from}}', range.from).replaceAll('{{to}}', range.to);
-    } else if (!v.includes('{{cursor}}')) params[k] = v;
-    else if (cursor !== null) params[k] = v.replaceAll('{{cursor}}', cursor);
-    else if (v.trim() !== '{{cursor}}') params[k] = v.replaceAll('{{cursor}}', '');
-  }
-  return { ...http, params };
+/** Whether a saved crawl state still means the same place under the entity's pagination. */
+function continues(state: PageState, p: Pagination): boolean {
+  if (state.style !== p.style) return false;
+  return state.style !== 'page' || p.style !== 'page' || state.size === undefined || state.size === p.size;
 }

@@ -13,7 +13,7 @@ export const MAX_PAGES = 1_000_000;
  * `index` is the 0-based position of that page in the whole crawl.
  */
 export type PageState =
-  | { style: 'page'; index: number; page: number }
+  | { style: 'page'; index: number; page: number; size?: number }
   | { style: 'offset'; index: number; offset: number }
   | { style: 'cursor'; index: number; cursor: string | null }
   | { style: 'next-link'; index: number; url: string | null }
@@ -49,6 +49,11 @@ export interface PaginateOptions {
   signal?: AbortSignal;
   /** The entity's name, for messages. */
   entity?: string;
+  /**
+   * The API is known to give pages of the size asked (the source declares
+   * its maxPageSize), so even a short first page is the last.
+   */
+  sizeHonored?: boolean;
 }
 
 interface Fetched { state: PageState; records: unknown[]; next: PageState | null; total?: number; crossOrigin: boolean }
@@ -56,7 +61,7 @@ interface Fetched { state: PageState; records: unknown[]; next: PageState | null
 /** The state of a crawl's first page. */
 export function firstState(p: Pagination): PageState {
   switch (p.style) {
-    case 'page': return { style: 'page', index: 0, page: p.start };
+    case 'page': return { style: 'page', index: 0, page: p.start, size: p.size };
     case 'offset': return { style: 'offset', index: 0, offset: 0 };
     case 'cursor': return { style: 'cursor', index: 0, cursor: null };
     case 'next-link': return { style: 'next-link', index: 0, url: null };
@@ -70,7 +75,9 @@ export function firstState(p: Pagination): PageState {
  * The pages of one entity, in order. The request for page n+1 goes out when
  * page n is handed over, so fetching overlaps the caller's work on page n;
  * no more than that one page waits in memory. An empty page ends the crawl,
- * as does a page without a next cursor or link.
+ * as does a page without a next cursor or link, and for offset and page
+ * styles the page that reaches the total the API reports or, without one, a
+ * page shorter than the size asked for: no request for an empty page after it.
  */
 export async function* paginate(client: HttpClient, entity: HttpEntityOptions, opts: PaginateOptions = {}): AsyncGenerator<Page> {
   const start = opts.resumeFrom ?? firstState(entity.pagination);
@@ -86,18 +93,42 @@ export async function* paginate(client: HttpClient, entity: HttpEntityOptions, o
     return p;
   };
   let pending: Promise<Fetched> | null = fetchOne(start);
+  let seen = recordsBefore(entity.pagination, start);
+  // A short page is the last only where the API is known to give the size
+  // asked: the source says so (maxPageSize), or a page of this crawl came
+  // full. An API capping pages below the size asked would otherwise end every
+  // crawl after its first page, silently.
+  let honored = opts.sizeHonored ?? false;
   try {
     while (pending) {
       const got: Fetched = await pending;
       pending = null;
       if (got.records.length === 0) return;
       if (got.state.index + 1 >= MAX_PAGES) throw tooManyPages(client, entity, got.state);
-      if (got.next) pending = fetchOne(got.next);
-      yield { records: got.records, page: got.state.index + 1, state: got.state, next: got.next, total: got.total, crossOrigin: got.crossOrigin };
+      seen += got.records.length;
+      const asked = askedSize(entity.pagination);
+      honored ||= got.records.length === asked;
+      // With a total, a short page is not the end: the API caps pages below the size asked.
+      const last = asked !== null && (got.total !== undefined ? seen >= got.total : honored && got.records.length < asked);
+      const next = got.next && !last ? got.next : null;
+      if (next) pending = fetchOne(next);
+      yield { records: got.records, page: got.state.index + 1, state: got.state, next, total: got.total, crossOrigin: got.crossOrigin };
     }
   } finally {
     stop.abort(); // a caller that stops early must not leave a request running
   }
+}
+
+/** How many records of the listing come before a crawl's starting state (offset and page styles; 0 for others). */
+function recordsBefore(p: Pagination, s: PageState): number {
+  if (s.style === 'offset') return s.offset;
+  if (s.style === 'page' && p.style === 'page') return (s.page - p.start) * (s.size ?? p.size);
+  return 0;
+}
+
+/** The page size an offset or page crawl asks for; null for styles that end by their own marker. */
+function askedSize(p: Pagination): number | null {
+  return p.style === 'offset' ? p.limit : p.style === 'page' ? p.size : null;
 }
 
 async function fetchPage(client: HttpClient, entity: HttpEntityOptions, state: PageState,
@@ -154,7 +185,7 @@ function recordsOf(client: HttpClient, entity: HttpEntityOptions, res: HttpRespo
 function nextState(client: HttpClient, p: Pagination, s: PageState, res: HttpResponse, records: unknown[]): PageState | null {
   const index = s.index + 1;
   switch (s.style) {
-    case 'page': return { style: 'page', index, page: s.page + 1 };
+    case 'page': return { style: 'page', index, page: s.page + 1, size: s.size };
     case 'offset': return { style: 'offset', index, offset: s.offset + records.length };
     case 'cursor': {
       const token = getPath(res.body, p.style === 'cursor' ? p.cursorPath : undefined);

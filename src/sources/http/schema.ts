@@ -57,6 +57,8 @@ export const httpSource = z.object({
   redirects: redirectPolicy.default('same-origin')
     .describe('A redirect to another host: "same-origin" refuses it (credentials stay with baseUrl\'s host); "follow-without-credentials" follows it without the configured headers, auth or secret query parameters.'),
   timeZone: z.string().optional().describe('Time zone of timestamps the API sends without an offset, e.g. "Pacific/Auckland" (default: UTC).'),
+  maxPageSize: z.number().int().positive().optional()
+    .describe('The most records the API returns in one page (Directus: QUERY_LIMIT_MAX): pages are asked no larger, so a shorter page is known to be the last.'),
   preset: z.string().min(1).optional().describe('Name of a preset whose defaults this source builds on (e.g. "lightspeed-x").'),
 }).strict();
 export type HttpSourceConfig = z.infer<typeof httpSource>;

@@ -1,4 +1,5 @@
 import { airtable } from './airtable.js';
+import { directus } from './directus.js';
 import { lightspeedX } from './lightspeed-x.js';
 import type { Preset } from './types.js';
 
@@ -8,4 +9,5 @@ export type { Preset, PresetEndpoint } from './types.js';
 export const PRESETS: Record<string, Preset> = {
   [lightspeedX.name]: lightspeedX as unknown as Preset,
   [airtable.name]: airtable as unknown as Preset,
+  [directus.name]: directus as unknown as Preset,
 };

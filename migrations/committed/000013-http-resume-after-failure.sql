@@ -1,0 +1,45 @@
+--! Previous: sha1:5ff69032661dd5a9ef60fa87516e12fc7eb796a8
+--! Hash: sha1:6af6df2812fab9c264b0b2bef1e81863f9b6046b
+--! Message: http resume after failure
+
+-- A crawl the API stopped (retries used up: 5xx, resets, timeouts) fails
+-- mid-way; its saved pages are as good as a killed crawl's, so the next run
+-- continues from them instead of page 1. Only a failure during the crawl
+-- (a next page saved to resume from): a run that failed after fetching
+-- everything fetches again rather than merge old pages.
+create or replace function sync.adopt_raw(p_run_id bigint) returns jsonb
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_run sync.run;
+  v_old sync.run;
+begin
+  select * into strict v_run from sync.run where id = p_run_id;
+  -- The caller holds the entity's lock, so an earlier run still marked
+  -- running died; start_run has closed it as abandoned.
+  select r.* into v_old from sync.run r
+   where r.entity = v_run.entity and r.id < p_run_id
+     and (r.status = 'abandoned' or (r.status = 'failed' and jsonb_typeof(r.detail -> 'resume') = 'object'))
+     and r.detail ? 'resume' and r.dry_run = v_run.dry_run and r.full_refresh = v_run.full_refresh
+     and to_regclass(format('sync_staging.%I', 'run_' || r.id || '_raw')) is not null
+     and not exists (select 1 from sync.run n where n.entity = r.entity and n.id > r.id and n.id < p_run_id)
+   order by r.id desc limit 1;
+  if not found then
+    return null;
+  end if;
+  execute format('alter table sync_staging.%I rename to %I', 'run_' || v_old.id || '_raw', 'run_' || p_run_id || '_raw');
+  if to_regclass(format('sync_staging.%I', 'run_' || v_old.id || '_parents')) is not null then
+    execute format('drop table if exists sync_staging.%I', 'run_' || p_run_id || '_parents');
+    execute format('alter table sync_staging.%I rename to %I', 'run_' || v_old.id || '_parents', 'run_' || p_run_id || '_parents');
+  end if;
+  execute format('drop table if exists sync_staging.%I', 'run_' || v_old.id);
+  update sync.run set detail = detail || jsonb_build_object('resumed_from_run', v_old.id, 'resume', v_old.detail -> 'resume',
+                                                            'pages', v_old.detail -> 'pages', 'records', v_old.detail -> 'records')
+   where id = p_run_id;
+  update sync.run set detail = detail || jsonb_build_object('resumed_by_run', p_run_id) where id = v_old.id;
+  return jsonb_build_object('run_id', v_old.id, 'resume', v_old.detail -> 'resume',
+                            'pages', v_old.detail -> 'pages', 'records', v_old.detail -> 'records');
+end
+$$;
+comment on function sync.adopt_raw(bigint) is 'Hands the text staging of the entity''s previous run to this run, when that run was killed (abandoned) or failed mid-crawl with pages saved and nothing ran in between: the http crawl continues from its saved resume state instead of the first page. Returns the adopted run, resume state, pages and records, or null.';
