@@ -1,5 +1,5 @@
---! Previous: sha1:5ff69032661dd5a9ef60fa87516e12fc7eb796a8
---! Hash: sha1:6af6df2812fab9c264b0b2bef1e81863f9b6046b
+--! Previous: sha1:afafed25eebdd96d5ee55c96caedcc6c6f11086c
+--! Hash: sha1:51acc4bbcd2d74062458c3fbe04fa075b68149bb
 --! Message: http resume after failure
 
 -- A crawl the API stopped (retries used up: 5xx, resets, timeouts) fails
@@ -29,6 +29,10 @@ begin
     return null;
   end if;
   execute format('alter table sync_staging.%I rename to %I', 'run_' || v_old.id || '_raw', 'run_' || p_run_id || '_raw');
+  execute format('drop table if exists sync_staging.%I', 'run_' || p_run_id || '_typed');
+  if to_regclass(format('sync_staging.%I', 'run_' || v_old.id || '_typed')) is not null then
+    execute format('alter table sync_staging.%I rename to %I', 'run_' || v_old.id || '_typed', 'run_' || p_run_id || '_typed');
+  end if;
   if to_regclass(format('sync_staging.%I', 'run_' || v_old.id || '_parents')) is not null then
     execute format('drop table if exists sync_staging.%I', 'run_' || p_run_id || '_parents');
     execute format('alter table sync_staging.%I rename to %I', 'run_' || v_old.id || '_parents', 'run_' || p_run_id || '_parents');
@@ -42,4 +46,4 @@ begin
                             'pages', v_old.detail -> 'pages', 'records', v_old.detail -> 'records');
 end
 $$;
-comment on function sync.adopt_raw(bigint) is 'Hands the text staging of the entity''s previous run to this run, when that run was killed (abandoned) or failed mid-crawl with pages saved and nothing ran in between: the http crawl continues from its saved resume state instead of the first page. Returns the adopted run, resume state, pages and records, or null.';
+comment on function sync.adopt_raw(bigint) is 'Hands the fetched pages of the entity''s previous run (its text staging run_<id>_raw, its typed pages run_<id>_typed and its parents) to this run, when that run was killed (abandoned) or failed mid-crawl with pages saved and nothing ran in between: the http crawl continues from its saved resume state instead of the first page. Returns the adopted run, resume state, pages and records, or null.';

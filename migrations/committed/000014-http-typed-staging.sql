@@ -1,5 +1,5 @@
---! Previous: sha1:5ff69032661dd5a9ef60fa87516e12fc7eb796a8
---! Hash: sha1:9bad14f46239be3e3be3aef14f6886c9581ed3e6
+--! Previous: sha1:b2f9a37aab9a8da7641aa7ec0f7421b7b5d117f3
+--! Hash: sha1:afafed25eebdd96d5ee55c96caedcc6c6f11086c
 --! Message: http typed staging
 
 -- Typed pages: an http crawl COPYs each page straight into the run's types,
