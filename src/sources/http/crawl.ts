@@ -14,6 +14,7 @@ import { compareVersions, paginate, type PageState } from './paginate.js';
 import { getPath } from './path.js';
 import type { HttpEntityOptions } from './schema.js';
 import { CrawlWatch, checkDrift, proveOffsetDeletes } from './snapshot.js';
+import { recordHttpDetail } from './ratelimit.js';
 import { httpSourceClient } from './source.js';
 
 /**
@@ -106,6 +107,7 @@ export async function planHttpRun(input: PlanInput): Promise<PlannedRun> {
       }
       for (const d of watch.doubts()) await doubt(target, runId, d);
     });
+    await recordHttpDetail(target, runId, client);
     if (keepAbsent) await checkDrift(target, runId, name, http.optional ?? [], fields);
     if (children.length) await target.query('select sync.keep_feed($1, $2)', [runId, children]);
     if (nested) return nestedMerge(target, runId);
