@@ -1,5 +1,5 @@
 --! Previous: sha1:5ff69032661dd5a9ef60fa87516e12fc7eb796a8
---! Hash: sha1:884cd2c8508bafd8aa22df819465a401f1bea47d
+--! Hash: sha1:a80b3cc4cd8aacc95034447959d91c96cf28f1d1
 --! Message: http budget learns the vendors limit
 
 /*
@@ -65,15 +65,13 @@ begin
   if v_known and v_left > 0 then
     -- The vendor said there is room before its reset: its count decides, not our log.
     v_left := v_left - 1;
-  else
-    if cardinality(v_recent) >= v_limit then
-      -- Full: this request's slot is when the one v_limit places back leaves the window.
-      v_at := greatest(v_at, v_recent[cardinality(v_recent) - v_limit + 1] + v_window + c_guard);
-    end if;
-    if v_known and v_at < v_row.reset_at then
-      -- The vendor's count is spent: the next request goes when its window resets, not a window later.
-      v_at := v_row.reset_at + c_guard;
-    end if;
+  elsif v_known and (select count(*) from unnest(v_recent) s where s >= v_row.reset_at) < v_limit then
+    -- The vendor's count is spent: the next requests (as many as it allows
+    -- in a window) go when its window resets, not a window of ours later.
+    v_at := v_row.reset_at + c_guard;
+  elsif cardinality(v_recent) >= v_limit then
+    -- Full by our own log: this request's slot is when the one v_limit places back leaves the window.
+    v_at := greatest(v_at, v_recent[cardinality(v_recent) - v_limit + 1] + v_window + c_guard);
   end if;
   -- The slot is reserved now: callers waiting in parallel get the next ones,
   -- and nobody polls.
