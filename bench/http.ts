@@ -14,6 +14,11 @@
  *   limited    an initial sync through a source with rateLimit R requests per
  *              W s, against a vendor enforcing the same limit (429 +
  *              Retry-After): the share of the budget used, and the 429s
+ *   wrong      the same crawl through a source whose configured rateLimit is
+ *              wrong (BENCH_HTTP_WRONG_LIMIT, default the lightspeed-x
+ *              preset's 350 / 300 s) against a vendor enforcing R per W s in
+ *              fixed windows and saying so in X-RateLimit-Limit / -Remaining /
+ *              -Reset: the budget must be learned from the headers
  *
  * Environment: BENCH_HTTP_ROWS (default 200,000, or BENCH_ROWS/5 when that is
  * smaller), BENCH_HTTP_LATENCY_MS (20), BENCH_HTTP_PAGE_SIZE (1000),
@@ -42,13 +47,14 @@ import { copyLine } from '../src/db/copy.js';
 import { HttpClient } from '../src/sources/http/client.js';
 import { recordMapper } from '../src/sources/http/fields.js';
 import { httpSource } from '../src/sources/http/schema.js';
-import type { ParentMessage, ServerMessage, TokenStats } from './http-server.js';
+import type { ParentMessage, ServerMessage, TokenStats, VendorLimit } from './http-server.js';
 import { autovacuumIdle, MB, measure } from './measure.js';
 import type { Target } from './report.js';
 
 const HTTP_DB = 'syncline_bench_http';
 const FREE_TOKEN = 'bench-free-token';
 const LIMITED_TOKEN = 'bench-limited-token';
+const WRONG_TOKEN = 'bench-wrong-config-token';
 const RSS_TOLERANCE_MB = 10;
 const BUDGET_TARGET = 0.95;
 
@@ -99,7 +105,7 @@ class Vendor {
     });
   }
 
-  static async start(opts: { latencyMs: number; limits: Record<string, { requests: number; perSeconds: number }> }): Promise<Vendor> {
+  static async start(opts: { latencyMs: number; limits: Record<string, VendorLimit> }): Promise<Vendor> {
     const script = path.join(path.dirname(fileURLToPath(import.meta.url)), 'http-server.ts');
     const child = fork(script, [JSON.stringify({ ...opts, lifetimeMs: 30 * 60_000 })], {
       execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
@@ -163,12 +169,13 @@ interface RunPhase {
 
 /** Server-side view of a crawl: requests, busy time, and the first arrival → last answer span. */
 function crawlStats(s: TokenStats | undefined) {
-  if (!s || !s.arrivals.length) return { requests: 0, ok: 0, r429: 0, busyMs: 0, spanMs: 0, okArrivals: [] as number[], all: [] as { at: number; status: number }[] };
+  if (!s || !s.arrivals.length) return { requests: 0, ok: 0, r429: 0, busyMs: 0, spanMs: 0, okArrivals: [] as number[], okWall: [] as number[], all: [] as { at: number; status: number }[] };
   const finishes = s.finishes.filter((x) => x !== undefined);
   return {
     requests: s.requests, ok: s.ok, r429: s.rateLimited, busyMs: s.busyMs,
     spanMs: Math.max(...finishes) - s.arrivals[0],
     okArrivals: s.arrivals.filter((_, i) => s.statuses[i] === 200),
+    okWall: s.wallArrivals.filter((_, i) => s.statuses[i] === 200),
     all: s.arrivals.map((at, i) => ({ at, status: s.statuses[i] })),
   };
 }
@@ -188,6 +195,7 @@ export async function runHttpBench(benchRows: number | undefined): Promise<HttpB
   const [limReq, limSec] = (process.env.BENCH_HTTP_LIMIT ?? '20/2').split('/').map(Number);
   const limitPages = Number(process.env.BENCH_HTTP_LIMIT_PAGES ?? limReq * 4);
   const LIMITED_ROWS = limitPages * pageSize;
+  const [wrongReq, wrongSec] = (process.env.BENCH_HTTP_WRONG_LIMIT ?? '350/300').split('/').map(Number);
 
   let server: EmbeddedServer | undefined;
   let dir: string | undefined;
@@ -220,9 +228,12 @@ export async function runHttpBench(benchRows: number | undefined): Promise<HttpB
     }
     const sync = makePool(syncUrl, { max: 4 });
     pools.push(sync);
-    for (const t of ['products_small', 'products', 'products_limited']) await sync.query(DDL(t));
+    for (const t of ['products_small', 'products', 'products_limited', 'products_wrong']) await sync.query(DDL(t));
 
-    vendor = await Vendor.start({ latencyMs, limits: { [LIMITED_TOKEN]: { requests: limReq, perSeconds: limSec } } });
+    vendor = await Vendor.start({ latencyMs, limits: {
+      [LIMITED_TOKEN]: { requests: limReq, perSeconds: limSec },
+      [WRONG_TOKEN]: { requests: limReq, perSeconds: limSec, fixed: true },
+    } });
     const v = vendor;
     progress(`vendor on ${v.url}: ${latencyMs} ms a page, ${pageSize} products a page; ${LIMITED_TOKEN} limited to ${limReq} requests / ${limSec} s`);
 
@@ -234,11 +245,13 @@ export async function runHttpBench(benchRows: number | undefined): Promise<HttpB
       sources: {
         catalogue: { kind: 'http', baseUrl: v.url, auth: { bearer: FREE_TOKEN } },
         catalogue_limited: { kind: 'http', baseUrl: v.url, auth: { bearer: LIMITED_TOKEN }, rateLimit: { requests: limReq, perSeconds: limSec } },
+        catalogue_wrong: { kind: 'http', baseUrl: v.url, auth: { bearer: WRONG_TOKEN }, rateLimit: { requests: wrongReq, perSeconds: wrongSec } },
       },
       entities: {
         products_small: entity(SMALL, 'catalogue', 'products_small'),
         products: entity(N, 'catalogue', 'products'),
         products_limited: entity(LIMITED_ROWS, 'catalogue_limited', 'products_limited'),
+        products_wrong: entity(LIMITED_ROWS, 'catalogue_wrong', 'products_wrong'),
       },
     }, {});
     await applyConfig(sync, cfg);
@@ -374,6 +387,26 @@ export async function runHttpBench(benchRows: number | undefined): Promise<HttpB
       budget_row: (await sync.query(`select request_limit, window_seconds, cardinality(started) as started, blocked_until from sync.http_budget`)).rows,
     };
 
+    // ---- rate-limited, configured limit wrong, the vendor's headers right ----
+    progress(`the same through a source configured for ${wrongReq} requests / ${wrongSec} s; the vendor allows ${limReq} / ${limSec} s and says so in its headers`);
+    const wrongRun = await syncRun('products_wrong', 'products_wrong', LIMITED_ROWS, WRONG_TOKEN);
+    const wrong = strip(wrongRun);
+    // The vendor's windows are fixed and aligned to the clock: the first and
+    // the last are partial (the run starts and ends inside them), the ones
+    // between show the budget used.
+    const wrongWindows = wrongRun.stats.okWall.map((t) => Math.floor(t / windowMs));
+    const perFixedWindow: number[] = [];
+    for (const w of wrongWindows) perFixedWindow[w - wrongWindows[0]] = (perFixedWindow[w - wrongWindows[0]] ?? 0) + 1;
+    const counts = Array.from(perFixedWindow, (x) => x ?? 0);
+    const whole = counts.slice(1, -1);
+    const wrongUsed = whole.length ? whole.reduce((a, b) => a + b, 0) / (whole.length * limReq) : 0;
+    const wrongDetail = (await sync.query(`select detail -> 'http' as http from sync.run where entity = 'products_wrong' order by id desc limit 1`)).rows[0]?.http ?? null;
+    const rateLimitWrong = {
+      configured: { requests: wrongReq, seconds: wrongSec }, vendor: { requests: limReq, seconds: limSec, windows: 'fixed, announced' },
+      requests: wrongRun.stats.requests, ok: wrongRun.stats.ok, http_429: wrongRun.stats.r429, per_window: counts,
+      whole_windows: whole.length, budget_used: round(wrongUsed, 4), seconds: wrong.seconds, detail_http: wrongDetail,
+    };
+
     // ---- figures ----------------------------------------------------------
     const fetchPhaseMs = full.fetch_ms ?? full.seconds * 1000;
     const overlap = {
@@ -401,17 +434,21 @@ export async function runHttpBench(benchRows: number | undefined): Promise<HttpB
     const targets: Target[] = [
       { name: `http: rate-limited budget used ≥ ${BUDGET_TARGET * 100}%`, value: `${round(budgetUsed * 100, 1)}%`, pass: budgetUsed >= BUDGET_TARGET },
       { name: 'http: 0 avoidable 429s', value: String(avoidable429), pass: avoidable429 === 0 },
+      { name: `http: configured limit wrong (${wrongReq} / ${wrongSec} s), headers true (${limReq} / ${limSec} s): budget used ≥ ${BUDGET_TARGET * 100}%`,
+        value: whole.length ? `${round(wrongUsed * 100, 1)}%` : `no whole window (${counts.join(' ')}): raise BENCH_HTTP_LIMIT_PAGES`,
+        pass: whole.length > 0 && wrongUsed >= BUDGET_TARGET },
+      { name: 'http: configured limit wrong, headers true: 0 avoidable 429s', value: String(wrongRun.stats.r429), pass: wrongRun.stats.r429 === 0 },
       { name: `http: no RSS growth ${SMALL.toLocaleString('en')} → ${N.toLocaleString('en')} records (≤ ${RSS_TOLERANCE_MB} MB)`,
         value: `${sign(rss.phase_growth_mb)} MB in-run (${sign(rss.growth_mb)} MB peak)`, pass: rss.phase_growth_mb <= RSS_TOLERANCE_MB },
-      { name: 'http: every product landed once (3 runs)', value: [small, full, limited].map((p) => (p.verified ? 'ok' : 'DIFF')).join(' '),
-        pass: small.verified && full.verified && limited.verified },
+      { name: 'http: every product landed once (4 runs)', value: [small, full, limited, wrong].map((p) => (p.verified ? 'ok' : 'DIFF')).join(' '),
+        pass: small.verified && full.verified && limited.verified && wrong.verified },
     ];
 
     const result = {
       rows: N, small_rows: SMALL, page_size: pageSize, latency_ms: latencyMs, experiment: experiment ?? null,
       database: server ? 'embedded' : 'BENCH_DATABASE_URL',
-      phases: { small, full, sequential, limited },
-      overlap, rate_limit: rateLimit, rss,
+      phases: { small, full, sequential, limited, wrong },
+      overlap, rate_limit: rateLimit, rate_limit_wrong: rateLimitWrong, rss,
       targets: Object.fromEntries(targets.map((t) => [t.name, { value: t.value, pass: t.pass }])),
     };
 

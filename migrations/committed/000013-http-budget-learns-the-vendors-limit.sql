@@ -1,5 +1,5 @@
 --! Previous: sha1:5ff69032661dd5a9ef60fa87516e12fc7eb796a8
---! Hash: sha1:a80b3cc4cd8aacc95034447959d91c96cf28f1d1
+--! Hash: sha1:bb93a911d08b43c26488a4dd2e4ada2cd0176b0e
 --! Message: http budget learns the vendors limit
 
 /*
@@ -18,6 +18,7 @@ alter table sync.http_budget
   add column if not exists granted bigint not null default 0,
   add column if not exists vendor_left int,
   add column if not exists reset_at timestamptz,
+  add column if not exists reset_announced boolean not null default false,
   add column if not exists feedback_seq bigint not null default 0;
 comment on column sync.http_budget.request_limit is 'Requests allowed per window: sources.<name>.rateLimit.requests until the vendor announces its own (X-RateLimit-Limit), which then wins (limit_from).';
 comment on column sync.http_budget.window_seconds is 'Length of the sliding window in seconds: sources.<name>.rateLimit.perSeconds until the vendor''s reset times show its window (window_from).';
@@ -26,6 +27,7 @@ comment on column sync.http_budget.window_from is 'Where window_seconds comes fr
 comment on column sync.http_budget.granted is 'Requests granted so far (a sequence): a response''s feedback names the grant it answers, so requests granted after it (still in flight) are not yet in the vendor''s count.';
 comment on column sync.http_budget.vendor_left is 'Requests the vendor still allows before reset_at, by its latest answer, less the requests granted since; null when the vendor has not said.';
 comment on column sync.http_budget.reset_at is 'When the vendor''s current window ends (X-RateLimit-Reset); with vendor_left spent, no request starts before it.';
+comment on column sync.http_budget.reset_announced is 'reset_at is the vendor''s (X-RateLimit-Reset): its whole limit is free then. Otherwise it is our guess (a window after our oldest request), and only one request is let go at it: a sliding window frees one slot at a time.';
 comment on column sync.http_budget.feedback_seq is 'The grant whose answer last set vendor_left: an older answer arriving late is not allowed to overwrite it.';
 comment on column sync.http_budget.blocked_until is 'No request starts before this time: set from a 429''s Retry-After, or the short backoff after a 429 without one.';
 
@@ -45,6 +47,7 @@ declare
   v_at timestamptz;
   v_left int;
   v_known boolean;
+  v_free_at_reset int;
 begin
   insert into sync.http_budget (source, request_limit, window_seconds)
   values (p_source, p_limit, p_window_seconds)
@@ -62,12 +65,14 @@ begin
   v_at := greatest(v_now, v_row.blocked_until);
   v_left := v_row.vendor_left;
   v_known := v_left is not null and v_row.reset_at is not null and v_at < v_row.reset_at;
+  v_free_at_reset := case when v_row.reset_announced then v_limit else 1 end;
   if v_known and v_left > 0 then
     -- The vendor said there is room before its reset: its count decides, not our log.
     v_left := v_left - 1;
-  elsif v_known and (select count(*) from unnest(v_recent) s where s >= v_row.reset_at) < v_limit then
+  elsif v_known and (select count(*) from unnest(v_recent) s where s >= v_row.reset_at) < v_free_at_reset then
     -- The vendor's count is spent: the next requests (as many as it allows
-    -- in a window) go when its window resets, not a window of ours later.
+    -- in a window, or one when we only guess the reset) go when its window
+    -- resets, not a window of ours later.
     v_at := v_row.reset_at + c_guard;
   elsif cardinality(v_recent) >= v_limit then
     -- Full by our own log: this request's slot is when the one v_limit places back leaves the window.
@@ -144,6 +149,7 @@ begin
      set request_limit = v_row.request_limit, limit_from = v_row.limit_from,
          window_seconds = v_row.window_seconds, window_from = v_row.window_from,
          vendor_left = v_row.vendor_left, reset_at = v_row.reset_at, feedback_seq = v_row.feedback_seq,
+         reset_announced = case when p_remaining is not null and v_seq >= v_row.feedback_seq then p_reset is not null else reset_announced end,
          blocked_until = case when p_retry_after is not null
                               then greatest(blocked_until, v_now + p_retry_after)
                               else blocked_until end,
