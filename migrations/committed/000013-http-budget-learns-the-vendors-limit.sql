@@ -1,5 +1,5 @@
 --! Previous: sha1:5ff69032661dd5a9ef60fa87516e12fc7eb796a8
---! Hash: sha1:bb93a911d08b43c26488a4dd2e4ada2cd0176b0e
+--! Hash: sha1:7041ca5f1ae319f3c5d0e9efc3e65d35b07c98ec
 --! Message: http budget learns the vendors limit
 
 /*
@@ -31,7 +31,8 @@ comment on column sync.http_budget.reset_announced is 'reset_at is the vendor''s
 comment on column sync.http_budget.feedback_seq is 'The grant whose answer last set vendor_left: an older answer arriving late is not allowed to overwrite it.';
 comment on column sync.http_budget.blocked_until is 'No request starts before this time: set from a 429''s Retry-After, or the short backoff after a 429 without one.';
 
-create or replace function sync.http_take(p_source text, p_limit int, p_window_seconds float8, out wait_ms float8, out seq bigint)
+create or replace function sync.http_take(p_source text, p_limit int, p_window_seconds float8,
+                                          out wait_ms float8, out seq bigint, out slot timestamptz)
   language plpgsql volatile
   set search_path to pg_catalog, public, pg_temp
 as $$
@@ -90,9 +91,10 @@ begin
    where source = p_source
   returning granted into seq;
   wait_ms := extract(epoch from v_at - v_now) * 1000;
+  slot := v_at;
 end
 $$;
-comment on function sync.http_take(text, int, float8) is 'Reserves the next slot to start one request to an http source and returns how long to wait for it (0: go now) and the grant''s number for http_feedback. Paced by the limit and window the vendor announced, else the configured ones; atomic across processes.';
+comment on function sync.http_take(text, int, float8) is 'Reserves the next slot to start one request to an http source and returns how long to wait for it (0: go now), the grant''s number and its slot for http_feedback. Paced by the limit and window the vendor announced, else the configured ones; atomic across processes.';
 
 create or replace function sync.take_http_request(p_source text, p_limit int, p_window_seconds int)
   returns interval
@@ -104,7 +106,8 @@ $$;
 comment on function sync.take_http_request(text, int, int) is 'sync.http_take without the grant number: reserves the next slot for one request to an http source and returns how long to wait for it.';
 
 create or replace function sync.http_feedback(p_source text, p_seq bigint, p_limit int, p_remaining int,
-                                              p_reset interval, p_window_seconds float8, p_retry_after interval)
+                                              p_reset interval, p_window_seconds float8, p_retry_after interval,
+                                              p_slot timestamptz default null)
   returns void
   language plpgsql volatile
   set search_path to pg_catalog, public, pg_temp
@@ -145,8 +148,15 @@ begin
       else coalesce((select min(s) from unnest(v_row.started) s where s > v_now - make_interval(secs => v_row.window_seconds)), v_now)
            + make_interval(secs => v_row.window_seconds) end;
   end if;
+  if p_slot is not null then
+    -- The request reached the vendor some time between its slot and now (a
+    -- loaded machine sends late): our log counts it from now, as the
+    -- vendor's window may, so a slot computed from it is not too early.
+    v_row.started := array_replace(v_row.started, p_slot, greatest(p_slot, v_now));
+  end if;
   update sync.http_budget
-     set request_limit = v_row.request_limit, limit_from = v_row.limit_from,
+     set started = v_row.started,
+         request_limit = v_row.request_limit, limit_from = v_row.limit_from,
          window_seconds = v_row.window_seconds, window_from = v_row.window_from,
          vendor_left = v_row.vendor_left, reset_at = v_row.reset_at, feedback_seq = v_row.feedback_seq,
          reset_announced = case when p_remaining is not null and v_seq >= v_row.feedback_seq then p_reset is not null else reset_announced end,
@@ -157,7 +167,7 @@ begin
    where source = p_source;
 end
 $$;
-comment on function sync.http_feedback(text, bigint, int, int, interval, float8, interval) is 'Records what an http source said in the answer to grant p_seq: its limit, the requests left before its reset (time to it), its window if named, and a 429''s Retry-After (or a short backoff): no request starts before that ends. Never books requests that were not sent.';
+comment on function sync.http_feedback(text, bigint, int, int, interval, float8, interval, timestamptz) is 'Records what an http source said in the answer to grant p_seq (slot p_slot): its limit, the requests left before its reset (time to it), its window if named, and a 429''s Retry-After (or a short backoff): no request starts before that ends. Never books requests that were not sent; the grant counts from the answer''s arrival on.';
 
 create or replace function sync.http_feedback(p_source text, p_remaining int, p_retry_after interval)
   returns void

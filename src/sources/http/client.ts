@@ -189,7 +189,8 @@ export class HttpClient {
 
   private async tell(said: VendorSaid): Promise<void> {
     const { seq, ...rest } = said;
-    if (!this.opts.budget || Object.values(rest).every((v) => v === undefined)) return;
+    // With nothing to say, a grant's number still goes back: the budget forgets it.
+    if (!this.opts.budget || (seq === undefined && Object.values(rest).every((v) => v === undefined))) return;
     await this.opts.budget.feedback(seq === undefined ? rest : said);
   }
 

@@ -7,6 +7,9 @@ import { sleep } from './timing.js';
 // Waits are rounded up by this much: Postgres measures the window with its
 // own clock, and a request must not leave before its reserved slot.
 const WAIT_MARGIN_MS = 5;
+// Grants remembered for their answers; past this many the oldest is
+// forgotten (its request was never answered).
+const MAX_OPEN_SLOTS = 1_000;
 
 /** The limit a budget paces by, and whether the vendor announced it or the config assumed it. */
 export interface LearnedLimit {
@@ -24,26 +27,36 @@ export interface LearnedLimit {
  * announce replaces it (sync.http_feedback).
  */
 export class HttpBudget implements RequestBudget {
+  // The slot of each grant still waiting for its answer, exactly as the
+  // database wrote it (microseconds): the answer moves it to its arrival.
+  private readonly slots = new Map<number, string>();
+
   constructor(private readonly pool: Pool, readonly source: string, readonly limit: RateLimit) {}
 
   /** Resolves when a request to the source may start (its start is then counted); the grant's number goes back with feedback. */
   async take(signal?: AbortSignal): Promise<number> {
     signal?.throwIfAborted();
     // The database reserves this request's slot; waiting for it is all that is left.
-    const { rows } = await this.pool.query<{ wait_ms: number; seq: string }>(
-      'select wait_ms, seq from sync.http_take($1, $2, $3)', [this.source, this.limit.requests, this.limit.perSeconds]);
+    const { rows } = await this.pool.query<{ wait_ms: number; seq: string; slot: string }>(
+      'select wait_ms, seq, slot::text as slot from sync.http_take($1, $2, $3)', [this.source, this.limit.requests, this.limit.perSeconds]);
     const waitMs = rows[0].wait_ms;
+    const seq = Number(rows[0].seq);
+    this.slots.set(seq, rows[0].slot);
+    // A request never answered (aborted, failed) leaves its slot as granted.
+    if (this.slots.size > MAX_OPEN_SLOTS) this.slots.delete(this.slots.keys().next().value!);
     if (waitMs > 0) await sleep(Math.ceil(waitMs) + WAIT_MARGIN_MS, signal);
-    return Number(rows[0].seq);
+    return seq;
   }
 
   /** Tells the budget what the vendor said in its answer to grant `seq`. */
   async feedback(f: VendorSaid): Promise<void> {
     const { seq, limit, remaining, resetMs, windowSeconds, retryAfterMs } = f;
+    const slot = seq === undefined ? undefined : this.slots.get(seq);
+    if (seq !== undefined) this.slots.delete(seq);
     if ([limit, remaining, resetMs, windowSeconds, retryAfterMs].every((v) => v === undefined)) return;
     await this.pool.query(
-      `select sync.http_feedback($1, $2, $3, $4, $5::float8 * interval '1 millisecond', $6, $7::float8 * interval '1 millisecond')`,
-      [this.source, seq ?? null, limit ?? null, remaining ?? null, resetMs ?? null, windowSeconds ?? null, retryAfterMs ?? null]);
+      `select sync.http_feedback($1, $2, $3, $4, $5::float8 * interval '1 millisecond', $6, $7::float8 * interval '1 millisecond', $8::timestamptz)`,
+      [this.source, seq ?? null, limit ?? null, remaining ?? null, resetMs ?? null, windowSeconds ?? null, retryAfterMs ?? null, slot ?? null]);
   }
 
   /** The limit and window the budget paces by now. */
