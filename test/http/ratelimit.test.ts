@@ -139,6 +139,20 @@ describe('sync.take_http_request', () => {
     expect(wait).toBeCloseTo(b.started[4] - b.updatedAt, 2);
   });
 
+  test('an answer moves its grant from its slot to its arrival: our log never counts a late request as early', async () => {
+    const src = freshSource();
+    const { rows } = await db.pool.query('select seq, slot::text as slot from sync.http_take($1, 5, $2)', [src, HOUR]);
+    await db.pool.query('select sync.http_take($1, 5, $2)', [src, HOUR]);
+    const before = await budget(src);
+    await db.pool.query(`select sync.http_feedback($1, $2, null, 3, null, null, null, $3::timestamptz)`, [src, rows[0].seq, rows[0].slot]);
+    const after = await budget(src);
+    // The first grant now counts from the answer (updated_at); the other is untouched.
+    expect(after.started).toHaveLength(2);
+    expect(after.started).toContain(before.started[1]);
+    expect(after.started).toContain(after.updatedAt);
+    expect(after.started).not.toContain(before.started[0]);
+  });
+
   test('feedback for a source without a budget is ignored', async () => {
     await db.pool.query('select sync.http_feedback($1, 0, interval \'1 hour\')', ['nobody']);
     const { rows } = await db.pool.query('select count(*)::int as n from sync.http_budget where source = $1', ['nobody']);
