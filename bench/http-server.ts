@@ -16,7 +16,11 @@
  * may start `requests` requests in any sliding window of `perSeconds`
  * seconds; one more is answered 429 with Retry-After (whole seconds, rounded
  * up) and not counted. Every answer to a limited token carries
- * X-RateLimit-Limit and X-RateLimit-Remaining.
+ * X-RateLimit-Limit and X-RateLimit-Remaining. A token with `fixed: true`
+ * is counted in fixed windows aligned to the clock (a new one every
+ * `perSeconds` s since the epoch) instead, and its answers also carry
+ * X-RateLimit-Reset (the window's end, epoch seconds): the vendor telling the
+ * truth, whatever the client's configuration assumed.
  *
  * Bounded: it listens on 127.0.0.1 only, exits when its parent disconnects
  * and after `lifetimeMs` whatever happens. Statistics (per token: arrival and
@@ -29,7 +33,14 @@ import { performance } from 'node:perf_hooks';
 export interface ServerOptions {
   latencyMs: number;
   lifetimeMs: number;
-  limits: Record<string, { requests: number; perSeconds: number }>;
+  limits: Record<string, VendorLimit>;
+}
+
+export interface VendorLimit {
+  requests: number;
+  perSeconds: number;
+  /** Fixed windows aligned to the clock, announced with X-RateLimit-Reset; else a sliding window without it. */
+  fixed?: boolean;
 }
 
 export interface TokenStats {
@@ -41,6 +52,8 @@ export interface TokenStats {
   busyMs: number;
   /** Arrival and finish times (ms, this process's performance.now()) of every request, in arrival order. */
   arrivals: number[];
+  /** The same arrivals on the wall clock (Date.now()), which fixed windows are aligned to. */
+  wallArrivals: number[];
   finishes: number[];
   statuses: number[];
   records: number;
@@ -97,13 +110,33 @@ export function product(i: number) {
 const firstAfter = (after: number) => Math.max(1, Math.floor((after - BASE_VERSION) / 3) + 1);
 
 function emptyStats(): TokenStats {
-  return { requests: 0, ok: 0, rateLimited: 0, other: 0, busyMs: 0, arrivals: [], finishes: [], statuses: [], records: 0, bytes: 0 };
+  return { requests: 0, ok: 0, rateLimited: 0, other: 0, busyMs: 0, arrivals: [], wallArrivals: [], finishes: [], statuses: [], records: 0, bytes: 0 };
 }
 
 export async function serve(opts: ServerOptions, send: (m: ServerMessage) => void): Promise<() => Promise<void>> {
   let stats: Record<string, TokenStats> = {};
   const windows = new Map<string, number[]>(); // accepted arrival times per limited token
   const sockets = new Set<Socket>();
+  const fixedCounts = new Map<string, { window: number; used: number }>();
+
+  /** A request against a fixed-window limit: counted if there is room; the headers say the truth either way. */
+  const fixedWindow = (token: string, limit: VendorLimit) => {
+    const now = Date.now();
+    const windowMs = limit.perSeconds * 1000;
+    const window = Math.floor(now / windowMs);
+    const c = fixedCounts.get(token);
+    const used = c && c.window === window ? c.used : 0;
+    const resetAt = (window + 1) * windowMs;
+    const ok = used < limit.requests;
+    if (ok) fixedCounts.set(token, { window, used: used + 1 });
+    const headers: Record<string, string | number> = {
+      'x-ratelimit-limit': limit.requests,
+      'x-ratelimit-remaining': ok ? limit.requests - used - 1 : 0,
+      'x-ratelimit-reset': String(resetAt / 1000),
+    };
+    if (!ok) headers['retry-after'] = String(Math.ceil((resetAt - now) / 1000));
+    return { ok, headers };
+  };
 
   const server = http.createServer((req, res) => {
     const arrived = performance.now();
@@ -111,6 +144,7 @@ export async function serve(opts: ServerOptions, send: (m: ServerMessage) => voi
     const s = (stats[token] ??= emptyStats());
     s.requests++;
     s.arrivals.push(arrived);
+    s.wallArrivals.push(Date.now());
     const slot = s.arrivals.length - 1;
     const finish = (status: number, headers: Record<string, string | number>, body: string) => {
       const wait = Math.max(0, arrived + opts.latencyMs - performance.now());
@@ -125,8 +159,15 @@ export async function serve(opts: ServerOptions, send: (m: ServerMessage) => voi
     };
 
     const limit = opts.limits[token];
-    const rlHeaders: Record<string, string | number> = {};
-    if (limit) {
+    let rlHeaders: Record<string, string | number> = {};
+    if (limit?.fixed) {
+      const f = fixedWindow(token, limit);
+      if (!f.ok) {
+        s.rateLimited++;
+        return finish(429, f.headers, '{"error":"Too Many Requests"}');
+      }
+      rlHeaders = f.headers;
+    } else if (limit) {
       const w = limit.perSeconds * 1000;
       const recent = (windows.get(token) ?? []).filter((t) => t > arrived - w);
       if (recent.length >= limit.requests) {
@@ -182,6 +223,7 @@ export async function serve(opts: ServerOptions, send: (m: ServerMessage) => voi
       if (msg.reset) {
         stats = {};
         windows.clear();
+        fixedCounts.clear();
       }
     } else if (msg.type === 'stop') void close().then(() => process.exit(0));
   };

@@ -276,6 +276,8 @@ interface RunRow {
   deleted: number | null;
   quarantined: number | null;
   error: string | null;
+  /** An http run's requests (detail.http): requests, retries, 429s, waits, the limit paced by. */
+  http: { requests: number; throttled: number; wait_ms: { budget: number; retry: number } } | null;
 }
 
 export async function runs(opts: RunsOptions): Promise<number> {
@@ -303,7 +305,7 @@ export async function runs(opts: RunsOptions): Promise<number> {
               extract(epoch from coalesce(r.finished_at, now()) - r.started_at)::float8 as seconds,
               r.fetched::float8 as fetched, r.inserted::float8 as inserted, r.updated::float8 as updated,
               r.deleted::float8 as deleted, r.unchanged::float8 as unchanged, r.quarantined::float8 as quarantined,
-              r.deferred::float8 as deferred, r.phases, r.error
+              r.deferred::float8 as deferred, r.phases, r.error, r.detail -> 'http' as http
          from sync.runs($1, $2::timestamptz, $3::timestamptz, $4, $5) r`,
       [opts.entity ?? null, since, until, opts.status ?? null, limit]);
     if (opts.json) {
@@ -315,6 +317,7 @@ export async function runs(opts: RunsOptions): Promise<number> {
       r.fetched === null ? '' : String(r.fetched),
       r.inserted === null ? '' : `+${r.inserted} ~${r.updated ?? 0} -${r.deleted ?? 0}`,
       r.quarantined ? `!${r.quarantined}` : '',
+      r.http?.throttled ? `${r.http.throttled}×429` : '',
     ].filter(Boolean).join(' ');
     printFitted(rows.map((r) => ({
       id: String(r.id),
@@ -327,6 +330,7 @@ export async function runs(opts: RunsOptions): Promise<number> {
       error: r.error ?? '',
     })), { text: 'error', label: (r) => `run ${r.id}`, shrink: ['entity', 'trigger'] });
     if (rows.some((r) => r.fetched !== null)) process.stdout.write('rows: fetched +inserted ~updated -deleted !quarantined\n');
+    if (rows.some((r) => r.http?.throttled)) process.stdout.write('N×429: the vendor answered 429 (rate limited) N times; --json shows the http requests and waits of each run\n');
     return EXIT.ok;
   });
 }

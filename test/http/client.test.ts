@@ -219,6 +219,24 @@ describe('429', () => {
   });
 });
 
+describe('429 without Retry-After', () => {
+  test('holds the budget off for a short jittered backoff (never "the window is spent"), and passes the rate headers on', async () => {
+    const told: unknown[] = [];
+    let seq = 0;
+    const budget = { take: async () => ++seq, feedback: async (f: unknown) => { told.push(f); } };
+    vendor.override = (_req, res) => {
+      if (vendor.hits.length === 1) res.writeHead(429).end();
+      else res.writeHead(200, { 'x-ratelimit-limit': '20', 'x-ratelimit-remaining': '19', 'x-ratelimit-reset': '9' }).end('[]');
+      return true;
+    };
+    const { lines, logger } = warnings();
+    await testClient(base, {}, { budget, logger, random: () => 0 }).getJson('offsets');
+    // 1 s ceiling, the lower half fixed: 500 ms with random() = 0.
+    expect(lines.map((l) => l.waitMs)).toEqual([500]);
+    expect(told).toEqual([{ seq: 1, retryAfterMs: 500 }, { seq: 2, limit: 20, remaining: 19, resetMs: 9_000 }]);
+  });
+});
+
 describe('timing', () => {
   test('backoff is full jitter under a doubling ceiling capped at maxMs', () => {
     expect(backoffMs(0, 100, 10_000, () => 0.999)).toBe(99);

@@ -116,20 +116,41 @@ describe('sync.take_http_request', () => {
     expect(waits[0]).toBeGreaterThan(waits[1]);
   });
 
-  test('X-RateLimit-Remaining below our own count spends the difference', async () => {
+  test('X-RateLimit-Remaining is the vendor\'s count: its room is used, a spent count waits for its reset, and nothing unsent is booked', async () => {
     const src = freshSource();
-    expect(await waitMs(src, 5, HOUR)).toBe(0);
-    await db.pool.query('select sync.http_feedback($1, 10, null)', [src]); // vendor has more left than we think: no change
-    expect(await waitMs(src, 5, HOUR)).toBe(0);
-    expect((await budget(src)).started).toHaveLength(2);
+    expect(await waitMs(src, 2, HOUR)).toBe(0);
+    // The vendor has more left than our limit allows: its count decides until its window ends.
+    await db.pool.query('select sync.http_feedback($1, 3, null)', [src]);
+    for (let i = 0; i < 3; i++) expect(await waitMs(src, 2, HOUR)).toBe(0);
     await db.pool.query('select sync.http_feedback($1, 0, null)', [src]); // someone else spent it
     const spent = await budget(src);
-    expect(spent.started).toHaveLength(5);
-    expect(spent.started.slice(2)).toEqual([spent.updatedAt, spent.updatedAt, spent.updatedAt]);
-    const wait = await waitMs(src, 5, HOUR);
+    // Only the requests granted are in the log: none booked for the vendor's zero.
+    expect(spent.started).toHaveLength(4);
+    const { rows } = await db.pool.query('select reset_at, vendor_left from sync.http_budget where source = $1', [src]);
+    expect(rows[0].vendor_left).toBe(0);
+    // Without a reset in the headers, the vendor's window ends at the latest a window after our oldest request.
+    const resetAt = (rows[0].reset_at as Date).getTime();
+    expect(resetAt - spent.started[0]).toBeCloseTo(HOUR * 1000, -1);
+    const wait = await waitMs(src, 2, HOUR);
     const b = await budget(src);
-    expect(b.started[5] - b.started[0]).toBeCloseTo(HOUR * 1000 + GUARD_MS, 2);
-    expect(wait).toBeCloseTo(b.started[5] - b.updatedAt, 2);
+    // The vendor's reset decides, not our own log of the (configured) 2 per window, which would free a slot later.
+    expect(b.started[4]).toBeCloseTo(resetAt + GUARD_MS, -1);
+    expect(b.started[4]).toBeLessThan(spent.started[3] + HOUR * 1000 + GUARD_MS);
+    expect(wait).toBeCloseTo(b.started[4] - b.updatedAt, 2);
+  });
+
+  test('an answer moves its grant from its slot to its arrival: our log never counts a late request as early', async () => {
+    const src = freshSource();
+    const { rows } = await db.pool.query('select seq, slot::text as slot from sync.http_take($1, 5, $2)', [src, HOUR]);
+    await db.pool.query('select sync.http_take($1, 5, $2)', [src, HOUR]);
+    const before = await budget(src);
+    await db.pool.query(`select sync.http_feedback($1, $2, null, 3, null, null, null, $3::timestamptz)`, [src, rows[0].seq, rows[0].slot]);
+    const after = await budget(src);
+    // The first grant now counts from the answer (updated_at); the other is untouched.
+    expect(after.started).toHaveLength(2);
+    expect(after.started).toContain(before.started[1]);
+    expect(after.started).toContain(after.updatedAt);
+    expect(after.started).not.toContain(before.started[0]);
   });
 
   test('feedback for a source without a budget is ignored', async () => {

@@ -491,7 +491,18 @@ function runRow(r) {
     h('td', { 'data-label': 'Started', title: localTime(r.startedAt) }, ago(r.startedAt)),
     h('td', { class: 'num', 'data-label': 'Took' }, r.status === 'running' ? '…' : duration(r.seconds)),
     h('td', { class: 'num', 'data-label': 'Rows' }, fmt(r.fetched)),
-    h('td', { 'data-label': 'Changes' }, changes || null));
+    h('td', { 'data-label': 'Changes' }, changes || null, r.http ? h('div', { class: 'muted' }, httpText(r.http)) : null));
+}
+
+/** An http run's requests (detail.http): retries, 429s, time waited, and the limit paced by. */
+function httpText(x) {
+  const parts = [`${fmt(x.requests)} requests`];
+  if (x.retries) parts.push(`${fmt(x.retries)} retried`);
+  if (x.throttled) parts.push(`${fmt(x.throttled)} × 429`);
+  const waited = (x.wait_ms?.budget ?? 0) + (x.wait_ms?.retry ?? 0);
+  if (waited) parts.push(`waited ${duration(waited / 1000)} (budget ${duration((x.wait_ms.budget ?? 0) / 1000)}, retries ${duration((x.wait_ms.retry ?? 0) / 1000)})`);
+  if (x.limit) parts.push(`limit ${fmt(x.limit.requests)} / ${x.limit.seconds === null ? '?' : duration(x.limit.seconds)} (${x.limit.from === 'headers' ? 'from the vendor' : 'configured'})`);
+  return parts.join(' · ');
 }
 
 function renderRuns(runs) {

@@ -107,7 +107,8 @@ async function runs(ctx: ServerContext, req: Request, res: ServerResponse): Prom
     `select r.id::float8 as id, r.entity, r.trigger, r.status, r.dry_run as "dryRun", r.full_refresh as "full",
             r.started_at as "startedAt", r.finished_at as "finishedAt",
             extract(epoch from coalesce(r.finished_at, now()) - r.started_at)::float8 as seconds,
-            r.fetched, r.inserted, r.updated, r.deleted, r.unchanged, r.quarantined, r.deferred, r.phases, r.error
+            r.fetched, r.inserted, r.updated, r.deleted, r.unchanged, r.quarantined, r.deferred, r.phases, r.error,
+            r.detail -> 'http' as http
        from sync.runs($1, null, null, $2, $3) r`, [q.entity ?? null, q.status ?? null, q.limit]);
   sendJson(res, 200, { runs: rows });
 }

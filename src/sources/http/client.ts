@@ -4,16 +4,17 @@ import { parseJson } from './json.js';
 import type { HttpSourceConfig } from './schema.js';
 import { fetchFollowing } from './redirect.js';
 import { makeMasker, secretsOf } from './secrets.js';
-import { backoffMs, parseRetryAfter, sleep } from './timing.js';
+import { backoffMs, parseRateHeaders, parseRetryAfter, sleep, throttleBackoffMs, type RateHeaders } from './timing.js';
 
 // A Retry-After beyond this is not waited out inside a run: the run fails as
 // transient and the next scheduled run starts after the vendor's block ends,
 // instead of holding a worker (and the entity's lock) for hours.
 const MAX_RETRY_AFTER_MS = 15 * 60_000;
 
-// Without Retry-After a 429 still needs a pause: this long, doubled for each
-// consecutive 429 (full jitter is not used: the vendor asked us to slow down).
-const RATE_LIMIT_FALLBACK_MS = 1_000;
+// Without Retry-After (or a reset time) a 429 still needs a pause: 1 s,
+// doubled for each consecutive 429 up to this (Airtable's penalty for
+// exceeding its limit is 30 s), never a whole configured window.
+const RATE_LIMIT_BACKOFF_CAP_MS = 30_000;
 
 // How much of an error body goes into a message: enough to show the vendor's
 // explanation, not a whole HTML page.
@@ -22,10 +23,32 @@ const ERROR_SNIPPET_CHARS = 300;
 // What every request sends; a request to another origin sends only these.
 const BARE_HEADERS: Readonly<Record<string, string>> = { accept: 'application/json', 'user-agent': 'syncline' };
 
+/** What a response told about the vendor's budget: its rate-limit headers, and how long it asked us to hold off. */
+export interface VendorSaid extends RateHeaders {
+  /** The grant (from take) whose request this answered; absent: the latest. */
+  seq?: number;
+  retryAfterMs?: number;
+}
+
 /** Where the client takes a turn before each attempt and reports what the vendor said. */
 export interface RequestBudget {
-  take(signal?: AbortSignal): Promise<void>;
-  feedback(f: { remaining?: number; retryAfterMs?: number }): Promise<void>;
+  /** Resolves when the request may start; may return the grant's number for feedback. */
+  take(signal?: AbortSignal): Promise<number | void>;
+  feedback(f: VendorSaid): Promise<void>;
+}
+
+/** What one client's requests cost so far (a client serves one run). */
+export interface HttpStats {
+  /** Requests sent (every attempt). */
+  requests: number;
+  /** Attempts after the first of a request: failures and 429s retried. */
+  retries: number;
+  /** 429 answers. */
+  throttled: number;
+  /** Time spent waiting for the shared budget before requests. */
+  budgetWaitMs: number;
+  /** Time spent pausing before retries (backoff, Retry-After). */
+  retryWaitMs: number;
 }
 
 export interface HttpResponse {
@@ -54,9 +77,9 @@ export interface HttpClientOptions {
 }
 
 type Attempt =
-  | { kind: 'ok'; response: HttpResponse }
-  | { kind: 'retry'; what: string; category: ErrorCategory; cause?: unknown }
-  | { kind: 'rate-limited'; what: string; retryAfterMs?: number };
+  | { kind: 'ok'; response: HttpResponse; rate?: RateHeaders }
+  | { kind: 'retry'; what: string; category: ErrorCategory; cause?: unknown; rate?: RateHeaders }
+  | { kind: 'rate-limited'; what: string; retryAfterMs?: number; rate?: RateHeaders };
 
 /**
  * GETs JSON from one http source: auth, timeouts, retries with backoff,
@@ -65,8 +88,11 @@ type Attempt =
  *
  * Retry policy: 5xx, 408, connection failures, timeouts and truncated bodies
  * count toward `retries.max`. A 429 waits exactly as long as Retry-After says
- * and counts only toward `retries.rateLimited`: a vendor saying "later" is
- * not a failure, but a vendor saying it forever must still end the run.
+ * (or until the reset its rate-limit headers give; without either, a short
+ * doubling backoff) and counts only toward `retries.rateLimited`: a vendor
+ * saying "later" is not a failure, but a vendor saying it forever must still
+ * end the run. Every answer's rate-limit headers go to the shared budget,
+ * which adopts the vendor's limit and window.
  *
  * Redirects (redirect.ts): on baseUrl's origin they keep the headers and
  * auth; to another origin they are a critical error, unless the source sets
@@ -77,12 +103,19 @@ export class HttpClient {
   private readonly base: URL;
   private readonly log: Logger;
   private readonly random: () => number;
+  readonly stats: HttpStats = { requests: 0, retries: 0, throttled: 0, budgetWaitMs: 0, retryWaitMs: 0 };
+  /** The rate-limit headers of the latest answer that had any. */
+  lastRate?: RateHeaders;
 
   constructor(readonly source: HttpSourceConfig, private readonly opts: HttpClientOptions) {
     this.mask = makeMasker(source.auth, Object.values(source.headers));
     this.base = new URL(source.baseUrl);
     this.log = opts.logger ?? rootLog;
     this.random = opts.random ?? Math.random;
+  }
+
+  get budget(): RequestBudget | undefined {
+    return this.opts.budget;
   }
 
   /** A path under baseUrl, or an absolute URL on baseUrl's origin, with query parameters set. */
@@ -109,16 +142,22 @@ export class HttpClient {
     const { retries } = this.source;
     let failures = 0;
     let limited = 0;
-    for (;;) {
-      await this.opts.budget?.take(signal);
+    for (let attempt = 0; ; attempt++) {
+      if (attempt > 0) this.stats.retries++;
+      const seq = await this.take(signal);
+      this.stats.requests++;
       const a = await this.attempt(url, signal);
+      if (a.rate && Object.keys(a.rate).length) this.lastRate = a.rate;
+      if (a.kind !== 'rate-limited') await this.tell({ seq: seq ?? undefined, ...a.rate });
       if (a.kind === 'ok') return a.response;
       let waitMs: number;
       if (a.kind === 'rate-limited') {
         limited++;
-        // Other workers must hold off too; without Retry-After, treat the vendor's window as spent.
-        await this.opts.budget?.feedback(a.retryAfterMs === undefined ? { remaining: 0 } : { retryAfterMs: a.retryAfterMs });
-        waitMs = a.retryAfterMs ?? RATE_LIMIT_FALLBACK_MS * 2 ** Math.min(limited - 1, 6);
+        this.stats.throttled++;
+        waitMs = a.retryAfterMs ?? resetWhenSpent(a.rate)
+          ?? throttleBackoffMs(limited - 1, RATE_LIMIT_BACKOFF_CAP_MS, this.random);
+        // Other workers hold off as long, and no longer: the vendor's window is not assumed spent.
+        await this.tell({ seq: seq ?? undefined, ...a.rate, retryAfterMs: waitMs });
         if (limited > retries.rateLimited || waitMs > MAX_RETRY_AFTER_MS) {
           throw new TransientError(`GET ${this.describe(url)} was rate limited ${limited} times (last: ${a.what}); `
             + `the request budget of sources.${this.opts.name} is spent — the next run will continue, or lower rateLimit.requests so Syncline paces itself`,
@@ -134,8 +173,25 @@ export class HttpClient {
         waitMs = backoffMs(failures - 1, retries.baseMs, retries.maxMs, this.random);
       }
       this.log.warn({ source: this.opts.name, target: this.describe(url), problem: a.what, waitMs }, 'retrying HTTP request');
+      const pausedAt = performance.now();
       await sleep(waitMs, signal);
+      this.stats.retryWaitMs += performance.now() - pausedAt;
     }
+  }
+
+  private async take(signal?: AbortSignal): Promise<number | void> {
+    if (!this.opts.budget) return;
+    const askedAt = performance.now();
+    const seq = await this.opts.budget.take(signal);
+    this.stats.budgetWaitMs += performance.now() - askedAt;
+    return seq;
+  }
+
+  private async tell(said: VendorSaid): Promise<void> {
+    const { seq, ...rest } = said;
+    // With nothing to say, a grant's number still goes back: the budget forgets it.
+    if (!this.opts.budget || (seq === undefined && Object.values(rest).every((v) => v === undefined))) return;
+    await this.opts.budget.feedback(seq === undefined ? rest : said);
   }
 
   private headers(): Record<string, string> {
@@ -179,9 +235,8 @@ export class HttpClient {
       if (timeout.aborted) return { kind: 'retry', what: `no complete answer within ${this.source.timeoutMs} ms`, category: 'network', cause: err };
       return { kind: 'retry', what: this.mask(networkProblem(err)), category: 'network', cause: err };
     }
-    const remaining = Number.parseInt(res.headers.get('x-ratelimit-remaining') ?? '', 10);
-    if (Number.isFinite(remaining) && res.status !== 429) await this.opts.budget?.feedback({ remaining });
-    return this.judge(url, res, text, { finalUrl, crossOrigin });
+    const rate = parseRateHeaders(res.headers);
+    return { ...this.judge(url, res, text, { finalUrl, crossOrigin }), rate };
   }
 
   private judge(url: URL, res: Response, text: string, via: { finalUrl: URL; crossOrigin: boolean }): Attempt {
@@ -232,6 +287,11 @@ export class HttpClient {
 // exist'); both must match, so a plain "permission denied" stays an auth error.
 const UNKNOWN_FIELD = /\bfields?\b/i;
 const NOT_THERE = /not exist|n't exist|unknown|no longer|not found|invalid/i;
+
+/** A 429 that named no Retry-After but said the window is spent until its reset: wait for that. */
+function resetWhenSpent(rate: RateHeaders | undefined): number | undefined {
+  return rate?.remaining === 0 ? rate.resetMs : undefined;
+}
 
 /** A failed fetch as a sentence: undici hides the socket error in `cause`. */
 function networkProblem(err: unknown): string {

@@ -16,6 +16,7 @@ import { compareVersions, paginate, type PageState } from './paginate.js';
 import { getPath } from './path.js';
 import type { HttpEntityOptions, Pagination } from './schema.js';
 import { CrawlWatch, checkDrift, proveOffsetDeletes } from './snapshot.js';
+import { recordHttpDetail } from './ratelimit.js';
 import { httpSourceClient } from './source.js';
 
 export { withCursor } from './cursor.js';
@@ -131,6 +132,7 @@ export async function planHttpRun(input: PlanInput): Promise<PlannedRun> {
       await target.query(`update sync.run set detail = detail || '{"resume": null}'::jsonb where id = $1`, [runId]);
       for (const d of watch.doubts()) await doubt(target, runId, d);
     });
+    await recordHttpDetail(target, runId, client);
     if (keepAbsent) await checkDrift(target, runId, name, http.optional ?? [], fields);
     if (children.length) await target.query('select sync.keep_feed($1, $2)', [runId, children]);
     const keepLast = endpoint.pagination.style === 'version';

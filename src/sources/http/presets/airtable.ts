@@ -13,8 +13,12 @@ import type { Preset } from './types.js';
  * - a cell is under fields.<Field Name>; an empty cell is left out of
  *   `fields` (so it arrives as null); a linked record is an array of
  *   record ids (fields.Supplier.0 is the first);
- * - 5 requests per second per base; past that the API answers 429 and
- *   wants a pause before the next request.
+ * - 5 requests per second per base (and 50 per second per token across
+ *   bases); past that the API answers 429 and the next requests fail for
+ *   30 seconds. Its answers name no limit headers and the 429 no
+ *   Retry-After: pacing at 5 per 1 s avoids the 429; one that still comes
+ *   (another client on the base) is retried after 1, 2, 4, 8, 16 s, past
+ *   the 30 s penalty within the default retries.rateLimited.
  *
  * The endpoint is the table's name (or id): "endpoint": "Products".
  * Map columns with the entity's "columns": {"unit_price": "fields.Unit Price"}.

@@ -14,7 +14,11 @@ import type { Preset, PresetEndpoint } from './types.js';
  *   their `version` (a global, monotonically increasing integer bumped on
  *   every change); pass version.max as `after` for the next page; an empty
  *   page ends the crawl;
- * - the rate limit is 300 × registers + 50 requests per 5 minutes;
+ * - the rate limit is 300 × registers + 50 requests per 5 minutes, per
+ *   retailer per application; every JSON answer carries X-RateLimit-Limit
+ *   and X-RateLimit-Remaining (no Reset), and a 429 a Retry-After. The
+ *   budget adopts the announced limit, so a wrong `registers` costs nothing;
+ *   the window (no header names it) stays the documented 300 s;
  * - a sale carries its line items nested (`line_items`: id, product_id,
  *   quantity, price, tax, …), and `version`.
  * - product categories (`/product_categories`) page differently: an `after`
