@@ -103,4 +103,32 @@ describe('an http crawl killed with SIGKILL', () => {
       await engine.close();
     }
   });
+
+  it('does not resume from pages a server restart emptied: unlogged staging is gone, so the crawl starts at page 1 and loses nothing', async () => {
+    const cfg = parseConfig(config(vendor.url), {});
+    await applyConfig(sync.pool, cfg);
+    const engine = new Engine(sync.pool, sync.url, cfg);
+    try {
+      await sync.pool.query(`truncate products; update sync.entity set cursor_value = null where name = 'products'`);
+      await syncKilledAfterPages(40);
+      const killed = (await sync.pool.query(`select id, detail from sync.run order by id desc limit 1`)).rows[0];
+      expect(killed.detail.resume).toBeTruthy();
+      // What a crash of the server does to unlogged tables, while sync.run (logged) keeps the resume state.
+      const { rows: tables } = await sync.pool.query(
+        `select relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
+          where n.nspname = 'sync_staging' and relname ~ $1`, [`^run_${killed.id}_(raw|typed)$`]);
+      expect(tables.length).toBeGreaterThan(0);
+      for (const t of tables) await sync.pool.query(`truncate sync_staging.${JSON.stringify(t.relname)}`);
+      vendor.reset();
+      const r = await engine.run('products', { trigger: 'manual' });
+      expect(r).toMatchObject({ status: 'succeeded', fetched: 600, inserted: 600 });
+      expect(vendor.hits[0].query.get('after')).toBeNull();
+      const detail = (await sync.pool.query('select detail from sync.run where id = $1', [r.runId])).rows[0].detail;
+      expect(detail.resumed_from_run).toBeUndefined();
+      expect(detail.resume_refused).toMatchObject({ run_id: killed.id });
+      expect((await sync.pool.query('select count(*)::int as n from products')).rows[0].n).toBe(600);
+    } finally {
+      await engine.close();
+    }
+  });
 });

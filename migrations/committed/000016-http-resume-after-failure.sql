@@ -1,5 +1,5 @@
---! Previous: sha1:afafed25eebdd96d5ee55c96caedcc6c6f11086c
---! Hash: sha1:51acc4bbcd2d74062458c3fbe04fa075b68149bb
+--! Previous: sha1:f9b50127fcd18e4555559e390e756e18802eab8a
+--! Hash: sha1:3b3b7344a5e9f23b74756d7644349bfb966e133e
 --! Message: http resume after failure
 
 -- A crawl the API stopped (retries used up: 5xx, resets, timeouts) fails
@@ -7,6 +7,26 @@
 -- continues from them instead of page 1. Only a failure during the crawl
 -- (a next page saved to resume from): a run that failed after fetching
 -- everything fetches again rather than merge old pages.
+create or replace function sync._staged_records(p_run_id bigint) returns bigint
+  language plpgsql stable
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_table text;
+  v_n bigint;
+  v_total bigint := 0;
+begin
+  foreach v_table in array array['run_' || p_run_id || '_raw', 'run_' || p_run_id || '_typed'] loop
+    if to_regclass(format('sync_staging.%I', v_table)) is not null then
+      execute format('select count(*) from sync_staging.%I', v_table) into v_n;
+      v_total := v_total + v_n;
+    end if;
+  end loop;
+  return v_total;
+end
+$$;
+comment on function sync._staged_records(bigint) is 'The records a crawl of run p_run_id has in its text staging and typed pages: sync.adopt_raw resumes a crawl only when they are all still there.';
+
 create or replace function sync.adopt_raw(p_run_id bigint) returns jsonb
   language plpgsql volatile
   set search_path to pg_catalog, public, pg_temp
@@ -26,6 +46,18 @@ begin
      and not exists (select 1 from sync.run n where n.entity = r.entity and n.id > r.id and n.id < p_run_id)
    order by r.id desc limit 1;
   if not found then
+    return null;
+  end if;
+  -- Staging is unlogged: a server crash empties it while the resume state in
+  -- sync.run (logged) survives. Resuming then would lose the pages before the
+  -- saved one (and a mirror would delete their rows): take the pages only
+  -- when they hold every record the run saved, else fetch from the start.
+  if sync._staged_records(v_old.id) <> coalesce((v_old.detail ->> 'records')::bigint, 0) then
+    execute format('drop table if exists sync_staging.%I, sync_staging.%I, sync_staging.%I',
+                   'run_' || v_old.id || '_raw', 'run_' || v_old.id || '_typed', 'run_' || v_old.id || '_parents');
+    update sync.run set detail = detail || jsonb_build_object('resume_refused', jsonb_build_object('run_id', v_old.id,
+             'reason', 'its fetched pages are gone (a server restart empties unlogged staging): fetching from the first page'))
+     where id = p_run_id;
     return null;
   end if;
   execute format('alter table sync_staging.%I rename to %I', 'run_' || v_old.id || '_raw', 'run_' || p_run_id || '_raw');

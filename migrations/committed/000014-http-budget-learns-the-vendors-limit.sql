@@ -1,5 +1,5 @@
---! Previous: sha1:5ff69032661dd5a9ef60fa87516e12fc7eb796a8
---! Hash: sha1:7041ca5f1ae319f3c5d0e9efc3e65d35b07c98ec
+--! Previous: sha1:b2f9a37aab9a8da7641aa7ec0f7421b7b5d117f3
+--! Hash: sha1:991207f88fc31934f6fa7f1d7a19dcf66531c258
 --! Message: http budget learns the vendors limit
 
 /*

@@ -1,5 +1,5 @@
---! Previous: sha1:b2f9a37aab9a8da7641aa7ec0f7421b7b5d117f3
---! Hash: sha1:afafed25eebdd96d5ee55c96caedcc6c6f11086c
+--! Previous: sha1:991207f88fc31934f6fa7f1d7a19dcf66531c258
+--! Hash: sha1:f9b50127fcd18e4555559e390e756e18802eab8a
 --! Message: http typed staging
 
 -- Typed pages: an http crawl COPYs each page straight into the run's types,
