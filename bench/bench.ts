@@ -239,6 +239,8 @@ export async function main(groups: Set<Group> = onlyGroups() ?? new Set(GROUPS))
   const BATCH_ROWS = Math.min(200_000, N);
 
   const rssAtStart = process.memoryUsage().rss;
+  // Ratios from one run on a shared machine: the load it ran under goes into the report.
+  const loadAtStart = os.loadavg()[0];
   let server: EmbeddedServer | undefined;
   let dir: string | undefined;
   let adminUrl = process.env.BENCH_DATABASE_URL;
@@ -487,6 +489,7 @@ export async function main(groups: Set<Group> = onlyGroups() ?? new Set(GROUPS))
       small_rows: SMALL,
       node: process.version,
       platform: `${os.platform()} ${os.arch()}, ${os.cpus().length} cpu`,
+      load_average_1m: { start: round(loadAtStart, 2), end: round(os.loadavg()[0], 2) },
       server: { embedded: Boolean(server), ...serverInfo, version: String(serverInfo.version).split(' on ')[0] },
       source: { heap_bytes: Number(srcSize.h), total_bytes: Number(srcSize.b), generate_seconds: round(gen.seconds) },
       phases: {

@@ -118,9 +118,14 @@ export function report(r: Result, targets: Target[]): string {
   out.push('');
   if (r.experiment) out.push(`EXPERIMENT: ${r.experiment} applied on top of the migrations.`);
   out.push('Every timed phase starts after a CHECKPOINT (and with no autovacuum worker running).');
+  if (r.load_average_1m) {
+    out.push(`Machine load (1-minute average) ${r.load_average_1m.start} at the start, ${r.load_average_1m.end} at the end of the Postgres phases, ` +
+      `on ${r.platform.split(', ').pop()}: ratios between phases far apart in time are only as steady as that.`);
+  }
   if (p.b) out.push(`(b) WAL: ${p.b.wal_bytes.toLocaleString('en')} bytes. ${p.settle.note}.`);
   if (p.d) out.push(`(d) ${p.d.note}.`);
   if (p.peers) out.push('Peers: the time of the whole tool process (start-up included), each into an empty table with the same PK on the same server.');
+  if (p.csv) out.push(`csv: peak RSS of the csv source ${Math.max(p.csv.empty.peak_rss_mb, p.csv.changed.peak_rss_mb)} MB (not judged: the RSS targets are on (a)–(d)).`);
   if (p.csv) out.push(`csv: the table as generated (${num(r.rows)} rows), written as a csv file with a header; ${p.csv.copy.tool} (${p.csv.copy.note}) is the reference.`);
   if (p.a && p.initial_small) {
     out.push(`RSS growth: peak of (a) ${p.a.peak_rss_mb} MB (from ${p.a.start_rss_mb}) against ` +
