@@ -4,6 +4,10 @@ export interface Target {
   name: string;
   value: string;
   pass: boolean;
+  /** Not measurable in this run (a peer or a feature missing); `why` says what. */
+  skipped?: boolean;
+  /** For a MISS or a SKIP: why, for the closing note. */
+  why?: string;
 }
 
 interface PhaseLike {
@@ -34,7 +38,56 @@ export function table(head: string[], rows: string[][], right: boolean[]): strin
   return [line(head), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n');
 }
 
-/** The readable report printed before the JSON line. */
+const secs = (x: number | null | undefined) => (x === null || x === undefined ? '' : x.toFixed(2));
+
+/** A row of the phase table for a peer tool's load (no sync counts: it only inserts). */
+function peerRow(label: string, x: { seconds: number | null; rows: number | null; wal_bytes: number | null; note: string }, rows: number): string[] {
+  if (x.seconds === null) return [label, '', '', '', '', '', '', '', x.note.split('\n')[0].slice(0, 100)];
+  return [label, secs(x.seconds), num(Math.round(rows / x.seconds)), '', walMb(x.wal_bytes ?? undefined), '', '', '', x.note ? x.note : 'peer tool, whole process'];
+}
+
+/** The path a run took (sync.run.detail.diff), when the engine records one. */
+function pathOf(x: { diff?: unknown }): string {
+  const d = x.diff as { path?: unknown } | null | undefined;
+  if (d === null || d === undefined) return '';
+  return `path: ${typeof d === 'object' && d.path !== undefined ? String(d.path) : JSON.stringify(d).slice(0, 60)}`;
+}
+
+const joinNotes = (...xs: string[]) => xs.filter(Boolean).join('; ');
+
+function phaseRows(r: Result, phase: (label: string, x: PhaseLike, note?: string) => string[]): string[][] {
+  const p = r.phases;
+  const rows: string[][] = [];
+  if (p.initial_small) rows.push(phase(`initial sync, ${num(r.small_rows)} rows`, p.initial_small, 'RSS reference'));
+  if (p.floor) rows.push(phase('floor: COPY TO → COPY FROM', p.floor));
+  if (p.peers) {
+    rows.push(peerRow('peer: pgcopydb copy table-data', p.peers.pgcopydb, r.rows));
+    rows.push(peerRow('peer: pgloader (database, data only)', p.peers.pgloader, r.rows));
+  }
+  if (p.a) rows.push(phase('(a) initial sync', p.a, pathOf(p.a)));
+  if (p.settle) rows.push(phase('    settle (vacuum, checkpoint)', p.settle, 'not part of a sync'));
+  if (p.b) rows.push(phase('(b) unchanged re-sync', p.b, pathOf(p.b)));
+  if (p.verify) {
+    rows.push(['count(*) of source + target', secs(p.verify.count_seconds), '', '', '', '', '', '', 'verify reference']);
+    rows.push(['verify, unchanged table', secs(p.verify.seconds), '', '', '', '', '', '', p.verify.note || p.verify.how]);
+  }
+  if (p.c) rows.push(phase('(c) 1% / 0.1% / 0.1%, full', p.c, joinNotes(p.c.verified ? 'target = source' : 'TARGET DIFFERS', pathOf(p.c))));
+  if (p.d) {
+    rows.push(phase('(d) same change, by cursor', p.d, joinNotes(p.d.verified ? 'target = source but deletes' : 'TARGET DIFFERS',
+      p.d.verify_ms === null || p.d.verify_ms === undefined ? 'no verify' : `verify ${(p.d.verify_ms / 1000).toFixed(2)} s`)));
+  }
+  if (p.row_loop) rows.push(phase('row-by-row upsert (extrapolated)', p.row_loop, `${num(p.row_loop.sample_rows)} rows in ${p.row_loop.sample_seconds!.toFixed(2)} s`));
+  if (p.batched) rows.push(phase('batched upsert ×1000 (extrapolated)', p.batched, `${num(p.batched.sample_rows)} rows in ${p.batched.sample_seconds!.toFixed(2)} s`));
+  if (p.csv) {
+    rows.push(peerRow(`csv: ${p.csv.copy.tool}`, p.csv.copy, r.rows));
+    rows.push(phase('csv: csv source, empty target', p.csv.empty));
+    rows.push(peerRow('csv: pgloader LOAD CSV', p.csv.pgloader, r.rows));
+    rows.push(phase('csv: 1% / 0.1% / 0.1%, re-sync', p.csv.changed, p.csv.changed.verified ? 'target = file' : 'TARGET DIFFERS'));
+  }
+  return rows;
+}
+
+/** The report printed before the JSON line. */
 export function report(r: Result, targets: Target[]): string {
   if (!r.phases && r.http) return httpOnlyReport(r, targets); // BENCH_ONLY=http
   const p = r.phases;
@@ -49,21 +102,11 @@ export function report(r: Result, targets: Target[]): string {
     x.target_tuples ? `${num(x.target_tuples.ins)}/${num(x.target_tuples.upd)}/${num(x.target_tuples.del)}` : '',
     note,
   ];
-  const rows = [
-    phase(`initial sync, ${num(r.small_rows)} rows`, p.initial_small, 'RSS reference'),
-    phase('floor: COPY TO → COPY FROM', p.floor),
-    phase('(a) initial sync', p.a),
-    phase('    settle (vacuum, checkpoint)', p.settle, 'not part of a sync'),
-    phase('(b) unchanged re-sync', p.b),
-    phase('(c) 1% / 0.1% / 0.1%, full', p.c, p.c.verified ? 'target = source' : 'TARGET DIFFERS'),
-    phase('(d) same change, by cursor', p.d, p.d.verified ? 'target = source but deletes' : 'TARGET DIFFERS'),
-    phase('row-by-row upsert (extrapolated)', p.row_loop, `${num(p.row_loop.sample_rows)} rows in ${p.row_loop.sample_seconds.toFixed(2)} s`),
-    phase('batched upsert ×1000 (extrapolated)', p.batched, `${num(p.batched.sample_rows)} rows in ${p.batched.sample_seconds.toFixed(2)} s`),
-  ];
+  const rows = phaseRows(r, phase);
   if (r.http) rows.push(...httpRows(r.http)); // the http source phases (bench/http.ts)
   const out: string[] = [];
   out.push('');
-  out.push(`Syncline bench — ${num(r.rows)} rows, ${r.server.version}${r.server.embedded ? ' (embedded)' : ''}, ` +
+  out.push(`Syncline bench — ${num(r.rows)} rows${r.only ? ` (BENCH_ONLY=${r.only.join(',')})` : ''}, ${r.server.version}${r.server.embedded ? ' (embedded)' : ''}, ` +
     `checksums ${r.server.data_checksums}, fsync ${r.server.fsync}, synchronous_commit ${r.server.synchronous_commit}, ` +
     `shared_buffers ${r.server.shared_buffers}; node ${r.node}, ${r.platform}`);
   out.push(`source table: ${(r.source.heap_bytes / 1024 / 1024).toFixed(0)} MB heap, ` +
@@ -75,20 +118,41 @@ export function report(r: Result, targets: Target[]): string {
   out.push('');
   if (r.experiment) out.push(`EXPERIMENT: ${r.experiment} applied on top of the migrations.`);
   out.push('Every timed phase starts after a CHECKPOINT (and with no autovacuum worker running).');
-  out.push(`(b) WAL: ${r.phases.b.wal_bytes.toLocaleString('en')} bytes. ${r.phases.settle.note}.`);
-  out.push(`(d) ${r.phases.d.note}.`);
-  out.push(`RSS growth: peak of (a) ${r.phases.a.peak_rss_mb} MB (from ${r.phases.a.start_rss_mb}) against ` +
-    `${r.phases.initial_small.peak_rss_mb} MB (from ${r.phases.initial_small.start_rss_mb}) at ${num(r.small_rows)} rows; ` +
-    'judged on what each run added over its starting RSS.');
+  if (r.load_average_1m) {
+    out.push(`Machine load (1-minute average) ${r.load_average_1m.start} at the start, ${r.load_average_1m.end} at the end of the Postgres phases, ` +
+      `on ${r.platform.split(', ').pop()}: ratios between phases far apart in time are only as steady as that.`);
+  }
+  if (p.b) out.push(`(b) WAL: ${p.b.wal_bytes.toLocaleString('en')} bytes. ${p.settle.note}.`);
+  if (p.d) out.push(`(d) ${p.d.note}.`);
+  if (p.peers) out.push('Peers: the time of the whole tool process (start-up included), each into an empty table with the same PK on the same server.');
+  if (p.csv) out.push(`csv: peak RSS of the csv source ${Math.max(p.csv.empty.peak_rss_mb, p.csv.changed.peak_rss_mb)} MB (not judged: the RSS targets are on (a)–(d)).`);
+  if (p.csv) out.push(`csv: the table as generated (${num(r.rows)} rows), written as a csv file with a header; ${p.csv.copy.tool} (${p.csv.copy.note}) is the reference.`);
+  if (p.a && p.initial_small) {
+    out.push(`RSS growth: peak of (a) ${p.a.peak_rss_mb} MB (from ${p.a.start_rss_mb}) against ` +
+      `${p.initial_small.peak_rss_mb} MB (from ${p.initial_small.start_rss_mb}) at ${num(r.small_rows)} rows; ` +
+      'judged on what each run added over its starting RSS.');
+  }
   if (r.http) out.push(...httpNotes(r.http)); // the http source phases (bench/http.ts)
   out.push('');
-  out.push(table(['target', 'value', ''], targets.map((t) => [t.name, t.value, t.pass ? 'PASS' : 'MISS']), [false, true, false]));
+  // http-report.ts rebuilds the target list from the JSON's names, values and
+  // passes; whether a target was skipped, and why, is read back from the JSON.
+  const info = (t: Target) => ({ ...t, ...(r.targets?.[t.name] ?? {}) }) as Target;
+  const all = targets.map(info);
+  out.push(table(['target', 'value', ''], all.map((t) => [t.name, t.value, t.skipped ? 'SKIP' : t.pass ? 'PASS' : 'MISS']), [false, true, false]));
   out.push('');
   out.push(`ratios: ${Object.entries(r.ratios).map(([k, v]) => `${k}=${v}`).join('  ')}`);
+  const skips = all.filter((t) => t.skipped).length;
   out.push(`RSS: ${r.peak_rss_mb.at_start} MB at start, ${r.peak_rss_mb.after_migrate} MB after migrating, ` +
-    `${r.peak_rss_mb.sync_phases} MB peak sampled during syncs, maxRSS ${r.peak_rss_mb.max_rss_through_d} MB through (d) ` +
-    `and ${r.peak_rss_mb.process_max} MB at the end (after the baselines); ` +
-    `${r.passed} of ${r.passed + r.missed} targets met`);
+    (r.peak_rss_mb.sync_phases === null ? '' : `${r.peak_rss_mb.sync_phases} MB peak sampled during syncs, `) +
+    (r.peak_rss_mb.max_rss_through_d === null ? '' : `maxRSS ${r.peak_rss_mb.max_rss_through_d} MB through (d) and `) +
+    `${r.peak_rss_mb.process_max} MB at the end; ` +
+    `${r.passed} of ${r.passed + r.missed - skips} targets met${skips ? `, ${skips} skipped` : ''}`);
+  const notes = all.filter((t) => !t.pass && t.why);
+  if (notes.length) {
+    out.push('');
+    out.push('Why:');
+    for (const t of notes) out.push(`  ${t.skipped ? 'SKIP' : 'MISS'} ${t.name}: ${t.why}`);
+  }
   out.push('');
   return out.join('\n');
 }

@@ -17,6 +17,9 @@
  *                                              1,000,000), run last into the same report and JSON;
  *                                              BENCH_EDGE_BATCH the larger batch (10,000)
  *   BENCH_ONLY=edge                            run only the edge push phases
+ *   BENCH_ONLY=peers,csv                       run only these Postgres phase groups (comma-separated):
+ *                                              sync (floor, (a)–(d), baselines), peers (floor, pgcopydb,
+ *                                              pgloader), csv (\copy, csv source, pgloader), verify ((a), verify)
  *
  * The exit code is 0 even when a target is missed (this is a report); it is
  * non-zero only when the bench itself fails.
@@ -26,7 +29,7 @@
 // stays last. Set before the engine's modules load (they read it at import).
 process.env.SYNCLINE_LOG_LEVEL ??= 'warn';
 
-const { main } = await import('./bench.js');
+const { main, onlyGroups } = await import('./bench.js');
 // The http source phases (bench/http*.ts) run after the Postgres ones; their
 // figures join the same report and JSON line, printed once both are done.
 const { finishWithHttp, holdReport } = await import('./http-report.js');
@@ -35,6 +38,7 @@ const { edgeOnly, thenEdge } = await import('./edge.js');
 try {
   if (process.env.BENCH_ONLY === 'http') await finishWithHttp(null);
   else if (process.env.BENCH_ONLY === 'edge') await edgeOnly();
+  else if (process.env.BENCH_ONLY && onlyGroups()) await main();
   else await thenEdge(async () => {
     const held = holdReport();
     try {
