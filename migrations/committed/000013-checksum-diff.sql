@@ -1,5 +1,5 @@
 --! Previous: sha1:5ff69032661dd5a9ef60fa87516e12fc7eb796a8
---! Hash: sha1:3d4708d0cf3b6e9d49238f842dcd9512413b4ad6
+--! Hash: sha1:d894b6ff19ab9b3239c03c8c2e297741623391ae
 --! Message: checksum diff
 
 /*
@@ -29,6 +29,47 @@ as $$
     left join pg_type el on el.oid = ty.typelem and ty.typcategory = 'A'
 $$;
 comment on function sync._checksum_key_hash(regclass, text[], text) is 'The SQL expression of the key hash of a row of the table (alias p_alias) that a checksum diff buckets rows by: hashtextextended of the key printed as the table''s types print it.';
+
+-- The cleanup keeps every table of a running run (a checksum diff's bucket
+-- tables, a verification's keys), not only its staging.
+create or replace function sync.cleanup() returns jsonb
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+declare
+  v_run record;
+  v_closed integer := 0;
+  v_dropped integer := 0;
+begin
+  for v_run in select id, entity from sync.run where status = 'running' order by id loop
+    -- Every live run holds its entity's advisory lock: a free lock means a dead run.
+    if pg_try_advisory_lock(sync.entity_lock_key(v_run.entity)) then
+      perform sync.close_abandoned(v_run.id, 'the process running it stopped before it finished');
+      v_closed := v_closed + 1;
+      perform pg_advisory_unlock(sync.entity_lock_key(v_run.entity));
+    end if;
+  end loop;
+  v_dropped := sync.drop_spent_feeds();
+  for v_run in
+    select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where n.nspname = 'sync_staging' and c.relkind = 'r'
+       -- Every table of a running run stays: its staging, and what its diff or verification holds.
+       and not exists (select 1 from sync.run r where r.status = 'running'
+                         and c.relname ~ ('^run_' || r.id || '(_[a-z]+)?$'))
+       -- The pages an interrupted http run fetched wait a day for the next run to resume from them.
+       and not exists (select 1 from sync.run r where r.status in ('failed', 'abandoned', 'cancelled') and r.detail ? 'resume'
+                         and c.relname in ('run_' || r.id || '_raw', 'run_' || r.id || '_parents')
+                         and r.finished_at > now() - interval '1 day')
+       -- Kept records a nested entity has yet to take (sync.drop_spent_feeds decides).
+       and not exists (select 1 from sync.run r where r.detail ? 'feeds' and c.relname = 'run_' || r.id || '_feed')
+  loop
+    execute format('drop table if exists sync_staging.%I', v_run.relname);
+    v_dropped := v_dropped + 1;
+  end loop;
+  return jsonb_build_object('runs_closed', v_closed, 'staging_dropped', v_dropped);
+end
+$$;
+comment on function sync.cleanup() is 'Closes runs left running by a process that died (their entity lock is free), drops the kept records nested entities have taken, and drops staging tables no running run owns (every run_<id>_<name> table of a running run is its own). Runs every 10 minutes from the crontab.';
 
 -- A checksum run deletes only within its differing buckets and counts the equal ones.
 create or replace function sync.merge(p_run_id bigint) returns jsonb
@@ -130,7 +171,7 @@ begin
       else format('(%s & %s::int8) in (select p.bucket from sync_staging.%I p)',
                   sync._checksum_key_hash(v_rel, v_ent.key_columns, 't'),
                   (1::int8 << (v_run.detail #>> '{diff_scope,bits}')::int) - 1,
-                  'run_' || p_run_id || '_diff_buckets') end;
+                  'run_' || p_run_id || '_differing') end;
   end if;
   if v_ent.tombstone_column = any (v_cols) and v_ent.mode <> 'soft-delete' then
     -- A record the source marks deleted deletes its row, snapshot or not.
@@ -397,7 +438,7 @@ begin
   end if;
   execute format('drop table %s', v_s);
   execute format('drop table if exists sync_staging.%I', 'run_' || p_run_id || '_parents');
-  execute format('drop table if exists sync_staging.%I', 'run_' || p_run_id || '_diff_buckets');
+  execute format('drop table if exists sync_staging.%I', 'run_' || p_run_id || '_differing');
   return v_result;
 end
 $$;

@@ -92,10 +92,15 @@ export function targetTable(def: EntityConfig): string {
   return `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
 }
 
-/** The tables (in sync_staging) a diff named `prefix` uses: source and target bucket sums, differing buckets. */
+/**
+ * The tables (in sync_staging) a diff named `prefix` uses: source and target
+ * bucket sums, differing buckets. Name a diff `run_<id>` after a running run:
+ * sync.cleanup keeps the run_<id>_<name> tables of running runs and drops
+ * other tables in sync_staging.
+ */
 export function segmentTables(prefix: string): { source: string; target: string; differing: string } {
   const t = (s: string) => `sync_staging.${quoteIdent(`${prefix}_${s}`)}`;
-  return { source: t('src_buckets'), target: t('tgt_buckets'), differing: t('diff_buckets') };
+  return { source: t('srcsums'), target: t('tgtsums'), differing: t('differing') };
 }
 
 /** Drops the tables of the diff named `prefix` (also the differing-buckets table a SegmentDiff returned). */
