@@ -18,14 +18,15 @@ import type { EntityConfig } from '../config/schema.js';
 import { quoteIdent } from '../db/database.js';
 import type { Pool, PoolClient } from '../db/pool.js';
 import type { BucketFilter, ChecksumColumn, ChecksumSession, KeyRange } from '../sources/port.js';
-import { bucketMask, inBuckets, rowHash } from '../sources/buckets.js';
+import { BUCKET_SETTINGS, bucketMask, inBuckets, rowHash } from '../sources/buckets.js';
 
 export type { BucketFilter, ChecksumColumn, ChecksumSession } from '../sources/port.js';
 
-// The first level aims at this many rows a bucket: big enough that a level
-// costs one scan and a small group-by, small enough that few changes leave
-// most buckets equal.
-const ROWS_PER_FIRST_BUCKET = 32;
+// The first level aims at this many rows a bucket. A level's cost is the
+// hashing of every row, hardly the number of buckets, so small buckets are
+// cheap: 1% of rows changed leaves ~8% of 8-row buckets differing (against
+// ~27% of 32-row ones), often few enough to fetch without a second level.
+const ROWS_PER_FIRST_BUCKET = 8;
 // A first level of more than 2^20 buckets makes the bucket tables as large as the data.
 const MAX_FIRST_BITS = 20;
 // Each level splits a differing bucket into 2^5 children.
@@ -34,8 +35,12 @@ const BITS_PER_LEVEL = 5;
 const MAX_BITS = 40;
 // Stop refining when the differing buckets hold this few rows on average: fetching them is cheaper than another scan.
 const ROWS_PER_FETCHED_BUCKET = 4;
+// ...or when they hold no more than this share of the rows: another level
+// scans and hashes both sides once more, about what fetching and merging a
+// tenth of the rows costs (the fetch scans the source once either way).
+const FETCHED_SHARE = 0.1;
 
-/** The first level's bits for about `rows` rows: ceil(log2(rows / 32)) in [0, 20]. */
+/** The first level's bits for about `rows` rows: ceil(log2(rows / 8)) in [0, 20]. */
 export function firstLevelBits(rows: number | undefined): number {
   if (!rows || rows <= ROWS_PER_FIRST_BUCKET) return 0;
   return Math.min(MAX_FIRST_BITS, Math.max(0, Math.ceil(Math.log2(rows / ROWS_PER_FIRST_BUCKET))));
@@ -140,7 +145,8 @@ export interface SegmentDiff {
  * rows (its tenant's; within `range` of the cursor when given), level by
  * level: the first at firstLevelBits(estimatedRows) bits, each next one 5
  * bits finer and only within the buckets that differed, until the differing
- * buckets hold 4 rows or fewer on average (by the larger side) or 40 bits.
+ * buckets hold 4 rows or fewer on average or a tenth of the rows or fewer
+ * (by the larger side), or 40 bits.
  *
  * `prefix` names its tables in sync_staging (e.g. `run_42`); drop them with
  * dropSegmentTables when done. `pool`, when given, computes the target's
@@ -176,15 +182,15 @@ export async function diffSegments(args: {
     // A separate CREATE TABLE AS (not a CTE of the comparison) may run in parallel.
     const targetSums = `create unlogged table ${tables.target} as
       select x.h & ${bucketMask(bits)} as bucket, count(*) as n, sum(x.r) as s
-        from (select ${hashes.key} as h, ${hashes.row} as r from ${targetTable(def)} t where ${scope}) x
+        from (select ${hashes.key} as h, ${hashes.row} as r from ${targetTable(def)} t where ${scope} offset 0) x
        where ${within ? inBuckets('x.h', within) : 'true'} group by 1`;
     // Both settle before an error is thrown, so no statement outlives the diff's tables.
     const sides = await Promise.allSettled([
       session.copyBuckets(bits, within, tables.source),
-      args.pool ? args.pool.query(targetSums) : null,
+      args.pool ? withBucketSettings(args.pool, targetSums) : null,
     ]);
     for (const s of sides) if (s.status === 'rejected') throw s.reason;
-    if (!args.pool) await target.query(targetSums);
+    if (!args.pool) await withBucketSettings(target, targetSums);
     await target.query(`truncate ${tables.differing}`);
     const { rows: [c] } = await target.query<Record<string, string>>(
       `with c as (
@@ -211,8 +217,25 @@ export async function diffSegments(args: {
     if (!within && args.maxShare !== undefined && Number(c.diff_rows) > args.maxShare * Math.max(totals.source, totals.target, 1)) {
       return result(true);
     }
-    if (differing === 0 || Number(c.diff_rows) <= ROWS_PER_FETCHED_BUCKET * differing || bits >= MAX_BITS) return result();
+    const few = Number(c.diff_rows) <= Math.max(ROWS_PER_FETCHED_BUCKET * differing, FETCHED_SHARE * Math.max(totals.source, totals.target));
+    if (differing === 0 || few || bits >= MAX_BITS) return result();
     within = (await result()).differing;
     bits = Math.min(bits + BITS_PER_LEVEL, MAX_BITS);
+  }
+}
+
+/** A bucket group-by in its own transaction, with the planner settings it needs (BUCKET_SETTINGS). */
+async function withBucketSettings(db: Pool | PoolClient, sql: string): Promise<void> {
+  const client = 'release' in db ? db : await (db as Pool).connect();
+  try {
+    await client.query('begin');
+    await client.query(BUCKET_SETTINGS);
+    await client.query(sql);
+    await client.query('commit');
+  } catch (err) {
+    await client.query('rollback').catch(() => {});
+    throw err;
+  } finally {
+    if (client !== db) (client as PoolClient).release();
   }
 }

@@ -20,3 +20,12 @@ export function inBuckets(hash: string, within: BucketFilter): string {
 
 /** The hash of a row of values: the text of the row value, hashed to int8 (a sum of them is exact as numeric). */
 export const rowHash = (values: string[]) => `hashtextextended(row(${values.join(', ')})::text, 0)`;
+
+/**
+ * Planner settings for a bucket group-by, `set local` inside its
+ * transaction. The planner takes the hash of a unique key for as many groups
+ * as rows and cannot see what hashing a row's text costs: by default it
+ * sorts on disk in one process. With these it hashes in memory and spreads
+ * the row hashing over parallel workers (measured 300k rows: 3.3 s -> 1.5 s).
+ */
+export const BUCKET_SETTINGS = `set local work_mem = '64MB'; set local parallel_setup_cost = 10; set local parallel_tuple_cost = 0.001`;

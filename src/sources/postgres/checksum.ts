@@ -18,7 +18,7 @@ import pg from 'pg';
 import type { EntityConfig } from '../../config/schema.js';
 import { quoteIdent } from '../../db/database.js';
 import { connectionHint, type Pool } from '../../db/pool.js';
-import { bucketMask, inBuckets, rowHash } from '../buckets.js';
+import { BUCKET_SETTINGS, bucketMask, inBuckets, rowHash } from '../buckets.js';
 import type { ChecksumColumn, ChecksumReads, ChecksumSession, KeyRange } from '../port.js';
 import { beginSnapshot, copyInSnapshot, oneStatement, sourceSelect } from './read.js';
 
@@ -57,6 +57,7 @@ export function checksumReads(src: { pool: Pool; url: string }, def: EntityConfi
       let broken = false;
       try {
         await beginSnapshot(client);
+        await client.query(BUCKET_SETTINGS);
         const needed = [...new Set([...columns.map((c) => sourceOf(c.column)), ...(range ? [sourceOf(range.column)] : [])])];
         const base = `${sourceSelect(def, needed, { tenantSourceColumn: plan.tenantSourceColumn })}`;
         const { fields } = await client.query(oneStatement(`select * from (\n${base}\n) q limit 0`));
@@ -77,7 +78,8 @@ export function checksumReads(src: { pool: Pool; url: string }, def: EntityConfi
             .catch((err) => { broken = true; throw err; });
         const session: ChecksumSession = {
           copyBuckets: (bits, within, into) => copy(
-            `select x._sl_h & ${bucketMask(bits)} as bucket, count(*) as n, sum(x._sl_r) as s from (${hashed}) x
+            // offset 0 keeps the hashing in a subquery whose scan parallel workers run.
+            `select x._sl_h & ${bucketMask(bits)} as bucket, count(*) as n, sum(x._sl_r) as s from (${hashed} offset 0) x
               where ${within ? inBuckets('x._sl_h', within) : 'true'} group by 1`, into, ['bucket', 'n', 's']),
           copyRows: (within, into, opts) => copy(
             `select ${plan.sourceColumns.map((c) => `q.${quoteIdent(c)}`).join(', ')} ${rows}${where ? ' and' : ' where'} ${inBuckets(keyHash, within)}`,
