@@ -1,5 +1,5 @@
 --! Previous: sha1:5ff69032661dd5a9ef60fa87516e12fc7eb796a8
---! Hash: sha1:d894b6ff19ab9b3239c03c8c2e297741623391ae
+--! Hash: sha1:880d83f16cd6ea38fcbaa3480af0e44811f62508
 --! Message: checksum diff
 
 /*
@@ -372,9 +372,10 @@ begin
                    v_ent.cursor_column, v_run.cursor_before, v_cursor_type, v_s)
       into v_cursor;
     if v_diff_scope then
-      -- Rows of equal buckets were not staged: their target rows hold the same values.
-      execute format('select greatest(%L::%s, max(t.%I))::text from %s t where %s and not (%s)',
-                     v_cursor, v_cursor_type, v_ent.cursor_column, v_t, v_scope, v_parent_scope)
+      -- Rows of equal buckets were not staged: the diff took the largest
+      -- cursor among them from their target rows, which hold the same values.
+      execute format('select greatest(%L::%s, %L::%s)::text', v_cursor, v_cursor_type,
+                     v_run.detail #>> '{diff_scope,cursor_max}', v_cursor_type)
         into v_cursor;
     end if;
     if v_tomb <> 'false' and v_missing > v_del and not v_snapshot then

@@ -119,6 +119,7 @@ async function diffAndStage(ctx: LoadContext, reads: ChecksumReads, prefix: stri
   try {
     const diff = await diffSegments({
       target, session, def, columns, prefix, estimatedRows: await estimate(ctx, reads), pool: engine.pool, maxShare: MAX_DIFFERING_SHARE,
+      maxOf: def.cursor?.column,
     });
     await throwIfCancelRequested(engine.pool, runId);
     const counted = { levels: diff.levels, rows_compared: diff.sourceRows, target_rows: diff.targetRows, ms: Date.now() - started };
@@ -134,7 +135,8 @@ async function diffAndStage(ctx: LoadContext, reads: ChecksumReads, prefix: stri
     const rows = buckets.length ? await fetch({ bits: diff.differing.bits, buckets }) : 0;
     await target.query(
       `update sync.run set detail = detail || jsonb_build_object('diff_scope', $2::jsonb) where id = $1`,
-      [runId, JSON.stringify({ bits: diff.differing.bits, buckets: buckets.length, equal_rows: diff.sourceRows - rows })]);
+      [runId, JSON.stringify({ bits: diff.differing.bits, buckets: buckets.length, equal_rows: diff.sourceRows - rows,
+        ...(def.cursor ? { cursor_max: diff.equalMax ?? null } : {}) })]);
     return { path: 'checksum', reason: `${buckets.length} of ${diff.levels[diff.levels.length - 1].segments} buckets differ`,
       ...counted, rows_fetched: rows };
   } finally {

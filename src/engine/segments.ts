@@ -138,6 +138,12 @@ export interface SegmentDiff {
   differingRows: { source: number; target: number };
   /** Set when the first level already showed more than `maxShare` of the rows differing: `differing` is then that level's. */
   tooMany?: boolean;
+  /**
+   * With `maxOf`: the largest value of that target column among the rows of
+   * the buckets found equal (as text; null when none), which equal the
+   * source's rows there: what a cursor needs of the rows not fetched.
+   */
+  equalMax?: string | null;
 }
 
 /**
@@ -164,6 +170,8 @@ export async function diffSegments(args: {
   range?: KeyRange | null;
   pool?: Pool;
   maxShare?: number;
+  /** A synced target column whose largest value among the rows of equal buckets the diff returns (equalMax). */
+  maxOf?: string;
 }): Promise<SegmentDiff> {
   const { target, session, def, columns, prefix } = args;
   const tables = segmentTables(prefix);
@@ -176,13 +184,17 @@ export async function diffSegments(args: {
   let bits = firstLevelBits(args.estimatedRows);
   let within: BucketFilter | null = null;
   let totals = { source: 0, target: 0 };
+  const maxOf = args.maxOf ? columns.find((c) => c.column === args.maxOf) : undefined;
+  if (args.maxOf && !maxOf) throw new Error(`maxOf: "${args.maxOf}" is not one of the synced columns`);
+  const equalMaxes: (string | null)[] = [];
   for (;;) {
     await target.query(`truncate ${tables.source}`);
     await target.query(`drop table if exists ${tables.target}`);
     // A separate CREATE TABLE AS (not a CTE of the comparison) may run in parallel.
     const targetSums = `create unlogged table ${tables.target} as
-      select x.h & ${bucketMask(bits)} as bucket, count(*) as n, sum(x.r) as s
-        from (select ${hashes.key} as h, ${hashes.row} as r from ${targetTable(def)} t where ${scope} offset 0) x
+      select x.h & ${bucketMask(bits)} as bucket, count(*) as n, sum(x.r) as s${maxOf ? ', max(x.m) as m' : ''}
+        from (select ${hashes.key} as h, ${hashes.row} as r${maxOf ? `, t.${quoteIdent(maxOf.column)} as m` : ''}
+                from ${targetTable(def)} t where ${scope} offset 0) x
        where ${within ? inBuckets('x.h', within) : 'true'} group by 1`;
     // Both settle before an error is thrown, so no statement outlives the diff's tables.
     const sides = await Promise.allSettled([
@@ -203,12 +215,24 @@ export async function diffSegments(args: {
               (select coalesce(sum(src_n), 0) from d) as diff_src, (select coalesce(sum(tgt_n), 0) from d) as diff_tgt
          from c`);
     const differing = Number(c.differing);
+    if (maxOf) {
+      const { rows: [m] } = await target.query<{ m: string | null }>(
+        `select max(t.m)::text as m from ${tables.target} t where not exists (select 1 from ${tables.differing} d where d.bucket = t.bucket)`);
+      equalMaxes.push(m.m);
+    }
     levels.push({ bits, segments: Number(c.segments), differing });
     if (!within) totals = { source: Number(c.src_rows), target: Number(c.tgt_rows) };
     const result = async (tooMany?: boolean): Promise<SegmentDiff> => {
       const { rows: [b] } = await target.query<{ buckets: string[] }>(
         `select coalesce(array_agg(bucket order by bucket)::text[], '{}') as buckets from ${tables.differing}`);
+      let equalMax: string | null | undefined;
+      if (maxOf) {
+        const { rows: [m] } = await target.query<{ m: string | null }>(
+          `select max(v::${maxOf.type})::text as m from unnest($1::text[]) v`, [equalMaxes]);
+        equalMax = m.m;
+      }
       return {
+        ...(maxOf ? { equalMax } : {}),
         levels, differing: { bits, buckets: b.buckets }, table: tables.differing,
         sourceRows: totals.source, targetRows: totals.target,
         differingRows: { source: Number(c.diff_src), target: Number(c.diff_tgt) }, ...(tooMany ? { tooMany } : {}),
