@@ -120,6 +120,7 @@ const PUSH_UNUSED: [string, string][] = [
   ['validate', 'the remote table\'s own constraints judge pushed rows'],
   ['version', 'a push only inserts rows the remote does not have'],
   ['verify', 'a push accounts for every row in sync.run'],
+  ['diff', 'a push sends the rows not pushed yet, compared with nothing'],
   ['schedule', 'push entities run in the edge cycle (`syncline edge`, or the sync_edge task)'],
   ['interval', 'push entities run in the edge cycle (`syncline edge --interval`)'],
   ['fullSchedule', 'push entities run in the edge cycle'],
@@ -183,6 +184,8 @@ export const entity = z.object({
     limit: z.number().int().min(0).max(100).default(3).describe('Times a quarantined record is offered again before it stays quarantined.'),
     delay: interval('5 minutes').default('5 minutes').describe('Wait before a quarantined record is offered again.'),
   }).strict().optional(),
+  diff: z.enum(['auto', 'off']).optional()
+    .describe('How a full mirror or upsert run of a postgres source compares: "auto" (default) compares checksums of key-hash buckets on both sides and fetches only the records of buckets that differ, or everything when that is cheaper; "off" always fetches everything.'),
   verify: z.boolean().optional()
     .describe('After each run, compare the source\'s record count with the target\'s; on a difference, find the missing keys (sync.gaps) and re-sync just those.'),
   validate: z.object({

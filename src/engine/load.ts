@@ -19,7 +19,7 @@ export interface LoadContext {
 }
 
 /** The run as its source sees it while staging. */
-function stageRun(ctx: LoadContext): StageRun {
+export function stageRun(ctx: LoadContext): StageRun {
   const { engine, target, name, def, runId, opts } = ctx;
   return {
     env: engine, target, name, def, runId, opts,

@@ -6,6 +6,7 @@ import { SourcePools } from '../sources/postgres/read.js';
 import { entitySourceKind, sourceKind } from '../sources/registry.js';
 import { targetColumns } from './columns.js';
 import { blockingDependency, CancelledError, waitForDependencies } from './guards.js';
+import { fullFetchReason, loadByChecksum, recordDiff } from './diff-run.js';
 import { loadDirect, loadStaged, type LoadContext, type MergeResult } from './load.js';
 import { recordCounts, verifyRun } from './verify.js';
 import { reportingProgress } from './progress.js';
@@ -133,7 +134,12 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
     // Rules and version checks run in sync.merge: a direct load would skip them.
     const direct = plan.copyInto && !opts.dryRun && !opts.keys && !ent.def.validate && !ent.def.version
       && (await target.query('select sync.can_load_direct($1) as ok', [name])).rows[0].ok;
-    const r: MergeResult = (direct && plan.copyInto ? await loadDirect(ctx, plan.copyInto) : null) ?? await loadStaged(ctx);
+    // A source that can checksum its records fetches only what differs, when that is cheaper (diff-run.ts).
+    const fullReason = plan.checksums ? await fullFetchReason(ctx) : null;
+    if (plan.checksums && fullReason) await recordDiff(target, ctx.runId, name, { path: 'full', reason: fullReason });
+    const r: MergeResult = (direct && plan.copyInto ? await loadDirect(ctx, plan.copyInto) : null)
+      ?? (plan.checksums && !fullReason ? await loadByChecksum(ctx, plan.checksums) : null)
+      ?? await loadStaged(ctx);
     if (!opts.dryRun && ['succeeded', 'partial'].includes(r.status) && ent.verify) {
       if (plan.keyRange) {
         // A full snapshot leaves the target equal to the source by construction;
