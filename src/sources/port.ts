@@ -100,6 +100,81 @@ export interface KeyRangeReads {
   copyKeys(range: KeyRange | null, target: PoolClient, into: string): Promise<void>;
 }
 
+/**
+ * A synced target column as the checksum diff prints it. Both sides print a
+ * value as the TARGET type prints it (the same text a full fetch would leave
+ * in the target), so equal text on both sides means a full fetch would
+ * change nothing there.
+ */
+export interface ChecksumColumn {
+  /** The target column. */
+  column: string;
+  /** Its type, as format_type prints it on the target. */
+  type: string;
+  /** Its type's oid and typmod on the target (built-in types keep their oid on every server). */
+  typeOid: number;
+  typmod: number;
+  /**
+   * Compare as text on both sides: a type that is not built in (the source
+   * may not have it), or a length-limited char or bit type (an explicit cast
+   * to it truncates silently where COPY refuses the value).
+   */
+  asText: boolean;
+}
+
+/**
+ * Buckets of the key hash: rows whose key hash, masked to its low `bits`
+ * bits, is one of `buckets` (int8 values as decimal text).
+ */
+export interface BucketFilter {
+  bits: number;
+  buckets: string[];
+}
+
+/**
+ * Reads of the source in ONE snapshot (a read-only repeatable-read
+ * transaction held open until close()): every level of a checksum diff and
+ * the fetch of the differing rows see the same data. All COPY into tables on
+ * the target connection given to open(). Each call may throw (a cast the
+ * source refuses, a lost connection): the caller falls back to a full fetch.
+ */
+export interface ChecksumSession {
+  /**
+   * COPY one row a bucket at `bits` bits, (bucket int8, n int8, s numeric):
+   * the source's rows in the bucket and the sum of their row hashes, for the
+   * rows within `within` (all when null) into `into` (columns bucket, n, s).
+   * Returns the buckets copied.
+   */
+  copyBuckets(bits: number, within: BucketFilter | null, into: string): Promise<number>;
+  /**
+   * COPY the source's records of the buckets in `within`, as a full fetch
+   * stages them (the run's target columns), into `into`. Returns the rows copied.
+   */
+  copyRows(within: BucketFilter, into: string, opts?: { signal?: AbortSignal; onRows?: (rows: number, bytes: number) => void }): Promise<number>;
+  /**
+   * COPY the key and hashes of the source's records in the buckets of
+   * `within` into `into`, whose columns are the entity's key columns (text:
+   * each key value as the target prints it), `_sl_h` int8 (the key hash) and
+   * `_sl_r` int8 (the row hash): what lists the differing keys
+   * (verification). Returns the rows.
+   */
+  copyRowHashes(within: BucketFilter, into: string): Promise<number>;
+  /** Ends the snapshot. Always call it (also after an error). */
+  close(): Promise<void>;
+}
+
+/** Capability: checksums of the source's records by key-hash bucket (the checksum diff, verification). */
+export interface ChecksumReads {
+  /**
+   * Opens a snapshot of the entity's records (its tenant's; within `range`
+   * of the cursor when given), printing `columns` (the run's target columns,
+   * in order) as the target does. Throws when the source cannot be read so.
+   */
+  open(args: { target: PoolClient; columns: ChecksumColumn[]; range?: KeyRange | null }): Promise<ChecksumSession>;
+  /** The planner's row estimate of the source (for the first level's size); undefined when unknown. */
+  estimatedRows(): Promise<number | undefined>;
+}
+
 /** A planned run: its columns and what the source guarantees and can do. */
 export interface PlannedRun {
   /** Target columns the run writes, and the source field or column feeding each (same order). */
@@ -115,6 +190,8 @@ export interface PlannedRun {
   copyInto?: (run: StageRun, table: string) => Promise<number>;
   /** Capability: key-range reads (gap detection after incremental runs). */
   keyRange?: KeyRangeReads;
+  /** Capability: checksums by key-hash bucket, in one snapshot (the checksum diff; verification). */
+  checksums?: ChecksumReads;
 }
 
 /** One source kind: a folder in src/sources and a line in the registry. */

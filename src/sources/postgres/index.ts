@@ -2,13 +2,15 @@
  * The postgres source kind: a table or a query on another PostgreSQL,
  * streamed with COPY in a read-only repeatable-read transaction, typed all
  * the way. It can COPY straight into a table (an empty target's direct load)
- * and read key ranges (gap detection after incremental runs).
+ * read key ranges (gap detection after incremental runs) and checksum its
+ * records by key-hash bucket (the checksum diff; see checksum.ts).
  */
 import pg from 'pg';
 import type { EntityConfig, PostgresSourceConfig } from '../../config/schema.js';
 import { quoteIdent } from '../../db/database.js';
 import { connectionHint, describeUrl, type Pool } from '../../db/pool.js';
 import type { KeyRange, KeyRangeReads, PlannedRun, SourceKind, StageRun } from '../port.js';
+import { checksumReads } from './checksum.js';
 import { copyFromSource, querySource, sourceColumns, sourceConnection, sourceKeyIsUnique, sourceSelect, sourceUrl,
   type CursorFilter } from './read.js';
 
@@ -90,6 +92,7 @@ export const postgresSource: SourceKind = {
         return {};
       },
       keyRange: keyRangeReads(env.pgSource(def.source), def, plan),
+      checksums: checksumReads(env.pgSource(def.source), def, plan, () => estimatedRows(srcPool, def)),
     };
     return planned;
   },

@@ -256,15 +256,8 @@ export async function copyFromSource(args: {
   const client = await args.pool.connect().catch((err) => { throw connectionHint(err, args.url, `source "${args.entity.source}"`); });
   let broken = false;
   try {
-    await client.query('begin transaction isolation level repeatable read, read only');
-    await client.query(SOURCE_SESSION);
-    const probe = `select * from (\n${args.select}\n) s limit 0`;
-    await client.query(oneStatement(probe)).catch((err) => { throw unreadable(err, args.entity, probe, 2); });
-    let rows = 0;
-    const from: Readable = client.query(copyTo(`copy (\n${args.select}\n) to stdout`));
-    const into: Writable = args.target.query(copyFrom(
-      `copy ${args.into} (${args.columns.map(quoteIdent).join(', ')}) from stdin`));
-    await pipeline(from, rowCounter((r, b) => { rows = r; args.onRows(r, b); }), into, { signal: args.signal });
+    await beginSnapshot(client);
+    const rows = await copyInSnapshot({ ...args, client });
     // Not commit: a read-only transaction has nothing to keep, and a rollback
     // undoes a session setting the query changed (set_config(…, false)).
     await client.query('rollback');
@@ -276,4 +269,39 @@ export async function copyFromSource(args: {
     // A COPY cut short leaves the connection mid-protocol: drop it.
     client.release(broken ? true : undefined);
   }
+}
+
+/** Opens the read-only repeatable-read transaction a fetch reads in, with the session settings that make its text output parse the same on the target. */
+export async function beginSnapshot(client: pg.ClientBase): Promise<void> {
+  await client.query('begin transaction isolation level repeatable read, read only');
+  await client.query(SOURCE_SESSION);
+}
+
+/**
+ * COPY of `select` into a table on the target, on a source client whose
+ * snapshot is already open (beginSnapshot): a query the source refuses is
+ * reported against the entity's "from" before any row moves. Returns the rows copied.
+ */
+export async function copyInSnapshot(args: {
+  client: pg.ClientBase;
+  entity: EntityConfig;
+  select: string;
+  target: pg.ClientBase;
+  into: string;
+  columns: string[];
+  signal?: AbortSignal;
+  onRows?: (rows: number, bytes: number) => void;
+}): Promise<number> {
+  const problem = statementProblem(args.select);
+  if (problem) throw new Error(`the source query ${problem}; nothing was run`);
+  const probe = `select * from (\n${args.select}\n) s limit 0`;
+  await args.client.query(oneStatement(probe)).catch((err) => { throw unreadable(err, args.entity, probe, 2); });
+  let rows = 0;
+  const from: Readable = args.client.query(copyTo(`copy (\n${args.select}\n) to stdout`));
+  const into: Writable = args.target.query(copyFrom(
+    `copy ${args.into} (${args.columns.map(quoteIdent).join(', ')}) from stdin`));
+  const counter = rowCounter((r, b) => { rows = r; args.onRows?.(r, b); });
+  if (args.signal) await pipeline(from, counter, into, { signal: args.signal });
+  else await pipeline(from, counter, into);
+  return rows;
 }
