@@ -16,7 +16,7 @@ import type { PoolClient } from '../db/pool.js';
 import type { EntityConfig } from '../config/schema.js';
 import type { ChecksumReads, KeyRange } from '../sources/port.js';
 import { inBuckets } from '../sources/buckets.js';
-import { checksumColumns, diffSegments, dropSegmentTables, targetHashes, targetScope, targetTable, type SegmentLevel } from './segments.js';
+import { checksumColumns, diffSegments, firstLevelBits, dropSegmentTables, targetHashes, targetScope, targetTable, type SegmentLevel } from './segments.js';
 
 /** What a comparison covered and found (the keys are in sync.verification_key). */
 export interface KeyComparison {
@@ -33,6 +33,7 @@ export interface KeyComparison {
 // When more than this share of the rows is in differing buckets after the
 // first level, refining further costs more scans than listing every key.
 const MOSTLY_DIFFERENT = 0.5;
+const MIN_BITS_TO_JUDGE = 5;
 // Bits 0: the one bucket holding every row.
 const EVERY_BUCKET = { bits: 0, buckets: ['0'] };
 
@@ -69,8 +70,10 @@ export async function compareKeys(args: {
   });
   try {
     await target.query('delete from sync.verification_key where verification_id = $1', [id]);
-    const diff = await diffSegments({
-      target, session, def, columns, prefix, estimatedRows: await checksums.estimatedRows(), range, maxShare: MOSTLY_DIFFERENT });
+    const estimatedRows = await checksums.estimatedRows();
+    // A first level of a few buckets (no estimate, a small table) says nothing about the share that differs.
+    const maxShare = firstLevelBits(estimatedRows) >= MIN_BITS_TO_JUDGE ? MOSTLY_DIFFERENT : undefined;
+    const diff = await diffSegments({ target, session, def, columns, prefix, estimatedRows, range, maxShare });
     // Most rows differ (an emptied target, say): every key is listed, so no bucket list is worth sending.
     const within = diff.tooMany ? EVERY_BUCKET : diff.differing;
     const found: KeyComparison = {
