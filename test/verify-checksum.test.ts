@@ -186,4 +186,16 @@ describe('verification after incremental runs, on a schedule', () => {
     expect((await engine.run('events', { trigger: 'backfill', window: { from: '2026-01-01', to: '2026-01-02' } })).status).toBe('succeeded');
     expect(await due(null)).toBe(true);
   });
+
+  it('a successful full run counts as a verification: the next incremental run does not verify', async () => {
+    await sync.pool.query(`update sync.verification set started_at = started_at - interval '2 hours' where entity = 'events'`);
+    await sync.pool.query(`update sync.run set finished_at = finished_at - interval '2 hours' where entity = 'events' and trigger = 'backfill'`);
+    const n = await verifications();
+    expect((await engine.run('events', { trigger: 'manual', full: true })).status).toBe('succeeded');
+    await addEvents(65, 66);
+    const r = await engine.run('events', { trigger: 'manual' });
+    expect(r.status).toBe('succeeded');
+    expect(await verifications()).toBe(n);
+    expect((await sync.pool.query('select detail from sync.run where id = $1', [r.runId])).rows[0].detail.verify).toBeUndefined();
+  });
 });

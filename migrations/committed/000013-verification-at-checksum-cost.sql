@@ -1,5 +1,5 @@
 --! Previous: sha1:5ff69032661dd5a9ef60fa87516e12fc7eb796a8
---! Hash: sha1:9c5a372221804883a674e04745c280b691cfcb26
+--! Hash: sha1:f8c15b97ff86ea16497e0ae2d071a1c2dbedc302
 --! Message: verification at checksum cost
 
 /*
@@ -97,7 +97,7 @@ end
 $$;
 
 insert into sync.setting (name, value, description) values
-  ('verify_every', '15 minutes', 'How often, at most, an incremental run of an entity verifies its target against the source (key-hash checksums over the cursor range: about a count(*) of both tables). Shorter finds rows lost behind Syncline''s back sooner and costs a scan of source and target each time; an entity may override it ("verify": {"every": "5m"}). After a backfill the next run verifies whatever the interval.')
+  ('verify_every', '15 minutes', 'How often, at most, an incremental run of an entity verifies its target against the source (key-hash checksums over the cursor range: about a count(*) of both tables). Shorter finds rows lost behind Syncline''s back sooner and costs a scan of source and target each time; an entity may override it ("verify": {"every": "5m"}). A successful full run counts as a verification; after a backfill the next run verifies whatever the interval.')
 on conflict (name) do nothing;
 
 create or replace function sync.verify(p_entity text, fix boolean default false) returns bigint
@@ -125,8 +125,14 @@ create or replace function sync.verification_due(p_entity text, p_every interval
   set search_path to pg_catalog, public, pg_temp
 as $$
   with last as (
-    select max(v.started_at) as at from sync.verification v
-     where v.entity = p_entity and v.status in ('equal', 'differs', 'fixed'))
+    select greatest(
+      (select max(v.started_at) from sync.verification v
+        where v.entity = p_entity and v.status in ('equal', 'differs', 'fixed')),
+      -- A full snapshot merged without a quarantined record leaves the target
+      -- equal to the source (append aside): as good as a verification.
+      (select max(r.started_at) from sync.run r join sync.entity e on e.name = r.entity
+        where r.entity = p_entity and r.full_refresh and not r.dry_run and r.status = 'succeeded'
+          and r.trigger <> 'backfill' and e.mode <> 'append')) as at)
   select l.at is null
       or l.at <= now() - coalesce(p_every, sync.setting_interval('verify_every'), interval '15 minutes')
       -- A backfill writes below the cursor where no incremental run looks.
@@ -134,7 +140,7 @@ as $$
                     and r.status in ('succeeded', 'partial') and r.finished_at > l.at)
     from last l
 $$;
-comment on function sync.verification_due(text, interval) is 'Whether an incremental run of the entity verifies: no verification within p_every (default: the verify_every setting), or a backfill finished since the last one.';
+comment on function sync.verification_due(text, interval) is 'Whether an incremental run of the entity verifies: no verification (nor a successful full run) within p_every (default: the verify_every setting), or a backfill finished since the last one.';
 
 alter table sync.gap add column if not exists kind text not null default '-' check (kind in ('-', '+', '~'));
 comment on column sync.gap.kind is '- the source has the record and the target lacks it; ~ both have it with different values; + the target holds a record the source no longer has (mirror and soft-delete entities). A checksum verification finds all three, a count only -.';
