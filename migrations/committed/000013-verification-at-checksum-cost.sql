@@ -1,5 +1,5 @@
 --! Previous: sha1:5ff69032661dd5a9ef60fa87516e12fc7eb796a8
---! Hash: sha1:f8c15b97ff86ea16497e0ae2d071a1c2dbedc302
+--! Hash: sha1:0ed147f245fe5be75f87310c460214d2c46c8c55
 --! Message: verification at checksum cost
 
 /*
@@ -169,7 +169,7 @@ begin
   select count(*) into v_open from sync.gap where entity = v_ent.name and resolved_at is null;
   if v_open > v_ent.gap_threshold then
     perform sync.raise_alert('gap', 'warning', v_ent.name,
-      format('%s records of %s are in the source but not in the target: see select * from sync.gaps where entity = %L', v_open, v_ent.name, v_ent.name),
+      format('%s records of %s are missing from the target or differ from the source: see select * from sync.gaps where entity = %L', v_open, v_ent.name, v_ent.name),
       jsonb_build_object('gaps', v_open, 'run_id', p_run_id));
   elsif v_open = 0 then
     perform sync.resolve_alerts(v_ent.name, array['gap', 'resync_failed']);
