@@ -52,7 +52,8 @@ export function keepsExtraRows(def: EntityConfig): boolean {
  * `range` of the cursor when given) and writes the differing keys into
  * sync.verification_key for verification `id`. `target` must hold no open
  * transaction: the comparison runs in its own, with the source's output
- * settings. Its staging tables (sync_staging.<prefix>_*) are dropped after.
+ * settings; its tables (sync_staging.<prefix>_*) are created and dropped
+ * inside it.
  */
 export async function compareKeys(args: {
   target: PoolClient; def: EntityConfig; checksums: ChecksumReads; targetColumns: string[];
@@ -87,6 +88,9 @@ export async function compareKeys(args: {
       Object.assign(found, counts);
       if (counts.changed) found.columnsNote = await changedColumns(target, def, args.targetColumns, () => session.copyRows(within, srcFull), srcFull, id);
     }
+    // Dropped before the commit: no other session ever sees these tables (sync.cleanup cannot take them mid-way).
+    await dropSegmentTables(target, prefix);
+    await target.query(`drop table if exists ${srcRows}, ${srcFull}`);
     await target.query('commit');
     return found;
   } catch (err) {
@@ -94,8 +98,6 @@ export async function compareKeys(args: {
     throw err;
   } finally {
     await session.close();
-    await dropSegmentTables(target, prefix).catch(() => {});
-    await target.query(`drop table if exists ${srcRows}, ${srcFull}`).catch(() => {});
   }
 }
 
