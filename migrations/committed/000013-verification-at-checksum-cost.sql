@@ -1,5 +1,5 @@
 --! Previous: sha1:5ff69032661dd5a9ef60fa87516e12fc7eb796a8
---! Hash: sha1:0ed147f245fe5be75f87310c460214d2c46c8c55
+--! Hash: sha1:d2d97fbf4227801696a842fe2165c0ecb671c13f
 --! Message: verification at checksum cost
 
 /*
@@ -97,7 +97,7 @@ end
 $$;
 
 insert into sync.setting (name, value, description) values
-  ('verify_every', '15 minutes', 'How often, at most, an incremental run of an entity verifies its target against the source (key-hash checksums over the cursor range: about a count(*) of both tables). Shorter finds rows lost behind Syncline''s back sooner and costs a scan of source and target each time; an entity may override it ("verify": {"every": "5m"}). A successful full run counts as a verification; after a backfill the next run verifies whatever the interval.')
+  ('verify_every', '15 minutes', 'How often, at most, an incremental run of an entity verifies its target against the source (key-hash checksums over the cursor range: a scan of source and target, hashing every row, per level). Shorter finds rows lost behind Syncline''s back sooner and costs a scan of source and target each time; an entity may override it ("verify": {"every": "5m"}). A successful full run counts as a verification; after a backfill the next run verifies whatever the interval.')
 on conflict (name) do nothing;
 
 create or replace function sync.verify(p_entity text, fix boolean default false) returns bigint
