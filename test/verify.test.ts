@@ -40,6 +40,9 @@ beforeAll(async () => {
     create table properties (id int primary key);
     create table sellers (id int primary key, seller_number text, status text, property_id int, version int not null)`);
   await sync.pool.query('insert into properties select generate_series(1, 5)');
+  // These tests are about what a verification finds and heals: every run verifies
+  // (the schedule, at most once every verify_every, is tested in verify-checksum.test.ts).
+  await sync.pool.query(`update sync.setting set value = '0' where name = 'verify_every'`);
   engine = await engineFor(sync, source, {
     events: { source: 'src', from: { table: 'events' }, target: 'events', key: ['id'], cursor: { column: 'at' } },
     sellers: {

@@ -7,7 +7,7 @@ import { makePool, type Pool } from '../db/pool.js';
 import { Engine } from '../engine/run.js';
 
 /** Exit codes the CLI documents. */
-export const EXIT = { ok: 0, failed: 1, usage: 2, partial: 3 } as const;
+export const EXIT = { ok: 0, failed: 1, usage: 2, partial: 3, differs: 4 } as const;
 
 export class UsageError extends Error {}
 

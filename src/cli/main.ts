@@ -6,6 +6,7 @@ import * as cmd from './commands.js';
 import * as health from './health.js';
 import { worker } from './worker.js';
 import { serve } from './serve.js';
+import { verify } from './verify.js';
 import * as edgeCmd from './edge.js';
 import { EXIT, reportError } from './context.js';
 
@@ -31,7 +32,7 @@ const program = new Command('syncline')
   .exitOverride()
   .addHelpText('after', `
 Exit codes: 0 everything asked for succeeded; 1 a run or check failed; 2 usage or config error;
-3 runs succeeded but quarantined records (see sync.run_error).`);
+3 runs succeeded but quarantined records (see sync.run_error); 4 verify found differences.`);
 
 let exitCode: number = EXIT.ok;
 const run = (fn: (...a: never[]) => number | Promise<number>) => async (...args: unknown[]) => {
@@ -71,6 +72,19 @@ program.command('backfill').description('historical import of a cursor range in 
   .option('--chunk <size>', 'chunk size: an interval such as "1 day" (default) or a number for numeric cursors')
   .option('--enqueue', 'hand the chunks to the worker as jobs instead of running them here')
   .action(run((entity: string, o: Omit<cmd.BackfillCliOptions, 'config'>) => cmd.backfill(entity, { ...globals(), ...o })));
+
+program.command('verify').description('compare an entity\'s source and target by key-hash checksums and list the keys that differ, like a diff')
+  .argument('<entity>', 'a pull entity with a postgres source')
+  .option('--fix', 're-sync exactly the differing keys (a mirror deletes the extra ones), then compare again')
+  .option('--json', 'print JSON (the keys, counts and, with --fix, the re-sync and the second comparison)')
+  .addHelpText('after', `
+Lines: "- key" is in the source and missing from the target, "+ key" in the target and not in the
+source (not listed for upsert and append entities, whose targets keep such rows), "~ key" on both
+sides with different values (the columns that differ). An entity with a cursor is compared over
+the range its target holds: its oldest row to the cursor. The result is also in sync.verification
+and sync.verification_key. Exit code: 0 equal (or healed by --fix), 4 keys differ, 1 the
+comparison failed.`)
+  .action(run((entity: string, o: { fix?: boolean; json?: boolean }) => verify(entity, { ...globals(), ...o })));
 
 program.command('status').description('each entity\'s state, last success, next run, success rates, gaps and alerts (sync.status, sync.health)')
   .option('--json', 'print JSON (every column of both views)')

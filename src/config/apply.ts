@@ -44,7 +44,7 @@ export function entityTunables(e: EntityConfig): Record<string, string | number 
     throughput_factor: e.alerts?.slowerThan,
     retry_limit: e.retry?.limit,
     retry_delay: e.retry?.delay,
-    verify: e.verify,
+    verify: e.verify === undefined ? undefined : e.verify !== false,
     delete_guard: e.deleteGuard === undefined ? undefined : e.deleteGuard !== false,
     delete_guard_percent: e.deleteGuard ? e.deleteGuard.maxPercent : undefined,
     delete_guard_rows: e.deleteGuard ? e.deleteGuard.maxRows : undefined,

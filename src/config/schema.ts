@@ -186,8 +186,13 @@ export const entity = z.object({
   }).strict().optional(),
   diff: z.enum(['auto', 'off']).optional()
     .describe('How a full mirror or upsert run of a postgres source compares: "auto" (default) compares checksums of key-hash buckets on both sides and fetches only the records of buckets that differ, or everything when that is cheaper; "off" always fetches everything.'),
-  verify: z.boolean().optional()
-    .describe('After each run, compare the source\'s record count with the target\'s; on a difference, find the missing keys (sync.gaps) and re-sync just those.'),
+  verify: z.union([
+    z.boolean(),
+    z.object({
+      every: interval('5m').describe('At most this often an incremental run verifies (default: the verify_every setting, 15 minutes).'),
+    }).strict(),
+  ]).optional()
+    .describe('Verification: an incremental run compares source and target (key-hash checksums over the cursor range for a postgres source, counts otherwise) at most every verify_every, and re-syncs the keys that differ (sync.gaps). false turns it off; {"every": "5m"} sets this entity\'s interval.'),
   validate: z.object({
     required: z.array(identifier).optional().describe('Columns that must not be empty (null or blank).'),
     formats: z.record(identifier, z.string().refine((r) => { try { new RegExp(r); return true; } catch { return false; } }, 'is not a valid regular expression'))

@@ -141,11 +141,11 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
       ?? (plan.checksums && !fullReason ? await loadByChecksum(ctx, plan.checksums) : null)
       ?? await loadStaged(ctx);
     if (!opts.dryRun && ['succeeded', 'partial'].includes(r.status) && ent.verify) {
-      if (plan.keyRange) {
+      if (plan.keyRange || plan.checksums) {
         // A full snapshot leaves the target equal to the source by construction;
         // an incremental run cannot see what went missing below its cursor.
         const incremental = Boolean(ent.def.cursor) && !full;
-        if (incremental && !opts.window) await verifyRun({ target, name, runId: Number(r.run_id), def: ent.def, source: plan.keyRange });
+        if (incremental && !opts.window) await verifyRun({ target, name, runId: Number(r.run_id), def: ent.def, plan, trigger: opts.trigger });
       } else if ((!ent.def.cursor || full) && !opts.keys && plan.countable) {
         // Without key-range reads, a full read is checked by its counts.
         await recordCounts({ target, name, runId: Number(r.run_id), def: ent.def });

@@ -2,21 +2,94 @@ import pg from 'pg';
 import { quoteIdent } from '../db/database.js';
 import type { PoolClient } from '../db/pool.js';
 import type { EntityConfig } from '../config/schema.js';
-import type { KeyRangeReads } from '../sources/port.js';
+import type { ChecksumReads, KeyRange, KeyRangeReads, PlannedRun } from '../sources/port.js';
+import type { Trigger } from './types.js';
+import { compareKeys } from './verify-keys.js';
 
 /**
- * Verification after a merged run of an entity whose source reads key
- * ranges: the source's record count against the target's. When the target
- * lacks more records than the quarantine explains, the source's keys are
- * staged and sync.detect_gaps records the missing ones (sync.gaps) and
- * queues a re-sync of just those. Counts and timing go into the run
- * (detail.verify, phases.verify).
+ * Verification after a merged incremental run of an entity whose source
+ * reads key ranges, when one is due (verificationDue): a source with
+ * checksums is compared by key-hash bucket checksums over the cursor range
+ * the target holds (verifyByChecksums); another by counts (verifyByCounts).
+ * Either way the result is a row of sync.verification, and the keys found
+ * missing or differing become gaps (sync.gaps) healed by a re-sync of just
+ * those keys. Counts and timing go into the run (detail.verify, phases.verify).
  */
-export async function verifyRun(args: { target: PoolClient; name: string; runId: number; def: EntityConfig; source: KeyRangeReads }): Promise<void> {
-  const { target, name, runId, def, source } = args;
+export async function verifyRun(args: {
+  target: PoolClient; name: string; runId: number; def: EntityConfig; plan: PlannedRun; trigger: Trigger;
+}): Promise<void> {
+  const { target, name, runId, def, plan } = args;
+  if (!plan.keyRange && !plan.checksums) return;
+  // A re-sync of gaps is checked at once: it exists to heal them.
+  if (args.trigger !== 'resync' && !(await verificationDue(target, name, def))) return;
   const started = Date.now();
   const found = await cursorRange(target, def, name);
   const range = found && def.cursor ? { column: def.cursor.column, ...found } : null;
+  let detail: Record<string, unknown> | null = null;
+  let fallback: string | undefined;
+  if (plan.checksums) {
+    try {
+      detail = await verifyByChecksums({ target, name, runId, def, checksums: plan.checksums, targetColumns: plan.targetColumns, range });
+    } catch (err) {
+      // Counting still finds missing rows; the reason stays in the run.
+      fallback = `checksums failed, counted instead: ${(err as Error).message}`;
+    }
+  }
+  if (!detail && plan.keyRange) detail = { ...await verifyByCounts({ target, name, runId, def, source: plan.keyRange, range }), ...(fallback ? { fallback } : {}) };
+  if (!detail) return;
+  await target.query(
+    `update sync.run set detail = detail || jsonb_build_object('verify', $2::jsonb),
+                         phases = phases || jsonb_build_object('verify', $3::int) where id = $1`,
+    [runId, JSON.stringify({ ...detail, ...(range ? { lo: range.lo, hi: range.hi } : {}) }), Date.now() - started]);
+}
+
+/** Whether an incremental run verifies now: none within the entity's interval (or verify_every), or a backfill since. */
+async function verificationDue(target: PoolClient, name: string, def: EntityConfig): Promise<boolean> {
+  const every = typeof def.verify === 'object' ? def.verify.every : null;
+  const { rows } = await target.query<{ due: boolean }>('select sync.verification_due($1, $2::interval) as due', [name, every]);
+  return rows[0].due;
+}
+
+/** Opens a verification row of a run's scheduled check; returns its id. */
+async function openScheduled(target: PoolClient, name: string, runId: number, method: string): Promise<number> {
+  const { rows } = await target.query<{ id: string }>(
+    `insert into sync.verification (entity, requested_by, run_id, started_at, status, method)
+     values ($1, 'schedule', $2, now(), 'running', $3) returning id`, [name, runId, method]);
+  return Number(rows[0].id);
+}
+
+/** The checksum comparison of a run's scheduled check: its differing keys become gaps (sync.record_gaps). */
+async function verifyByChecksums(args: {
+  target: PoolClient; name: string; runId: number; def: EntityConfig; checksums: ChecksumReads; targetColumns: string[]; range: KeyRange | null;
+}): Promise<Record<string, unknown>> {
+  const { target, name, runId } = args;
+  const id = await openScheduled(target, name, runId, 'checksum');
+  try {
+    const c = await compareKeys({ ...args, id, prefix: `run_${runId}_verify` });
+    const differs = c.missing + c.extra + c.changed > 0;
+    await target.query(
+      `update sync.verification set rows_compared = $2, segments = $3 where id = $1`, [id, c.rowsCompared, c.segments]);
+    await target.query('select sync.finish_verification($1, $2, $3::jsonb)',
+      [id, differs ? 'differs' : 'equal', JSON.stringify({ levels: c.levels, ...(args.range ? { lo: args.range.lo, hi: args.range.hi } : {}) })]);
+    const gaps = (await target.query('select sync.record_gaps($1, $2) as g', [runId, id])).rows[0].g;
+    return { method: 'checksum', verification_id: id, rows_compared: c.rowsCompared, segments: c.segments,
+      missing: c.missing, extra: c.extra, changed: c.changed, gaps };
+  } catch (err) {
+    await target.query(`select sync.finish_verification($1, 'failed', jsonb_build_object('error', $2::text))`, [id, (err as Error).message]);
+    throw err;
+  }
+}
+
+/**
+ * The count comparison: the source's record count against the target's.
+ * When the target lacks more records than the quarantine explains, the
+ * source's keys are staged and sync.detect_gaps records the missing ones.
+ */
+async function verifyByCounts(args: {
+  target: PoolClient; name: string; runId: number; def: EntityConfig; source: KeyRangeReads; range: KeyRange | null;
+}): Promise<Record<string, unknown>> {
+  const { target, name, runId, def, source, range } = args;
+  const id = await openScheduled(target, name, runId, 'count');
   const inRange = (alias: string, column: string) => (range
     ? `${alias}.${quoteIdent(column)} between ${pg.escapeLiteral(range.lo)}::${range.type} and ${pg.escapeLiteral(range.hi)}::${range.type}` : 'true');
   const [sourceCount, { rows: [tgt] }] = await Promise.all([
@@ -29,17 +102,18 @@ export async function verifyRun(args: { target: PoolClient; name: string; runId:
   ]);
   const missing = sourceCount - Number(tgt.n);
   const detail: Record<string, unknown> = {
-    source: sourceCount, target: Number(tgt.n), quarantined_missing: Number(tgt.quarantined), ...(range ? { lo: range.lo, hi: range.hi } : {}),
+    method: 'count', verification_id: id, source: sourceCount, target: Number(tgt.n), quarantined_missing: Number(tgt.quarantined),
   };
   if (missing > Number(tgt.quarantined) || await hasOpenGaps(target, name)) {
     const { rows } = await target.query('select sync.create_key_staging($1) as t', [runId]);
     await source.copyKeys(range, target, rows[0].t);
     detail.gaps = (await target.query('select sync.detect_gaps($1) as g', [runId])).rows[0].g;
   }
-  await target.query(
-    `update sync.run set detail = detail || jsonb_build_object('verify', $2::jsonb),
-                         phases = phases || jsonb_build_object('verify', $3::int) where id = $1`,
-    [runId, JSON.stringify(detail), Date.now() - started]);
+  await target.query('update sync.verification set rows_compared = $2, missing = $3 where id = $1',
+    [id, Math.max(sourceCount, Number(tgt.n)), Math.max(missing, 0)]);
+  await target.query('update sync.verification set status = $2, finished_at = now(), detail = $3::jsonb where id = $1',
+    [id, missing === 0 ? 'equal' : 'differs', JSON.stringify(detail)]);
+  return detail;
 }
 
 /**
@@ -47,7 +121,7 @@ export async function verifyRun(args: { target: PoolClient; name: string; runId:
  * from its oldest row (a backfill may have started anywhere) to the cursor.
  * Source rows outside it are not missing, just not synced yet (or never asked for).
  */
-async function cursorRange(target: PoolClient, def: EntityConfig, name: string): Promise<{ lo: string; hi: string; type: string } | null> {
+export async function cursorRange(target: PoolClient, def: EntityConfig, name: string): Promise<{ lo: string; hi: string; type: string } | null> {
   if (!def.cursor) return null;
   const col = quoteIdent(def.cursor.column);
   const { rows: [t] } = await target.query<{ type: string }>(
