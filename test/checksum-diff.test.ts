@@ -1,7 +1,8 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { testDatabases, type TestDatabase } from './helpers/db.js';
 import { engineFor } from './helpers/engine.js';
-import type { Engine } from '../src/engine/run.js';
+import { Engine } from '../src/engine/run.js';
+import { makePool } from '../src/db/pool.js';
 
 let sync: TestDatabase;
 let source: TestDatabase;
@@ -38,18 +39,22 @@ beforeAll(async () => {
     create table casty (id int primary key, qty text);
     insert into casty select i, i::text from generate_series(1, 50) i;
     create table ruled (id int primary key, name text);
-    insert into ruled select i, 'r' || i from generate_series(1, 50) i`);
+    insert into ruled select i, 'r' || i from generate_series(1, 50) i;
+    create table events (at timestamptz, seq int, v text, primary key (at, seq));
+    insert into events select '2026-03-01 00:30:00+00'::timestamptz + i * interval '37 minutes', i % 5, 'v' || i from generate_series(1, 2000) i`);
   await sync.pool.query(`
     create table items (tenant text, id int, price numeric(12, 2), at timestamptz, doc jsonb, note varchar(40), primary key (tenant, id));
     create table scoped (tenant text, id int, name text, primary key (tenant, id));
     insert into scoped select 't9', i, 'other' || i from generate_series(1, 100) i;
     create table casty (id int primary key, qty int);
-    create table ruled (id int primary key, name text)`);
+    create table ruled (id int primary key, name text);
+    create table events (at timestamptz, seq int, v text, primary key (at, seq))`);
   engine = await engineFor(sync, source, {
     items: { source: 'src', from: { table: 'items' }, target: 'items', key: ['tenant', 'id'] },
     scoped: { source: 'src', from: { table: 'scoped' }, target: 'scoped', key: ['tenant', 'id'], tenant: { column: 'tenant', value: 't1' } },
     casty: { source: 'src', from: { table: 'casty' }, target: 'casty', key: ['id'] },
     ruled: { source: 'src', from: { table: 'ruled' }, target: 'ruled', key: ['id'], validate: { required: ['name'] } },
+    events: { source: 'src', from: { table: 'events' }, target: 'events', key: ['at', 'seq'] },
   });
 });
 afterAll(() => engine.close());
@@ -129,5 +134,28 @@ describe('a re-sync of a postgres source by checksums', () => {
     const r = await run('ruled');
     expect(r.detail.diff).toMatchObject({ path: 'full', reason: 'validate rules judge every record' });
     expect(r).toMatchObject({ status: 'succeeded', fetched: 50, unchanged: 50 });
+  });
+
+  it('judges buckets the same on a target whose sessions print timestamps otherwise (TimeZone, DateStyle): a timestamptz key deletes only what the source lost', async () => {
+    // Sessions on the target in another zone and date style, as a server's own defaults may be.
+    const pool = makePool(sync.url, { max: 2, options: '-c timezone=Pacific/Chatham -c datestyle=SQL,DMY -c extra_float_digits=0' });
+    const local = new Engine(pool, sync.url, engine.config);
+    try {
+      expect((await local.run('events', { trigger: 'manual' })).status).toBe('succeeded');
+      const before = await versions('events');
+      await source.pool.query(`delete from events where v = 'v100'; update events set v = 'changed' where v = 'v200'`);
+      const r = await local.run('events', { trigger: 'manual' });
+      const { rows: [row] } = await sync.pool.query('select detail from sync.run where id = $1', [r.runId]);
+      expect(row.detail.diff).toMatchObject({ path: 'checksum' });
+      expect(r).toMatchObject({ status: 'succeeded', fetched: 1999, inserted: 0, updated: 1, deleted: 1, unchanged: 1998 });
+      const after = await versions('events');
+      expect(after.length).toBe(1999);
+      expect(after.filter((a) => !before.some((b) => b.ctid === a.ctid && b.xmin === a.xmin)).map((a) => a.row)).toEqual([
+        expect.stringContaining('changed'),
+      ]);
+    } finally {
+      await local.close();
+      await pool.end();
+    }
   });
 });

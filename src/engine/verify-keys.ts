@@ -15,7 +15,7 @@ import { quoteIdent } from '../db/database.js';
 import type { PoolClient } from '../db/pool.js';
 import type { EntityConfig } from '../config/schema.js';
 import type { ChecksumReads, KeyRange } from '../sources/port.js';
-import { inBuckets } from '../sources/buckets.js';
+import { inBuckets, TEXT_SETTINGS } from '../sources/buckets.js';
 import { checksumColumns, diffSegments, firstLevelBits, dropSegmentTables, targetHashes, targetScope, targetTable, type SegmentLevel } from './segments.js';
 
 /** What a comparison covered and found (the keys are in sync.verification_key). */
@@ -39,8 +39,7 @@ const EVERY_BUCKET = { bits: 0, buckets: ['0'] };
 
 // The output settings a source snapshot reads under (src/sources/postgres/read.ts):
 // the target's hashes must print timestamps, floats and bytes the same way.
-const TARGET_SESSION = `set local datestyle = 'ISO, YMD'; set local intervalstyle = 'postgres';
-  set local extra_float_digits = 3; set local bytea_output = 'hex'; set local timezone = 'UTC'`;
+const TARGET_SESSION = TEXT_SETTINGS;
 
 /** Modes whose target keeps rows the source dropped: a `+` key is not a difference there. */
 export function keepsExtraRows(def: EntityConfig): boolean {

@@ -28,4 +28,15 @@ export const rowHash = (values: string[]) => `hashtextextended(row(${values.join
  * sorts on disk in one process. With these it hashes in memory and spreads
  * the row hashing over parallel workers (measured 300k rows: 3.3 s -> 1.5 s).
  */
-export const BUCKET_SETTINGS = `set local work_mem = '64MB'; set local parallel_setup_cost = 10; set local parallel_tuple_cost = 0.001`;
+/**
+ * How values print, `set local` in every session that reads or hashes them
+ * as text: the source's COPY and checksums, and the target's bucket sums. A
+ * target server whose own defaults differ (another TimeZone or DateStyle)
+ * would otherwise print the same timestamptz otherwise than the source, and
+ * every bucket would differ.
+ */
+export const TEXT_SETTINGS = `set local datestyle = 'ISO, YMD'; set local intervalstyle = 'postgres';
+  set local extra_float_digits = 3; set local bytea_output = 'hex'; set local timezone = 'UTC'`;
+
+export const BUCKET_SETTINGS = `set local work_mem = '64MB'; set local parallel_setup_cost = 10; set local parallel_tuple_cost = 0.001;
+  ${TEXT_SETTINGS}`;

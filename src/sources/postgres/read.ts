@@ -5,14 +5,14 @@ import { to as copyTo, from as copyFrom } from 'pg-copy-streams';
 import type { EntityConfig, PostgresSourceConfig, SourceConfig } from '../../config/schema.js';
 import { quoteIdent } from '../../db/database.js';
 import { connectionHint, makePool, type Pool } from '../../db/pool.js';
+import { TEXT_SETTINGS } from '../buckets.js';
 import { renderTemplate, SqlTextError, statementProblem } from './sql-text.js';
 
 const lit = (v: string) => pg.escapeLiteral(v);
 
 // Session settings that make the source's text output parse identically on
 // the target whatever the source server's defaults are.
-const SOURCE_SESSION = `set local datestyle = 'ISO, YMD'; set local intervalstyle = 'postgres';
-  set local extra_float_digits = 3; set local bytea_output = 'hex'; set local timezone = 'UTC'`;
+const SOURCE_SESSION = TEXT_SETTINGS;
 
 export interface CursorFilter {
   column: string;

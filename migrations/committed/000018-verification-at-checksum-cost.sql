@@ -1,5 +1,5 @@
---! Previous: sha1:5ff69032661dd5a9ef60fa87516e12fc7eb796a8
---! Hash: sha1:d2d97fbf4227801696a842fe2165c0ecb671c13f
+--! Previous: sha1:907eb36538ab0ac7f58207e102d20be594faef31
+--! Hash: sha1:96bd9926ba1331c1caec619702d18fe39e523e84
 --! Message: verification at checksum cost
 
 /*

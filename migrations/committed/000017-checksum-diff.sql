@@ -1,5 +1,5 @@
---! Previous: sha1:5ff69032661dd5a9ef60fa87516e12fc7eb796a8
---! Hash: sha1:880d83f16cd6ea38fcbaa3480af0e44811f62508
+--! Previous: sha1:3b3b7344a5e9f23b74756d7644349bfb966e133e
+--! Hash: sha1:907eb36538ab0ac7f58207e102d20be594faef31
 --! Message: checksum diff
 
 /*
@@ -29,6 +29,35 @@ as $$
     left join pg_type el on el.oid = ty.typelem and ty.typcategory = 'A'
 $$;
 comment on function sync._checksum_key_hash(regclass, text[], text) is 'The SQL expression of the key hash of a row of the table (alias p_alias) that a checksum diff buckets rows by: hashtextextended of the key printed as the table''s types print it.';
+
+-- The target keys of a checksum run's differing buckets, in a temporary
+-- table, and the condition that picks them: the key hash prints the key's
+-- values, so it is computed under the settings the diff hashed with
+-- (src/sources/buckets.ts TEXT_SETTINGS), whatever the merging session's
+-- TimeZone or DateStyle; a bucket judged under other settings could let the
+-- merge delete a row of an equal bucket, which the run never fetched.
+create or replace function sync._diff_scope_keys(p_run_id bigint, p_rel regclass, p_key text[], p_bits int) returns text
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+  set datestyle to 'ISO, YMD'
+  set intervalstyle to 'postgres'
+  set extra_float_digits to 3
+  set bytea_output to 'hex'
+  set timezone to 'UTC'
+as $$
+declare
+  v_cols text := (select string_agg(format('%I', k), ', ' order by i) from unnest(p_key) with ordinality x(k, i));
+begin
+  drop table if exists _sl_diff_scope;
+  execute format('create temporary table _sl_diff_scope on commit drop as
+                    select %s from %s t where (%s & %s::int8) in (select p.bucket from sync_staging.%I p)',
+                 (select string_agg(format('t.%I', k), ', ' order by i) from unnest(p_key) with ordinality x(k, i)),
+                 p_rel, sync._checksum_key_hash(p_rel, p_key, 't'), (1::int8 << p_bits) - 1, 'run_' || p_run_id || '_differing');
+  return format('(%s) in (select %s from _sl_diff_scope)',
+                (select string_agg(format('t.%I', k), ', ' order by i) from unnest(p_key) with ordinality x(k, i)), v_cols);
+end
+$$;
+comment on function sync._diff_scope_keys(bigint, regclass, text[], int) is 'For sync.merge of a checksum run: the target keys of the run''s differing key-hash buckets (sync_staging.run_<id>_differing), hashed under the diff''s text settings whatever the session''s, in the temporary table _sl_diff_scope; returns the condition on target rows (alias t) that keeps the merge''s deletes to them.';
 
 -- The cleanup keeps every table of a running run (a checksum diff's bucket
 -- tables, a verification's keys), not only its staging.
@@ -168,10 +197,7 @@ begin
     -- So only target rows of the differing buckets can be missing from the
     -- staging, and the run is still a full snapshot.
     v_parent_scope := case when (v_run.detail #>> '{diff_scope,buckets}')::bigint = 0 then 'false'
-      else format('(%s & %s::int8) in (select p.bucket from sync_staging.%I p)',
-                  sync._checksum_key_hash(v_rel, v_ent.key_columns, 't'),
-                  (1::int8 << (v_run.detail #>> '{diff_scope,bits}')::int) - 1,
-                  'run_' || p_run_id || '_differing') end;
+      else sync._diff_scope_keys(p_run_id, v_rel, v_ent.key_columns, (v_run.detail #>> '{diff_scope,bits}')::int) end;
   end if;
   if v_ent.tombstone_column = any (v_cols) and v_ent.mode <> 'soft-delete' then
     -- A record the source marks deleted deletes its row, snapshot or not.
