@@ -11,9 +11,9 @@
 import pg from 'pg';
 import { log } from '../log.js';
 import type { EntityConfig } from '../config/schema.js';
-import type { PoolClient } from '../db/pool.js';
+import { inClientTransaction, type PoolClient } from '../db/pool.js';
 import type { BucketFilter, ChecksumReads } from '../sources/port.js';
-import { bucketMask } from '../sources/buckets.js';
+import { bucketMask, TEXT_SETTINGS } from '../sources/buckets.js';
 import { CancelledError, throwIfCancelRequested } from './guards.js';
 import { mergeStaging, stagingTable, stageRun, type LoadContext, type MergeResult } from './load.js';
 import { checksumColumns, diffSegments, dropSegmentTables, segmentTables, targetScope, targetTable, type SegmentLevel } from './segments.js';
@@ -167,13 +167,17 @@ async function withOpenErrors(ctx: LoadContext, table: string, bits: number): Pr
   const { target, def, name } = ctx;
   const columns = await checksumColumns(target, def, def.key);
   const keyed = columns.map((c, i) => (c.asText ? `e.key[${i + 1}]` : `e.key[${i + 1}]::${c.type}`));
-  await target.query(
-    `insert into ${table} (bucket, src_n, tgt_n)
+  // Hashed under the diff's text settings, as its buckets were (a timestamp key prints by TimeZone).
+  const insert = `insert into ${table} (bucket, src_n, tgt_n)
      select distinct hashtextextended(row(${keyed.join(', ')})::text, 0) & ${bucketMask(bits)}, null::int8, null::int8
        from sync.run_error e
       where e.entity = $1 and e.resolved_at is null and cardinality(e.key) = ${columns.length}
         ${columns.map((c, i) => (c.asText ? '' : `and sync._is_valid(e.key[${i + 1}], ${pg.escapeLiteral(c.type)})`)).join(' ')}
-     on conflict (bucket) do nothing`, [name]);
+     on conflict (bucket) do nothing`;
+  await inClientTransaction(target, async () => {
+    await target.query(TEXT_SETTINGS);
+    await target.query(insert, [name]);
+  });
   const { rows } = await target.query<{ buckets: string[] }>(
     `select coalesce(array_agg(bucket order by bucket)::text[], '{}') as buckets from ${table}`);
   return rows[0].buckets;
