@@ -172,6 +172,8 @@ export async function diffSegments(args: {
   maxShare?: number;
   /** A synced target column whose largest value among the rows of equal buckets the diff returns (equalMax). */
   maxOf?: string;
+  /** `target` is inside the caller's transaction (a verification): the settings are set there, no transaction of its own. */
+  inTransaction?: boolean;
 }): Promise<SegmentDiff> {
   const { target, session, def, columns, prefix } = args;
   const tables = segmentTables(prefix);
@@ -202,7 +204,8 @@ export async function diffSegments(args: {
       args.pool ? withBucketSettings(args.pool, targetSums) : null,
     ]);
     for (const s of sides) if (s.status === 'rejected') throw s.reason;
-    if (!args.pool) await withBucketSettings(target, targetSums);
+    if (!args.pool && args.inTransaction) await target.query(`${BUCKET_SETTINGS}; ${targetSums}`);
+    else if (!args.pool) await withBucketSettings(target, targetSums);
     await target.query(`truncate ${tables.differing}`);
     const { rows: [c] } = await target.query<Record<string, string>>(
       `with c as (

@@ -73,7 +73,7 @@ export async function compareKeys(args: {
     const estimatedRows = await checksums.estimatedRows();
     // A first level of a few buckets (no estimate, a small table) says nothing about the share that differs.
     const maxShare = firstLevelBits(estimatedRows) >= MIN_BITS_TO_JUDGE ? MOSTLY_DIFFERENT : undefined;
-    const diff = await diffSegments({ target, session, def, columns, prefix, estimatedRows, range, maxShare });
+    const diff = await diffSegments({ target, session, def, columns, prefix, estimatedRows, range, maxShare, inTransaction: true });
     // Most rows differ (an emptied target, say): every key is listed, so no bucket list is worth sending.
     const within = diff.tooMany ? EVERY_BUCKET : diff.differing;
     const found: KeyComparison = {
