@@ -189,6 +189,7 @@ describe('killing a checksum re-sync with SIGKILL at any moment', () => {
   it('leaves the target before or after the run, the next run converges, and the one after it writes nothing', async () => {
     let version = 0;
     const landed: Landed[] = [];
+    const leftovers: string[] = [];
     const moment = fc.record({
       phase: fc.constantFrom<Moment['phase']>('run', 'diff', 'fetch', 'merge'),
       delayMs: fc.integer({ min: 0, max: 250 }),
@@ -210,6 +211,9 @@ describe('killing a checksum re-sync with SIGKILL at any moment', () => {
       // A run killed after its diff was recorded had taken the checksum path.
       const killedDiff = await diffOf(killed.runId);
       if (killedDiff) expect(killedDiff.path, JSON.stringify(killedDiff)).toBe('checksum');
+
+      // What the killed run left in sync_staging (its staging table, its diff's bucket tables).
+      if (killed.runId !== null) leftovers.push(...(await stagingTables()).filter((t) => t.startsWith(`run_${killed.runId}_`) || t === `run_${killed.runId}`));
 
       // The next run closes the killed run as abandoned, takes the checksum
       // path past its leftover staging (dropping it) and converges.
@@ -246,9 +250,11 @@ describe('killing a checksum re-sync with SIGKILL at any moment', () => {
     // Kills must have landed mid-diff and mid-merge, or this proved little.
     expect(landed, JSON.stringify(landed)).toContain('diff');
     expect(landed, JSON.stringify(landed)).toContain('merge');
+    // ...and left their diff's tables behind for the next run to get past.
+    expect(leftovers.filter((t) => /_(srcsums|tgtsums|differing)$/.test(t)), JSON.stringify(leftovers)).not.toEqual([]);
     const abandoned = await sync.pool.query(`select count(*)::int as n from sync.run where status = 'abandoned'`);
     expect(abandoned.rows[0].n).toBeGreaterThan(0);
-    console.log(`kill-checksum: kills landed ${JSON.stringify(landed)}`);
+    console.log(`kill-checksum: kills landed ${JSON.stringify(landed)}; leftovers ${JSON.stringify(leftovers)}`);
   // About a minute on an idle machine (six child processes, their
   // recoveries and idempotence runs); a loaded one can take several times that.
   }, 600_000);
