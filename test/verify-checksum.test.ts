@@ -9,6 +9,7 @@ import { until } from './helpers/until.js';
 import type { Engine } from '../src/engine/run.js';
 import { verifyEntity } from '../src/engine/verification.js';
 import { startWorker } from '../src/worker/worker.js';
+import { makePool } from '../src/db/pool.js';
 
 let sync: TestDatabase;
 let source: TestDatabase;
@@ -110,6 +111,38 @@ describe('syncline verify', () => {
     const r = cli(['verify', 'nope']);
     expect(r.code).toBe(2);
     expect(r.err).toMatch(/unknown entity "nope" — the config defines: events, items/);
+  });
+});
+
+describe('a verification whose process died', () => {
+  it('is closed as failed by the next verification; one whose session is alive stays running', async () => {
+    const open = async (client: { query: typeof sync.pool.query }) => {
+      const { rows } = await client.query(`insert into sync.verification (entity, requested_by) values ('items', 'test') returning id`);
+      await client.query(`select sync.start_verification($1, 'checksum')`, [rows[0].id]);
+      return Number(rows[0].id);
+    };
+    // One session that ends (a killed CLI's connection is dropped the same way), one that stays.
+    const gone = makePool(sync.url, { max: 1 });
+    const alive = makePool(sync.url, { max: 1 });
+    const client = await alive.connect();
+    try {
+      const goneId = await open(gone);
+      const { rows: [{ pid }] } = await gone.query('select pg_backend_pid() as pid');
+      await gone.end();
+      await until('the ended session to leave pg_stat_activity', async () => !(await sync.pool.query('select 1 from pg_stat_activity where pid = $1', [pid])).rows.length);
+      const aliveId = await open(client);
+      const r = await verifyEntity(engine, 'items', { requestedBy: 'test' });
+      expect(r.status).toBe('equal');
+      const { rows } = await sync.pool.query(`select id::int as id, status, detail ->> 'error' as error from sync.verification where id = any($1) order by id`,
+        [[goneId, aliveId]]);
+      expect(rows).toEqual([
+        { id: goneId, status: 'failed', error: expect.stringMatching(/ended mid-way/) },
+        { id: aliveId, status: 'running', error: null },
+      ]);
+    } finally {
+      client.release();
+      await alive.end();
+    }
   });
 });
 

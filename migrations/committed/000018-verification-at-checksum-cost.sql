@@ -1,5 +1,5 @@
 --! Previous: sha1:907eb36538ab0ac7f58207e102d20be594faef31
---! Hash: sha1:96bd9926ba1331c1caec619702d18fe39e523e84
+--! Hash: sha1:899b039e16cbb3c2e780c5b9a7c0e960df19f735
 --! Message: verification at checksum cost
 
 /*
@@ -269,6 +269,26 @@ begin
 end
 $$;
 comment on function sync.record_gaps(bigint, bigint) is 'After a scheduled checksum verification (p_verification_id) following run p_run_id: its differing keys become open gaps (sync.gap, but records waiting in quarantine), gaps no longer differing are resolved, a gap alert is raised above the entity''s gap_threshold, and a re-sync of just those keys is queued (or, after a failed re-sync, resync_failed raised).';
+
+create or replace function sync.start_verification(p_id bigint, p_method text) returns void
+  language sql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+  -- A verification whose session is gone (its process killed, its
+  -- connection cut) never closes itself: whoever verifies next closes it.
+  update sync.verification v
+     set status = 'failed', finished_at = now(),
+         detail = v.detail || jsonb_build_object('error', 'the process verifying ended mid-way (killed or disconnected): verify again')
+   where v.status = 'running' and v.id <> p_id and v.detail ? 'session'
+     and not exists (select 1 from pg_stat_activity a where a.pid = (v.detail #>> '{session,pid}')::int
+                        and a.backend_start is not distinct from (v.detail #>> '{session,started}')::timestamptz);
+  update sync.verification
+     set status = 'running', started_at = coalesce(started_at, now()), method = p_method,
+         detail = detail || jsonb_build_object('session', jsonb_build_object('pid', pg_backend_pid(),
+                    'started', (select a.backend_start from pg_stat_activity a where a.pid = pg_backend_pid())))
+   where id = p_id;
+$$;
+comment on function sync.start_verification(bigint, text) is 'Marks verification p_id running in this session (detail.session: pid and backend start), and closes as failed every running verification whose session is gone (a killed CLI or worker), so none shows running forever.';
 
 create or replace function sync.finish_verification(p_id bigint, p_status text, p_detail jsonb default '{}') returns void
   language sql volatile

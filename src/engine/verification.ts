@@ -87,7 +87,7 @@ async function compareOnce(engine: EngineContext, name: string, id: number): Pro
   let locked = false;
   let broken = false;
   try {
-    await target.query(`update sync.verification set status = 'running', started_at = now(), method = 'checksum' where id = $1`, [id]);
+    await target.query(`select sync.start_verification($1, 'checksum')`, [id]);
     const ent = await engine.loadEntity(name);
     base.keyColumns = ent.def.key;
     if (ent.def.direction === 'push') throw new Error(`"${name}" is a push entity: verify compares the target of a pull with its source`);

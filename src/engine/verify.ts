@@ -53,8 +53,8 @@ async function verificationDue(target: PoolClient, name: string, def: EntityConf
 /** Opens a verification row of a run's scheduled check; returns its id. */
 async function openScheduled(target: PoolClient, name: string, runId: number, method: string): Promise<number> {
   const { rows } = await target.query<{ id: string }>(
-    `insert into sync.verification (entity, requested_by, run_id, started_at, status, method)
-     values ($1, 'schedule', $2, now(), 'running', $3) returning id`, [name, runId, method]);
+    `insert into sync.verification (entity, requested_by, run_id) values ($1, 'schedule', $2) returning id`, [name, runId]);
+  await target.query('select sync.start_verification($1, $2)', [rows[0].id, method]);
   return Number(rows[0].id);
 }
 
