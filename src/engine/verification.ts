@@ -16,7 +16,7 @@ import { targetColumns } from './columns.js';
 import { takeEntityLock } from './run.js';
 import type { EngineContext, RunResult } from './types.js';
 import { cursorRange } from './verify.js';
-import { compareKeys, type KeyComparison } from './verify-keys.js';
+import { closeComparison, compareKeys, type KeyComparison } from './verify-keys.js';
 
 export type VerificationStatus = 'equal' | 'differs' | 'fixed' | 'failed';
 
@@ -109,12 +109,9 @@ async function compareOnce(engine: EngineContext, name: string, id: number): Pro
       broken = true;
       throw err;
     }
-    const differs = c.missing + c.extra + c.changed > 0;
-    await target.query('update sync.verification set rows_compared = $2, segments = $3 where id = $1', [id, c.rowsCompared, c.segments]);
-    await target.query('select sync.finish_verification($1, $2, $3::jsonb)', [id, differs ? 'differs' : 'equal', JSON.stringify({
-      levels: c.levels, ...(range ? { lo: range.lo, hi: range.hi } : {}), ...(ent.def.tenant ? { tenant: ent.def.tenant.value } : {}),
-      ...(c.columnsNote ? { columns_note: c.columnsNote } : {}),
-    })]);
+    const differs = await closeComparison(target, id, c, range, {
+      ...(ent.def.tenant ? { tenant: ent.def.tenant.value } : {}), ...(c.columnsNote ? { columns_note: c.columnsNote } : {}),
+    });
     return {
       ...base, status: differs ? 'differs' : 'equal', rowsCompared: c.rowsCompared, segments: c.segments,
       missing: c.missing, extra: c.extra, changed: c.changed, keys: await keysOf(target, id),

@@ -30,6 +30,20 @@ export interface KeyComparison {
   columnsNote?: string;
 }
 
+/**
+ * Closes verification `id` with what a comparison found: rows and segments
+ * compared, equal or differs, the levels and the range (and `detail`).
+ * Returns whether keys differ.
+ */
+export async function closeComparison(target: PoolClient, id: number, c: KeyComparison, range: KeyRange | null,
+  detail: Record<string, unknown> = {}): Promise<boolean> {
+  const differs = c.missing + c.extra + c.changed > 0;
+  await target.query('update sync.verification set rows_compared = $2, segments = $3 where id = $1', [id, c.rowsCompared, c.segments]);
+  await target.query('select sync.finish_verification($1, $2, $3::jsonb)', [id, differs ? 'differs' : 'equal',
+    JSON.stringify({ levels: c.levels, ...(range ? { lo: range.lo, hi: range.hi } : {}), ...detail })]);
+  return differs;
+}
+
 // When more than this share of the rows is in differing buckets after the
 // first level, refining further costs more scans than listing every key.
 const MOSTLY_DIFFERENT = 0.5;

@@ -1,10 +1,10 @@
-import pg from 'pg';
 import { quoteIdent } from '../db/database.js';
 import type { PoolClient } from '../db/pool.js';
 import type { EntityConfig } from '../config/schema.js';
 import type { ChecksumReads, KeyRange, KeyRangeReads, PlannedRun } from '../sources/port.js';
 import type { Trigger } from './types.js';
-import { compareKeys } from './verify-keys.js';
+import { targetScope, targetTable } from './segments.js';
+import { closeComparison, compareKeys } from './verify-keys.js';
 
 /**
  * Verification after a merged incremental run of an entity whose source
@@ -66,11 +66,7 @@ async function verifyByChecksums(args: {
   const id = await openScheduled(target, name, runId, 'checksum');
   try {
     const c = await compareKeys({ ...args, id, prefix: `run_${runId}_verify` });
-    const differs = c.missing + c.extra + c.changed > 0;
-    await target.query(
-      `update sync.verification set rows_compared = $2, segments = $3 where id = $1`, [id, c.rowsCompared, c.segments]);
-    await target.query('select sync.finish_verification($1, $2, $3::jsonb)',
-      [id, differs ? 'differs' : 'equal', JSON.stringify({ levels: c.levels, ...(args.range ? { lo: args.range.lo, hi: args.range.hi } : {}) })]);
+    await closeComparison(target, id, c, args.range);
     const gaps = (await target.query('select sync.record_gaps($1, $2) as g', [runId, id])).rows[0].g;
     return { method: 'checksum', verification_id: id, rows_compared: c.rowsCompared, segments: c.segments,
       missing: c.missing, extra: c.extra, changed: c.changed, gaps };
@@ -90,14 +86,12 @@ async function verifyByCounts(args: {
 }): Promise<Record<string, unknown>> {
   const { target, name, runId, def, source, range } = args;
   const id = await openScheduled(target, name, runId, 'count');
-  const inRange = (alias: string, column: string) => (range
-    ? `${alias}.${quoteIdent(column)} between ${pg.escapeLiteral(range.lo)}::${range.type} and ${pg.escapeLiteral(range.hi)}::${range.type}` : 'true');
   const [sourceCount, { rows: [tgt] }] = await Promise.all([
     source.count(range),
     target.query<{ n: string; quarantined: string }>(
-      `select (select count(*) from ${targetName(def)} t where ${scopeOf(def)} and ${range ? inRange('t', def.cursor!.column) : 'true'}) as n,
+      `select (select count(*) from ${targetTable(def)} t where ${targetScope(def, range)}) as n,
               (select count(*) from sync.run_error e where e.entity = $1 and e.resolved_at is null and e.key is not null
-                  and not exists (select 1 from ${targetName(def)} t where ${keyArray(def)} = e.key)) as quarantined`,
+                  and not exists (select 1 from ${targetTable(def)} t where ${keyArray(def)} = e.key)) as quarantined`,
       [name]),
   ]);
   const missing = sourceCount - Number(tgt.n);
@@ -126,10 +120,10 @@ export async function cursorRange(target: PoolClient, def: EntityConfig, name: s
   const col = quoteIdent(def.cursor.column);
   const { rows: [t] } = await target.query<{ type: string }>(
     'select format_type(a.atttypid, a.atttypmod) as type from pg_attribute a where a.attrelid = $1::regclass and a.attname = $2',
-    [targetName(def), def.cursor.column]);
+    [targetTable(def), def.cursor.column]);
   // The low end never rises: rows lost from the bottom of the range are gaps too.
   const { rows } = await target.query<{ lo: string | null; hi: string | null }>(
-    `select least((select min(t.${col}) from ${targetName(def)} t where ${scopeOf(def)}),
+    `select least((select min(t.${col}) from ${targetTable(def)} t where ${targetScope(def)}),
                   (select (r.detail #>> '{verify,lo}')::${t.type} from sync.run r
                     where r.entity = $1 and r.detail #> '{verify,lo}' is not null order by r.id desc limit 1))::text as lo,
             (select cursor_value from sync.entity where name = $1) as hi`,
@@ -151,7 +145,7 @@ export async function recordCounts(args: { target: PoolClient; name: string; run
   const { rows: [c] } = await target.query<{ source: string; target: string; quarantined: string; kept: string }>(
     `select r.inserted + r.updated + r.unchanged + coalesce(r.deferred, 0) as source, r.quarantined,
             coalesce(r.held, 0) + coalesce((r.detail ->> 'kept')::bigint, 0) as kept,
-            (select count(*) from ${targetName(def)} t where ${scopeOf(def)}) as target
+            (select count(*) from ${targetTable(def)} t where ${targetScope(def)}) as target
        from sync.run r where r.id = $1`, [runId]);
   // Rows whose delete was held or skipped (a doubtful snapshot) are still there, on purpose.
   const detail = { source: Number(c.source) + Number(c.kept), target: Number(c.target), quarantined: Number(c.quarantined) };
@@ -177,19 +171,6 @@ async function hasOpenGaps(target: PoolClient, entity: string): Promise<boolean>
   return rows[0].g;
 }
 
-function targetName(def: EntityConfig): string {
-  const t = def.target as { schema: string; table: string };
-  return `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
-}
-
 function keyArray(def: EntityConfig): string {
   return `array[${def.key.map((k) => `t.${quoteIdent(k)}::text`).join(', ')}]`;
-}
-
-/** The rows the entity owns in its target: its tenant's, and not soft-deleted. */
-function scopeOf(def: EntityConfig): string {
-  const parts = ['true'];
-  if (def.tenant) parts.push(`t.${quoteIdent(def.tenant.column)} = ${pg.escapeLiteral(def.tenant.value)}`);
-  if (def.mode === 'soft-delete' && def.softDelete) parts.push(`t.${quoteIdent(def.softDelete.column)} is null`);
-  return parts.join(' and ');
 }
