@@ -18,7 +18,7 @@ import type { EntityConfig } from '../config/schema.js';
 import { quoteIdent } from '../db/database.js';
 import type { Pool, PoolClient } from '../db/pool.js';
 import type { BucketFilter, ChecksumColumn, ChecksumSession, KeyRange } from '../sources/port.js';
-import { BUCKET_SETTINGS, bucketMask, inBuckets, rowHash } from '../sources/buckets.js';
+import { BUCKET_SETTINGS, bucketMask, inBuckets, inKeyRange, rowHash } from '../sources/buckets.js';
 
 export type { BucketFilter, ChecksumColumn, ChecksumSession } from '../sources/port.js';
 
@@ -87,7 +87,7 @@ export function targetScope(def: EntityConfig, range?: KeyRange | null, alias = 
   if (def.tenant) parts.push(`${alias}.${quoteIdent(def.tenant.column)} = ${pg.escapeLiteral(def.tenant.value)}`);
   if (def.mode === 'soft-delete' && def.softDelete) parts.push(`${alias}.${quoteIdent(def.softDelete.column)} is null`);
   if (range) {
-    parts.push(`${alias}.${quoteIdent(range.column)} between ${pg.escapeLiteral(range.lo)}::${range.type} and ${pg.escapeLiteral(range.hi)}::${range.type}`);
+    parts.push(inKeyRange(alias, range.column, range));
   }
   return parts.join(' and ');
 }

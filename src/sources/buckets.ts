@@ -3,7 +3,9 @@
  * records and the engine that compares them with the target (both must
  * print exactly the same expressions).
  */
-import type { BucketFilter } from './port.js';
+import pg from 'pg';
+import { quoteIdent } from '../db/database.js';
+import type { BucketFilter, KeyRange } from './port.js';
 
 /** The mask keeping the low `bits` bits of a key hash, as an int8 literal. */
 export function bucketMask(bits: number): string {
@@ -40,3 +42,12 @@ export const TEXT_SETTINGS = `set local datestyle = 'ISO, YMD'; set local interv
 
 export const BUCKET_SETTINGS = `set local work_mem = '64MB'; set local parallel_setup_cost = 10; set local parallel_tuple_cost = 0.001;
   ${TEXT_SETTINGS}`;
+
+/**
+ * `<alias>.<column>` within a cursor range, compared in the target column's
+ * type: the same condition on the source (its column feeding the target's)
+ * and on the target, so both sides count, hash and list the same rows.
+ */
+export function inKeyRange(alias: string, column: string, range: KeyRange): string {
+  return `${alias}.${quoteIdent(column)} between ${pg.escapeLiteral(range.lo)}::${range.type} and ${pg.escapeLiteral(range.hi)}::${range.type}`;
+}

@@ -14,12 +14,11 @@
  * under the same session settings on both sides, so equal sums mean a full
  * fetch would find nothing to change.
  */
-import pg from 'pg';
 import type { EntityConfig } from '../../config/schema.js';
 import { quoteIdent } from '../../db/database.js';
 import { connectionHint, type Pool } from '../../db/pool.js';
-import { BUCKET_SETTINGS, bucketMask, inBuckets, rowHash } from '../buckets.js';
-import type { ChecksumColumn, ChecksumReads, ChecksumSession, KeyRange } from '../port.js';
+import { BUCKET_SETTINGS, bucketMask, inBuckets, inKeyRange, rowHash } from '../buckets.js';
+import type { ChecksumColumn, ChecksumReads, ChecksumSession } from '../port.js';
 import { beginSnapshot, copyInSnapshot, oneStatement, sourceSelect } from './read.js';
 
 /** What the checksum reads need of a planned postgres run. */
@@ -69,7 +68,7 @@ export function checksumReads(src: { pool: Pool; url: string }, def: EntityConfi
           return v;
         });
         const keyHash = rowHash(keyValues);
-        const where = range ? `where ${inRange(sourceOf(range.column), range)}` : '';
+        const where = range ? `where ${inKeyRange('q', sourceOf(range.column), range)}` : '';
         const rows = `from (\n${base}\n) q ${where}`;
         const hashed = `select ${keyHash} as _sl_h, ${rowHash(columns.map((c) => value.get(c.column)!))} as _sl_r${
           keyValues.map((v, i) => `, (${v})::text as _sl_k${i}`).join('')} ${rows}`;
@@ -101,9 +100,4 @@ export function checksumReads(src: { pool: Pool; url: string }, def: EntityConfi
       }
     },
   };
-}
-
-/** The cursor range on the source, compared in the target column's type. */
-function inRange(sourceColumn: string, range: KeyRange): string {
-  return `q.${quoteIdent(sourceColumn)} between ${pg.escapeLiteral(range.lo)}::${range.type} and ${pg.escapeLiteral(range.hi)}::${range.type}`;
 }

@@ -10,6 +10,7 @@ import type { EntityConfig, PostgresSourceConfig } from '../../config/schema.js'
 import { quoteIdent } from '../../db/database.js';
 import { connectionHint, describeUrl, type Pool } from '../../db/pool.js';
 import type { KeyRange, KeyRangeReads, PlannedRun, SourceKind, StageRun } from '../port.js';
+import { inKeyRange } from '../buckets.js';
 import { checksumReads } from './checksum.js';
 import { copyFromSource, querySource, sourceColumns, sourceConnection, sourceKeyIsUnique, sourceSelect, sourceUrl,
   type CursorFilter } from './read.js';
@@ -126,10 +127,8 @@ async function estimatedRows(pool: Pool, def: EntityConfig): Promise<number | un
 /** Counting and copying the source's keys within a cursor range (in the entity's tenant). */
 function keyRangeReads({ pool, url }: { pool: Pool; url: string }, def: EntityConfig, plan: Plan): KeyRangeReads {
   const keySource = def.key.map((k) => sourceOf(plan, k));
-  const inRange = (alias: string, column: string, range: KeyRange) =>
-    `${alias}.${quoteIdent(column)} between ${pg.escapeLiteral(range.lo)}::${range.type} and ${pg.escapeLiteral(range.hi)}::${range.type}`;
   const select = (cols: string[], range: KeyRange | null) => `select * from (${sourceSelect(def, cols, { tenantSourceColumn: plan.tenantSourceColumn })}) s
-    where ${range ? inRange('s', sourceOf(plan, range.column), range) : 'true'}`;
+    where ${range ? inKeyRange('s', sourceOf(plan, range.column), range) : 'true'}`;
   return {
     async count(range) {
       const { rows: [src] } = await querySource<{ n: string }>(pool, `select count(*) as n from (${select(plan.sourceColumns, range)}) v`);
