@@ -79,12 +79,14 @@ type Landed = 'diff' | 'fetch' | 'merge' | 'elsewhere' | 'after the end';
 
 type Phase = 'diff' | 'fetch' | 'merge' | 'other';
 
-/** The phase a statement of the run belongs to. */
+/** The phase a statement of the run belongs to, on the Syncline database or the source. */
 function phaseOf(query: string): Phase {
   // The merge is one function call.
   if (/sync\.merge(_direct)?\(/.test(query)) return 'merge';
   // The diff works on the run's bucket tables: the source's sums COPYed in, the target's computed, the differing ones kept.
   if (/run_\d+_(srcsums|tgtsums|differing)\b/.test(query)) return 'diff';
+  // On the source, the diff COPYs out bucket sums (grouped by bucket) and the fetch the records themselves.
+  if (/\bto stdout\b/i.test(query)) return /\bgroup by 1\b/i.test(query) ? 'diff' : 'fetch';
   // The fetch COPYs the records of the differing buckets into the staging table.
   if (/^\s*copy\b[\s\S]*\bfrom stdin/i.test(query)) return 'fetch';
   return 'other';
@@ -92,14 +94,26 @@ function phaseOf(query: string): Phase {
 
 const RANK: Record<Phase, number> = { merge: 0, fetch: 1, diff: 2, other: 3 };
 
-/** The killed child's statement in progress on the Syncline database (the most telling of them), on the database's clock; null when it runs none. */
+/** The name the postgres source gives its sessions (sources/postgres/read.ts). */
+const SOURCE_APP = 'syncline (read-only source)';
+
+/** The child's statements in progress on one database. */
+const activeQueries = async (db: TestDatabase, app: string) => (await db.pool.query<{ query: string }>(
+  `select query from pg_stat_activity where datname = $1 and application_name = $2 and state = 'active'`, [db.name, app])).rows;
+
+/**
+ * The killed child's statement in progress, on the Syncline database or the
+ * source (the diff spends part of its time on each), the most telling of
+ * them, with the Syncline database's clock; null when it runs none.
+ */
 async function inFlight(app: string): Promise<{ phase: Phase; runId: number | null; at: Date } | null> {
-  const { rows } = await sync.pool.query(
-    `select a.query, clock_timestamp() as at, (select max(id) from sync.run where entity = 'items' and status = 'running') as run_id
-       from pg_stat_activity a where a.datname = $1 and a.application_name = $2 and a.state = 'active'`, [sync.name, app]);
-  if (!rows.length) return null;
-  const phase = rows.map((r) => phaseOf(r.query)).sort((a, b) => RANK[a] - RANK[b])[0];
-  return { phase, runId: rows[0].run_id === null ? null : Number(rows[0].run_id), at: rows[0].at };
+  // The source's sessions carry Syncline's own name; only the child reads the source while it is aimed at.
+  const queries = [...await activeQueries(sync, app), ...await activeQueries(source, SOURCE_APP)];
+  const { rows: [now] } = await sync.pool.query(
+    `select clock_timestamp() as at, (select max(id) from sync.run where entity = 'items' and status = 'running') as run_id`);
+  if (!queries.length) return null;
+  const phase = queries.map((r) => phaseOf(r.query)).sort((a, b) => RANK[a] - RANK[b])[0];
+  return { phase, runId: now.run_id === null ? null : Number(now.run_id), at: now.at };
 }
 
 let children = 0;
@@ -120,18 +134,21 @@ async function syncKilledAt(moment: Moment): Promise<{ landed: Landed; runId: nu
   let alive = true;
   const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_code, signal) => { alive = false; resolve(signal); }));
   let runId: number | null = null;
+  let seen = null;
   // Aim: wait until the phase is going on (or the run has started, for 'run').
   for (;;) {
     if (!alive) break;
-    const now = await inFlight(app);
-    runId = now?.runId ?? runId;
-    if (moment.phase === 'run' ? (now?.runId ?? null) !== null : now?.phase === moment.phase) break;
+    seen = await inFlight(app);
+    runId = seen?.runId ?? runId;
+    if (moment.phase === 'run' ? (seen?.runId ?? null) !== null : seen?.phase === moment.phase) break;
     await sleep(2);
   }
   let at = null;
   if (alive) {
-    await sleep(moment.delayMs);
-    at = await inFlight(app);
+    // With no delay the kill follows the sighting at once (a second look
+    // could fall between two statements of the same phase and tell nothing).
+    if (moment.delayMs > 0) await sleep(moment.delayMs);
+    at = moment.delayMs > 0 ? await inFlight(app) : seen;
     child.kill('SIGKILL');
   }
   const signal = await exited;
