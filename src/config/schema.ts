@@ -184,6 +184,8 @@ export const entity = z.object({
     limit: z.number().int().min(0).max(100).default(3).describe('Times a quarantined record is offered again before it stays quarantined.'),
     delay: interval('5 minutes').default('5 minutes').describe('Wait before a quarantined record is offered again.'),
   }).strict().optional(),
+  capture: z.literal('log').optional()
+    .describe('Postgres sources: read every insert, update and delete from the source\'s write-ahead log (logical replication, pgoutput) instead of re-reading the table. Needs wal_level = logical and a role WITH REPLICATION on the source; Syncline creates the publication and the slot syncline_<entity> (see README, "Log capture"). A worker polls the slot every log_poll_interval (1 second).'),
   diff: z.enum(['auto', 'off']).optional()
     .describe('How a full mirror or upsert run of a postgres source compares: "auto" (default) compares checksums of key-hash buckets on both sides and fetches only the records of buckets that differ, or everything when that is cheaper; "off" always fetches everything.'),
   verify: z.union([
@@ -238,10 +240,25 @@ export const entity = z.object({
     ctx.addIssue({ code: 'custom', path: ['from', 'query'], message: '{{cursor}} needs a "cursor" on the entity — add cursor: {"column": …} or remove the placeholder' });
   }
   checkPush(e, ctx);
+  checkCapture(e, ctx);
 // A push only ever adds rows the remote lacks: its mode is "append". Should a
 // pull run ever be started on it, append never deletes or updates the local
 // table (mirror would delete the rows not yet pushed).
 }).transform((e) => (e.direction === 'push' ? { ...e, mode: 'append' as const } : e));
+
+/** Log capture reads a table's changes; a cursor or a query means nothing to it. */
+function checkCapture(e: { capture?: string; from: object; cursor?: unknown; direction: string }, ctx: z.RefinementCtx): void {
+  if (e.capture !== 'log') return;
+  if (!('table' in e.from)) {
+    ctx.addIssue({ code: 'custom', path: ['capture'], message: 'log capture reads a table\'s changes: use "from": {"table": …} with a postgres source, or remove "capture"' });
+  }
+  if (e.cursor) {
+    ctx.addIssue({ code: 'custom', path: ['cursor'], message: 'log capture reads every change in commit order, no cursor needed — remove "cursor"' });
+  }
+  if (e.direction === 'push') {
+    ctx.addIssue({ code: 'custom', path: ['capture'], message: 'log capture is for pull entities — remove "capture"' });
+  }
+}
 
 /** A push entity reads a local table and has none of the pull-only fields. */
 function checkPush(e: { direction: string; mode: string; push?: unknown; from: object; dependsOn: string[] | 'auto' } & Record<string, unknown>, ctx: z.RefinementCtx): void {

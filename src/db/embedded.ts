@@ -280,6 +280,10 @@ async function stopServer(user: ServerUser, dataDir: string): Promise<void> {
   });
 }
 
+// Log capture ("capture": "log") reads a database of this server as a source
+// through logical replication slots: WAL must carry logical decoding.
+const LOG_CAPTURE_SETTINGS = '-c wal_level=logical -c max_replication_slots=64 -c max_wal_senders=32';
+
 async function start(opts: { dir: string; port?: number; persistent?: boolean }, user: ServerUser, dir: string, dataDir: string): Promise<EmbeddedServer> {
   const port = opts.port ?? Number(process.env.SYNCLINE_EMBEDDED_PORT ?? DEFAULT_EMBEDDED_PORT);
   if (await portOpen(port)) {
@@ -292,7 +296,7 @@ async function start(opts: { dir: string; port?: number; persistent?: boolean },
   const logFile = path.join(dir, 'server.log');
   try {
     await runAs(user, pg_ctl, ['start', '-D', dataDir, '-w', '-t', String(START_TIMEOUT_S), '-l', logFile,
-      '-o', `-p ${port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''`]);
+      '-o', `-p ${port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' ${LOG_CAPTURE_SETTINGS}`]);
   } catch (err) {
     const tail = existsSync(logFile) ? readFileSync(logFile, 'utf8').split('\n').slice(-15).join('\n') : '';
     throw new Error(`the embedded PostgreSQL in ${dataDir} did not start: ${(err as Error).message}\n${tail}`, { cause: err });

@@ -203,4 +203,9 @@ export interface SourceKind {
   /** Whether a run can read just chosen keys (else a re-sync by key reads everything). */
   readsKeys(def: EntityConfig): boolean;
   plan(input: PlanInput): Promise<PlannedRun>;
+  /**
+   * Capability: whether a run would find anything to do, asked without
+   * starting one (log capture polls its slot every second or so). Absent: always.
+   */
+  pending?(env: SourceEnv, name: string, def: EntityConfig): Promise<boolean>;
 }

@@ -13,6 +13,7 @@ import { syncEdge } from '../../tasks/sync_edge.js';
 import { syncSchedule } from '../../tasks/sync_schedule.js';
 import { syncVerify } from '../../tasks/sync_verify.js';
 import { Heartbeat } from './heartbeat.js';
+import { startLogLoop } from './log-loop.js';
 
 // After stop(), how long to wait for this worker's jobs to be released before
 // releasing them ourselves (graphile-worker's stop() can return before a
@@ -79,6 +80,7 @@ export async function startWorker(engine: Engine, opts: { crontabFile?: string; 
     logger: workerLogger(),
   });
   await heartbeat.start();
+  const logLoop = startLogLoop(engine);
   runner.promise.catch((err) => { if (!stopping) fail(err); });
   return {
     runner,
@@ -86,6 +88,7 @@ export async function startWorker(engine: Engine, opts: { crontabFile?: string; 
     failed,
     async stop() {
       stopping = true;
+      await logLoop.stop();
       await runner.stop();
       await releaseJobs(engine, [...ids]);
       await heartbeat.stop();

@@ -44,7 +44,14 @@ export async function testDatabase(prefix: string, opts: { migrated?: boolean } 
   const pool = makePool(url, { max: 6 });
   afterAll(async (suite) => {
     await pool.end();
-    if (!anyFailed(suite)) await admin((c) => c.query(`drop database if exists ${quoteIdent(name)} with (force)`));
+    if (!anyFailed(suite)) {
+      // A database with a replication slot (log capture's source) cannot be dropped.
+      await admin(async (c) => {
+        await c.query('select pg_terminate_backend(active_pid) from pg_replication_slots where database = $1 and active_pid is not null', [name]);
+        await c.query('select pg_drop_replication_slot(slot_name) from pg_replication_slots where database = $1 and not active', [name]);
+      }).catch(() => {});
+      await admin((c) => c.query(`drop database if exists ${quoteIdent(name)} with (force)`));
+    }
   });
   return { name, url, pool };
 }

@@ -12,6 +12,7 @@ import { connectionHint, describeUrl, type Pool } from '../../db/pool.js';
 import type { KeyRange, KeyRangeReads, PlannedRun, SourceKind, StageRun } from '../port.js';
 import { inKeyRange } from '../buckets.js';
 import { checksumReads } from './checksum.js';
+import { logCapturePlan, logPending } from './log/plan.js';
 import { copyFromSource, querySource, sourceColumns, sourceConnection, sourceKeyIsUnique, sourceSelect, sourceUrl,
   type CursorFilter } from './read.js';
 
@@ -52,6 +53,8 @@ export const postgresSource: SourceKind = {
 
   readsKeys: () => true,
 
+  pending: (env, name, def) => (def.capture === 'log' ? logPending(env, name, def) : Promise.resolve(true)),
+
   async plan({ env, name, def, cursor, opts, targetColumns }) {
     const full = Boolean(opts.full) || Boolean(opts.keys);
     const window = opts.window;
@@ -82,6 +85,12 @@ export const postgresSource: SourceKind = {
       throw new Error(`entity "${name}": cursor column "${def.cursor.column}" must be one of the synced columns`);
     }
     const copyInto = (run: StageRun, into: string) => fetchInto(run, plan, into);
+    // Log capture reads a snapshot or the log; chosen keys (a retry, a gap) are read from the table.
+    const log = def.capture === 'log' && !opts.keys && !window ? await logCapturePlan({
+      env, name, def, opts, sourceColumns: plan.sourceColumns, targetColumns: plan.targetColumns,
+      keySourceColumns: def.key.map((k) => sourceOf(plan, k)),
+      fetchAll: (run, into, snapshot) => fetchInto(run, plan, into, snapshot),
+    }) : null;
     const planned: PlannedRun = {
       targetColumns: plan.targetColumns,
       sourceColumns: plan.sourceColumns,
@@ -94,13 +103,14 @@ export const postgresSource: SourceKind = {
       },
       keyRange: keyRangeReads(env.pgSource(def.source), def, plan),
       checksums: checksumReads(env.pgSource(def.source), def, plan, () => estimatedRows(srcPool, def)),
+      ...log,
     };
     return planned;
   },
 };
 
 /** COPY from the source into `into`, stoppable by sync.cancel and by shutdown. Returns the rows copied. */
-async function fetchInto(run: StageRun, plan: Plan, into: string): Promise<number> {
+async function fetchInto(run: StageRun, plan: Plan, into: string, snapshot?: string): Promise<number> {
   const { env, def, name, runId, opts } = run;
   const { pool, url } = env.pgSource(def.source);
   const keys = opts.keys
@@ -108,7 +118,7 @@ async function fetchInto(run: StageRun, plan: Plan, into: string): Promise<numbe
   const select = sourceSelect(def, plan.sourceColumns, { tenantSourceColumn: plan.tenantSourceColumn, cursor: plan.cursor, keys });
   const total = plan.cursor || opts.keys ? undefined : await estimatedRows(pool, def);
   return run.fetchPhase((signal) => copyFromSource({
-    pool, url, entity: def, select, target: run.target, into, columns: plan.targetColumns, signal,
+    pool, url, entity: def, select, target: run.target, into, columns: plan.targetColumns, signal, snapshot,
     onRows: (r, bytes) => opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: r, bytes, total }),
   }));
 }

@@ -248,6 +248,8 @@ export async function copyFromSource(args: {
   columns: string[];
   signal: AbortSignal;
   onRows: (rows: number, bytes: number) => void;
+  /** Read in this exported snapshot (a replication slot's starting point) instead of a new one. */
+  snapshot?: string;
 }): Promise<number> {
   // COPY goes over the simple protocol, which runs every statement in the
   // text: it must be one, by our lexer and then by PostgreSQL's parser.
@@ -256,7 +258,7 @@ export async function copyFromSource(args: {
   const client = await args.pool.connect().catch((err) => { throw connectionHint(err, args.url, `source "${args.entity.source}"`); });
   let broken = false;
   try {
-    await beginSnapshot(client);
+    await beginSnapshot(client, args.snapshot);
     const rows = await copyInSnapshot({ ...args, client });
     // Not commit: a read-only transaction has nothing to keep, and a rollback
     // undoes a session setting the query changed (set_config(…, false)).
@@ -272,8 +274,10 @@ export async function copyFromSource(args: {
 }
 
 /** Opens the read-only repeatable-read transaction a fetch reads in, with the session settings that make its text output parse the same on the target. */
-export async function beginSnapshot(client: pg.ClientBase): Promise<void> {
+export async function beginSnapshot(client: pg.ClientBase, snapshot?: string): Promise<void> {
   await client.query('begin transaction isolation level repeatable read, read only');
+  // Before any query of the transaction, as PostgreSQL requires.
+  if (snapshot) await client.query(`set transaction snapshot ${lit(snapshot)}`);
   await client.query(SOURCE_SESSION);
 }
 

@@ -1,0 +1,190 @@
+/**
+ * Reads an entity's changes from its slot into the run's staging table.
+ *
+ * The changes are peeked (pg_logical_slot_peek_binary_changes), not
+ * consumed: the slot moves only after the merge that applied them committed
+ * (confirmSlot), so a run killed at any moment reads them again. A
+ * transaction that committed before the applied position was applied by an
+ * earlier run whose confirmation never reached the source: it is skipped.
+ *
+ * Each change is one COPY line in commit order (_sl_seq): the row's values
+ * (text, as the source printed them), whether it is a delete, and the
+ * columns an update left out (unchanged TOASTed values). sync.log_prepare
+ * makes one state a key of them in SQL.
+ */
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import pg from 'pg';
+import { from as copyFrom } from 'pg-copy-streams';
+import type { EntityConfig } from '../../../config/schema.js';
+import { copyLine } from '../../../db/copy.js';
+import { quoteIdent } from '../../../db/database.js';
+import type { Pool, PoolClient } from '../../../db/pool.js';
+import { TEXT_SETTINGS } from '../../buckets.js';
+import { decode, lsnValue, UNCHANGED, type Relation, type Value } from './pgoutput.js';
+import { sourceTable } from './slot.js';
+
+/** Messages fetched from the server at a time. */
+const FETCH = 5000;
+
+/** A schema change the synced columns cannot go on through. */
+export class LogSchemaError extends Error {}
+
+export interface LogRead {
+  /** Changes staged. */
+  rows: number;
+  /** The position the target holds once these changes merged. */
+  to: string;
+  /** Commit time of the last transaction read. */
+  commitAt: string | null;
+  /** Everything committed before `to` was read: `readAt` bounds the lag. */
+  caughtUp: boolean;
+  readAt: string;
+  sourceLsn: string;
+  /** The _sl_seq of the last truncate of the table, when there was one. */
+  truncatedSeq: number | null;
+  /** The table's columns as the log last described them. */
+  relation: { name: string; typeOid: number; key: boolean }[] | null;
+}
+
+export interface ReadChanges {
+  pool: Pool;
+  slot: string;
+  publication: string;
+  def: EntityConfig;
+  sourceColumns: string[];
+  targetColumns: string[];
+  /** The position the target holds: transactions that committed before it are in already. */
+  applied: string;
+  target: PoolClient;
+  into: string;
+  maxChanges: number;
+  signal?: AbortSignal;
+  onRows?: (rows: number) => void;
+}
+
+const lit = (v: string) => pg.escapeLiteral(v);
+
+/** Stages the changes since `applied` (at most about maxChanges, in whole transactions). */
+export async function stageChanges(args: ReadChanges): Promise<LogRead> {
+  const client = await args.pool.connect();
+  let broken = false;
+  try {
+    await client.query('begin transaction read only');
+    await client.query(TEXT_SETTINGS);
+    const { rows: [now] } = await client.query('select pg_current_wal_flush_lsn()::text as lsn, now() as at');
+    await client.query(`declare changes no scroll cursor for
+      select data from pg_logical_slot_peek_binary_changes(${lit(args.slot)}, ${lit(now.lsn)}::pg_lsn, ${args.maxChanges},
+                                                           'proto_version', '1', 'publication_names', ${lit(args.publication)})`);
+    const state = new ChangeLines(args);
+    const columns = [...args.targetColumns, '_sl_deleted', '_sl_seq', '_sl_unchanged'].map(quoteIdent).join(', ');
+    const into = args.target.query(copyFrom(`copy ${args.into} (${columns}) from stdin`));
+    const lines = Readable.from((async function* () {
+      for (;;) {
+        const { rows } = await client.query<{ data: Buffer }>(`fetch ${FETCH} from changes`);
+        const chunk = rows.map((r) => state.add(r.data)).join('');
+        if (chunk) yield chunk;
+        args.onRows?.(state.seq);
+        if (rows.length < FETCH) return;
+      }
+    })());
+    if (args.signal) await pipeline(lines, into, { signal: args.signal });
+    else await pipeline(lines, into);
+    await client.query('rollback');
+    const caughtUp = state.messages < args.maxChanges;
+    const to = caughtUp ? maxLsn(now.lsn, state.lastEnd ?? args.applied) : state.lastEnd ?? args.applied;
+    return {
+      rows: state.seq, to: maxLsn(to, args.applied), commitAt: state.commitAt, caughtUp, readAt: new Date(now.at).toISOString(),
+      sourceLsn: now.lsn, truncatedSeq: state.truncatedSeq, relation: state.relation,
+    };
+  } catch (err) {
+    broken = true;
+    throw err;
+  } finally {
+    client.release(broken ? true : undefined);
+  }
+}
+
+const maxLsn = (a: string, b: string) => (lsnValue(a) >= lsnValue(b) ? a : b);
+
+/** Turns pgoutput messages into COPY lines of the staging table. */
+class ChangeLines {
+  seq = 0;
+  messages = 0;
+  lastEnd: string | null = null;
+  commitAt: string | null = null;
+  truncatedSeq: number | null = null;
+  relation: LogRead['relation'] = null;
+  private relId: number | null = null;
+  /** For each target column, its column's position in the log's tuples. */
+  private positions: number[] = [];
+  private keyPositions: number[] = [];
+  private skip = false;
+  private readonly applied: bigint;
+  private readonly table: { schema: string; table: string };
+
+  constructor(private args: ReadChanges) {
+    this.applied = lsnValue(args.applied);
+    this.table = sourceTable(args.def);
+  }
+
+  add(data: Buffer): string {
+    this.messages++;
+    const m = decode(data);
+    switch (m.tag) {
+      case 'begin':
+        // Committed before the applied position: applied already.
+        this.skip = lsnValue(m.commitLsn) < this.applied;
+        return '';
+      case 'commit':
+        this.lastEnd = m.endLsn;
+        if (!this.skip) this.commitAt = m.commitTime.toISOString();
+        return '';
+      case 'relation':
+        if (m.relation.schema === this.table.schema && m.relation.table === this.table.table) this.described(m.relation);
+        return '';
+      case 'insert':
+        return this.mine(m.relation) ? this.line(m.values, false) : '';
+      case 'update': {
+        if (!this.mine(m.relation)) return '';
+        // The key changed: the old key's row goes.
+        const moved = m.old && this.keyPositions.some((p) => m.old![p] !== m.values[p] && m.old![p] !== UNCHANGED);
+        return (moved ? this.line(m.old!, true) : '') + this.line(m.values, false);
+      }
+      case 'delete':
+        return this.mine(m.relation) ? this.line(m.old, true) : '';
+      case 'truncate':
+        if (!this.skip && this.relId !== null && m.relations.includes(this.relId)) this.truncatedSeq = ++this.seq;
+        return '';
+      default:
+        return '';
+    }
+  }
+
+  private mine(relation: number): boolean {
+    return !this.skip && relation === this.relId;
+  }
+
+  private described(r: Relation): void {
+    const names = r.columns.map((c) => c.name);
+    const missing = this.args.sourceColumns.filter((c) => !names.includes(c));
+    if (missing.length) {
+      throw new LogSchemaError(`the source table ${r.schema}.${r.table} no longer has the column(s) ${missing.join(', ')} the entity syncs`);
+    }
+    this.relId = r.id;
+    this.positions = this.args.sourceColumns.map((c) => names.indexOf(c));
+    this.keyPositions = this.args.def.key.map((k) => this.positions[this.args.targetColumns.indexOf(k)]);
+    this.relation = r.columns.map((c) => ({ name: c.name, typeOid: c.typeOid, key: c.key }));
+  }
+
+  private line(values: Value[], deleted: boolean): string {
+    const unchanged: string[] = [];
+    const row = this.positions.map((p, i) => {
+      const v = values[p];
+      if (v === UNCHANGED) { unchanged.push(this.args.targetColumns[i]); return null; }
+      return v ?? null;
+    });
+    const list = unchanged.length ? `{${unchanged.map((c) => `"${c.replace(/["\\]/g, '\\$&')}"`).join(',')}}` : null;
+    return copyLine([...row, deleted ? 't' : 'f', ++this.seq, list]);
+  }
+}

@@ -1,0 +1,162 @@
+/**
+ * The source side of log capture: the publication naming the entity's
+ * table, the logical replication slot (pgoutput) that keeps its changes,
+ * and what the source says about them. Everything but the publication and
+ * the slot itself is read in the read-only sessions every source read uses.
+ */
+import { createHash } from 'node:crypto';
+import pg from 'pg';
+import type { EntityConfig } from '../../../config/schema.js';
+import { quoteIdent } from '../../../db/database.js';
+import { connectionHint, type Pool } from '../../../db/pool.js';
+
+/** The slot's and the publication's name on the source: syncline_<entity>, made a valid slot name. */
+export function logNames(entity: string): { slot: string; publication: string } {
+  let base = `syncline_${entity.toLowerCase().replace(/[^a-z0-9_]/g, '_')}`;
+  // Slot names are at most 63 characters; a cut name keeps a hash of the whole one.
+  if (base.length > 63) base = `${base.slice(0, 54)}_${createHash('sha1').update(entity).digest('hex').slice(0, 8)}`;
+  return { slot: base, publication: base };
+}
+
+export const sourceTable = (def: EntityConfig) => {
+  if (!('table' in def.from)) throw new Error('log capture reads a table ("from": {"table": …}), not a query');
+  return def.from.table as { schema: string; table: string };
+};
+const tableSql = (def: EntityConfig) => { const t = sourceTable(def); return `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`; };
+
+/** What the source says about a slot now; null when it has no such slot in this database. */
+export interface SlotState {
+  wal_status: string;
+  active: boolean;
+  retained_bytes: string;
+  source_lsn: string;
+  confirmed_lsn: string | null;
+}
+
+export async function slotState(pool: Pool, slot: string): Promise<SlotState | null> {
+  const { rows } = await pool.query<SlotState>(
+    `select coalesce(s.wal_status, 'reserved') as wal_status, s.active,
+            pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint::text as retained_bytes,
+            pg_current_wal_flush_lsn()::text as source_lsn, s.confirmed_flush_lsn::text as confirmed_lsn
+       from pg_replication_slots s where s.slot_name = $1 and s.database = current_database()`, [slot]);
+  return rows[0] ?? null;
+}
+
+/**
+ * Why this source cannot capture the entity's changes from its log, each
+ * with how to fix it; empty when it can.
+ */
+export async function logProblems(pool: Pool, def: EntityConfig, keySourceColumns: string[]): Promise<string[]> {
+  const t = sourceTable(def);
+  const { rows: [s] } = await pool.query(
+    `select current_setting('wal_level') as wal_level,
+            (select rolreplication or rolsuper from pg_roles where rolname = current_user) as can_replicate,
+            current_setting('max_replication_slots')::int - (select count(*) from pg_replication_slots)::int as free_slots,
+            to_regclass($1) as rel,
+            (select c.relreplident from pg_class c where c.oid = to_regclass($1)) as identity,
+            (select array_agg(a.attname::text) from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any (i.indkey::int2[])
+              where i.indrelid = to_regclass($1) and (i.indisreplident or (i.indisprimary and (select c.relreplident from pg_class c where c.oid = to_regclass($1)) = 'd'))) as identity_columns`,
+    [`${quoteIdent(t.schema)}.${quoteIdent(t.table)}`]);
+  const problems: string[] = [];
+  if (s.wal_level !== 'logical') {
+    problems.push(`wal_level is ${s.wal_level} on the source, and log capture needs logical: set wal_level = logical in its postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart it`);
+  }
+  if (!s.can_replicate) {
+    problems.push('the source role may not replicate: ALTER ROLE <the role in the source url> WITH REPLICATION (and grant it SELECT on the table)');
+  }
+  if (!s.rel) problems.push(`the source has no table ${t.schema}.${t.table}`);
+  else if (s.identity === 'n' || (s.identity !== 'f' && !keySourceColumns.every((k) => (s.identity_columns ?? []).includes(k)))) {
+    problems.push(`the log of ${t.schema}.${t.table} does not carry the key (${keySourceColumns.join(', ')}) of deleted rows: `
+      + `make it the table's primary key or replica identity index, or ALTER TABLE ${tableSql(def)} REPLICA IDENTITY FULL`);
+  }
+  if (s.free_slots < 1) {
+    problems.push('the source has no free replication slot: raise max_replication_slots on it (a restart) or drop an unused slot');
+  }
+  return problems;
+}
+
+/** Whether the publication exists and names the table (null: it does not exist). */
+async function publicationHasTable(client: pg.ClientBase, publication: string, def: EntityConfig): Promise<boolean | null> {
+  const t = sourceTable(def);
+  const { rows } = await client.query(
+    `select exists (select 1 from pg_publication_tables where pubname = $1 and schemaname = $2 and tablename = $3) as has
+       from pg_publication where pubname = $1`, [publication, t.schema, t.table]);
+  return rows.length ? rows[0].has : null;
+}
+
+/**
+ * Creates the entity's publication, or adds its table to it: the only thing
+ * Syncline writes on a source (it needs the table's owner, or a DBA runs the
+ * statement printed in the error). Returns what it did.
+ */
+export async function ensurePublication(url: string, entity: string, def: EntityConfig): Promise<string> {
+  const { publication } = logNames(entity);
+  const statement = `create publication ${quoteIdent(publication)} for table ${tableSql(def)}`;
+  const c = new pg.Client({ connectionString: url, application_name: 'syncline (log capture setup)' });
+  await c.connect().catch((err) => { throw connectionHint(err, url, `source "${def.source}"`); });
+  try {
+    const has = await publicationHasTable(c, publication, def);
+    if (has) return `publication ${publication} names ${sourceTable(def).schema}.${sourceTable(def).table}`;
+    const sql = has === null ? statement : `alter publication ${quoteIdent(publication)} add table ${tableSql(def)}`;
+    await c.query(sql).catch((err) => {
+      throw new Error(`could not set up the publication on the source (${(err as Error).message}): run as the table's owner: ${sql}`);
+    });
+    return has === null ? `publication ${publication} created` : `table added to publication ${publication}`;
+  } finally {
+    await c.end().catch(() => {});
+  }
+}
+
+/** A new slot and the snapshot it was created at, exported while `close` has not been called. */
+export interface ExportedSlot { lsn: string; snapshot: string; close(): Promise<void> }
+
+/**
+ * Creates the slot over a replication connection with EXPORT_SNAPSHOT: a
+ * transaction that imports the snapshot sees exactly the changes before the
+ * slot's first one, so none is lost or applied twice. A slot left by an
+ * earlier attempt is dropped first.
+ */
+export async function createSlot(url: string, slot: string): Promise<ExportedSlot> {
+  await dropSlot(url, slot);
+  const c = new pg.Client({ connectionString: url, replication: 'database', application_name: 'syncline (log capture snapshot)' } as pg.ClientConfig);
+  await c.connect().catch((err) => { throw connectionHint(err, url, 'the source (replication connection)'); });
+  try {
+    const { rows: [r] } = await c.query(`CREATE_REPLICATION_SLOT ${quoteIdent(slot)} LOGICAL pgoutput EXPORT_SNAPSHOT`);
+    return { lsn: r.consistent_point, snapshot: r.snapshot_name, close: () => c.end().catch(() => {}) };
+  } catch (err) {
+    await c.end().catch(() => {});
+    throw new Error(`could not create the replication slot ${slot} on the source: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** Drops the slot if the source has it (in this database). */
+export async function dropSlot(url: string, slot: string): Promise<boolean> {
+  const c = new pg.Client({ connectionString: url, application_name: 'syncline (log capture setup)' });
+  await c.connect().catch((err) => { throw connectionHint(err, url, 'the source'); });
+  try {
+    const { rows } = await c.query(
+      `select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1 and database = current_database()`, [slot]);
+    return rows.length > 0;
+  } finally {
+    await c.end().catch(() => {});
+  }
+}
+
+/** Drops the entity's publication if the source has it. */
+export async function dropPublication(url: string, entity: string): Promise<void> {
+  const c = new pg.Client({ connectionString: url, application_name: 'syncline (log capture setup)' });
+  await c.connect().catch((err) => { throw connectionHint(err, url, 'the source'); });
+  try {
+    await c.query(`drop publication if exists ${quoteIdent(logNames(entity).publication)}`);
+  } finally {
+    await c.end().catch(() => {});
+  }
+}
+
+/** Confirms the slot up to `lsn`: the source may now remove the WAL before it. */
+export async function confirmSlot(pool: Pool, slot: string, lsn: string): Promise<void> {
+  await pool.query(
+    `select pg_replication_slot_advance($1, $2::pg_lsn)
+      where $2::pg_lsn > (select confirmed_flush_lsn from pg_replication_slots where slot_name = $1 and database = current_database())`,
+    [slot, lsn]);
+}

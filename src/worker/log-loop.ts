@@ -1,0 +1,93 @@
+/**
+ * The worker's loop for log capture: every log_poll_interval (1 second) it
+ * asks each enabled "capture": "log" entity's slot whether anything is
+ * waiting, and runs the entities that have changes. A quiet poll starts no
+ * run (so sync.run does not fill with empty ones) but moves the slot on.
+ *
+ * One worker at a time drives the loop (a session advisory lock: if that
+ * worker dies, its session ends and another takes over); runs of one entity
+ * never overlap (the entity lock, as for every run).
+ */
+import pg from 'pg';
+import { entity as entitySchema } from '../config/schema.js';
+import type { Engine } from '../engine/run.js';
+import { log } from '../log.js';
+import { entitySourceKind } from '../sources/registry.js';
+
+// Whoever holds it drives the loop.
+const LEADER_LOCK = `select pg_try_advisory_lock(hashtext('syncline log capture')) as ok`;
+// A source that keeps failing is reported at most this often.
+const REPORT_EVERY_MS = 60_000;
+
+export interface LogLoop { stop(): Promise<void> }
+
+export function startLogLoop(engine: Engine, opts: { everyMs?: number } = {}): LogLoop {
+  let stopped = false;
+  let wake: () => void = () => {};
+  const leader = new pg.Client({ connectionString: engine.syncUrl, application_name: 'syncline (log capture loop)' });
+  let connected: Promise<boolean> | null = null;
+  const reported = new Map<string, number>();
+
+  const tick = async (): Promise<void> => {
+    connected ??= leader.connect().then(() => true);
+    await connected;
+    if (!(await leader.query(LEADER_LOCK)).rows[0].ok) return;
+    const { rows } = await engine.pool.query<{ name: string; definition: unknown }>(
+      `select name, definition from sync.entity where enabled and definition ->> 'capture' = 'log' and direction = 'pull'`);
+    await Promise.all(rows.map((r) => pollEntity(engine, r.name, r.definition).catch((err) => {
+      const last = reported.get(r.name) ?? 0;
+      if (Date.now() - last > REPORT_EVERY_MS) {
+        reported.set(r.name, Date.now());
+        log.warn({ entity: r.name, err: (err as Error).message }, 'log capture poll failed');
+      }
+    })));
+  };
+
+  const interval = async (): Promise<number> => {
+    if (opts.everyMs !== undefined) return opts.everyMs;
+    const { rows } = await engine.pool.query(
+      `select extract(epoch from sync.setting_interval('log_poll_interval')) * 1000 as ms`).catch(() => ({ rows: [{ ms: 1000 }] }));
+    return Number(rows[0]?.ms ?? 1000);
+  };
+
+  const done = (async () => {
+    while (!stopped) {
+      const started = Date.now();
+      await tick().catch((err) => log.warn({ err: (err as Error).message }, 'log capture loop'));
+      const wait = Math.max(0, (await interval().catch(() => 1000)) - (Date.now() - started));
+      if (!stopped) await new Promise<void>((resolve) => { wake = resolve; setTimeout(resolve, wait); });
+    }
+  })();
+
+  return {
+    async stop() {
+      stopped = true;
+      wake();
+      await done;
+      await leader.end().catch(() => {});
+    },
+  };
+}
+
+/** Runs the entity when its slot has changes; does nothing while another run has the entity. */
+async function pollEntity(engine: Engine, name: string, definition: unknown): Promise<void> {
+  const def = entitySchema.parse(definition);
+  const kind = entitySourceKind(engine.config, name, def);
+  if (!kind.pending) return;
+  const client = await engine.pool.connect();
+  let pending = false;
+  try {
+    if (!(await client.query('select pg_try_advisory_lock(sync.entity_lock_key($1)) as ok', [name])).rows[0].ok) return;
+    try {
+      pending = await kind.pending(engine, name, def);
+    } finally {
+      await client.query('select pg_advisory_unlock(sync.entity_lock_key($1))', [name]);
+    }
+  } finally {
+    client.release();
+  }
+  if (pending) {
+    const r = await engine.run(name, { trigger: 'cron' });
+    if (r.status === 'failed') throw new Error(r.error ?? 'the run failed');
+  }
+}
