@@ -14,6 +14,7 @@ import { quoteIdent } from '../db/database.js';
 import { describeUrl, type Pool } from '../db/pool.js';
 import { prepareDemo } from '../demo/seed.js';
 import { entitySourceKind, sourceKind } from '../sources/registry.js';
+import { logNames, logProblems, slotState } from '../sources/postgres/log/slot.js';
 import { EXIT, openSession, type GlobalOptions, type Session } from './context.js';
 
 /** What a line says about a check: passed, blocks a run, or worth fixing though a run goes ahead. */
@@ -107,10 +108,29 @@ async function checkPullEntity(s: Session, name: string, e: EntityConfig): Promi
   const findings = await targetFindings(s.pool, name, e);
   const source = await sourceFindings(s, name, e);
   const cursor = e.cursor ? `, cursor ${e.cursor.column} orderable` : '';
+  const log = e.capture === 'log' ? await logFindings(s, name, e) : { findings: [], summary: '' };
   return {
-    findings: [...findings, ...source.findings],
-    summary: `source yields ${source.count} columns, target ${tableName(e.target as TableRef)} exists, key (${e.key.join(', ')}) unique${cursor}`,
+    findings: [...findings, ...source.findings, ...log.findings],
+    summary: `source yields ${source.count} columns, target ${tableName(e.target as TableRef)} exists, key (${e.key.join(', ')}) unique${cursor}${log.summary}`,
   };
+}
+
+/** Log capture: what the source lacks for it, and its slot as the source sees it. */
+async function logFindings(s: Session, name: string, e: EntityConfig): Promise<{ findings: Finding[]; summary: string }> {
+  try {
+    const { pool } = s.engine.pgSource(e.source);
+    const mapped = e.columns && !Array.isArray(e.columns) ? e.columns : {};
+    const problems = await logProblems(pool, e, e.key.map((k) => mapped[k] ?? k));
+    const { slot } = logNames(name);
+    const state = await slotState(pool, slot);
+    const findings = problems.map((p) => fail(`log capture: ${p}`));
+    if (state?.wal_status === 'lost') findings.push(fail(`log capture: the slot ${slot} is lost (the source removed WAL it needed): take a new snapshot with \`syncline sync ${name} --full\``));
+    else if (state?.wal_status === 'unreserved') findings.push(warn(`log capture: the slot ${slot} keeps ${state.retained_bytes} bytes of WAL and is about to be lost (wal_status unreserved)`));
+    const where = state ? `slot ${slot} keeps ${Math.round(Number(state.retained_bytes) / 1024)} kB of WAL` : `the first run creates the slot ${slot}`;
+    return { findings, summary: `, log capture ready (${where})` };
+  } catch (err) {
+    return { findings: [fail(`log capture: ${(err as Error).message}`)], summary: '' };
+  }
 }
 
 async function targetFindings(pool: Pool, name: string, e: EntityConfig): Promise<Finding[]> {

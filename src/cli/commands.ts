@@ -1,3 +1,4 @@
+import { orphanedSlots, setupLogCapture } from './capture.js';
 import { applyConfig, diffConfig, formatDiff } from '../config/apply.js';
 import { maskSecrets } from '../config/load.js';
 import { formatDependsOn, resolveForShow } from '../config/depends-on.js';
@@ -35,9 +36,13 @@ export async function configShow(opts: GlobalOptions): Promise<number> {
 
 export async function configApply(opts: GlobalOptions & { dryRun?: boolean }): Promise<number> {
   return withSession(opts, async (s) => {
+    // Read before the apply removes them.
+    const orphans = await orphanedSlots(s);
     const diffs = opts.dryRun ? await diffConfig(s.pool, s.config) : await applyConfig(s.pool, s.config);
     process.stdout.write(`${formatDiff(diffs)}\n`);
     if (opts.dryRun && diffs.length) process.stdout.write('(dry run: nothing applied)\n');
+    const lines = [...(opts.dryRun ? [] : await setupLogCapture(s)), ...orphans];
+    if (lines.length) process.stdout.write(`${lines.join('\n')}\n`);
     return EXIT.ok;
   });
 }

@@ -7,6 +7,7 @@ import * as health from './health.js';
 import { worker } from './worker.js';
 import { serve } from './serve.js';
 import { verify } from './verify.js';
+import { captureDrop } from './capture.js';
 import * as edgeCmd from './edge.js';
 import { EXIT, reportError } from './context.js';
 
@@ -85,6 +86,12 @@ the range its target holds: its oldest row to the cursor. The result is also in 
 and sync.verification_key. Exit code: 0 equal (or healed by --fix), 4 keys differ, 1 the
 comparison failed.`)
   .action(run((entity: string, o: { fix?: boolean; json?: boolean }) => verify(entity, { ...globals(), ...o })));
+
+const capture = program.command('capture').description('log capture ("capture": "log"): the replication slots and publications on postgres sources');
+capture.command('drop').description('drop an entity\'s replication slot and publication on its source (a slot nobody reads keeps WAL there forever)')
+  .argument('<entity>', 'the entity (also one already removed from the config)')
+  .option('--source <name>', 'the entity\'s source, when neither the config nor sync.entity has the entity any more')
+  .action(run((entity: string, o: { source?: string }) => captureDrop(entity, { ...globals(), ...o })));
 
 program.command('status').description('each entity\'s state, last success, next run, success rates, gaps and alerts (sync.status, sync.health)')
   .option('--json', 'print JSON (every column of both views)')

@@ -135,10 +135,11 @@ export async function runEntity(engine: Engine, name: string, opts: RunOptions):
     const direct = plan.copyInto && !opts.dryRun && !opts.keys && !ent.def.validate && !ent.def.version
       && (await target.query('select sync.can_load_direct($1) as ok', [name])).rows[0].ok;
     // A source that can checksum its records fetches only what differs, when that is cheaper (diff-run.ts).
-    const fullReason = plan.checksums ? await fullFetchReason(ctx) : null;
-    if (plan.checksums && fullReason) await recordDiff(target, ctx.runId, name, { path: 'full', reason: fullReason });
+    const diffable = plan.checksums && !plan.changesOnly;
+    const fullReason = diffable ? await fullFetchReason(ctx) : null;
+    if (diffable && fullReason) await recordDiff(target, ctx.runId, name, { path: 'full', reason: fullReason });
     const r: MergeResult = (direct && plan.copyInto ? await loadDirect(ctx, plan.copyInto) : null)
-      ?? (plan.checksums && !fullReason ? await loadByChecksum(ctx, plan.checksums) : null)
+      ?? (diffable && plan.checksums && !fullReason ? await loadByChecksum(ctx, plan.checksums) : null)
       ?? await loadStaged(ctx);
     if (!opts.dryRun && ['succeeded', 'partial'].includes(r.status) && ent.verify) {
       if (plan.keyRange || plan.checksums) {

@@ -28,6 +28,12 @@ export interface StatusRow {
   open_alerts: number;
   quarantined_records: number;
   last_error: string | null;
+  /** "log" for log capture, else null; then its lag behind the source's log and the WAL its slot keeps. */
+  capture: string | null;
+  log_lag_bytes: number | null;
+  log_lag_seconds: number | null;
+  log_retained_bytes: number | null;
+  log_wal_status: string | null;
 }
 
 /** Rows of sync.status with sync.health's rates, numbers as numbers. */
@@ -45,7 +51,8 @@ export async function statusRows(pool: Pool): Promise<StatusRow[]> {
             coalesce(h.quarantined_records, 0)::int as quarantined_records,
             s.last_inserted::float8 as last_inserted, s.last_updated::float8 as last_updated,
             s.last_deleted::float8 as last_deleted, s.last_quarantined::float8 as last_quarantined,
-            s.cursor, s.last_error
+            s.cursor, s.last_error, s.capture, s.log_lag_bytes::float8 as log_lag_bytes,
+            s.log_lag_seconds::float8 as log_lag_seconds, s.log_retained_bytes::float8 as log_retained_bytes, s.log_wal_status
        from sync.status s left join sync.health h on h.entity = s.entity
       order by s.entity`);
   return rows;

@@ -192,6 +192,8 @@ export interface PlannedRun {
   keyRange?: KeyRangeReads;
   /** Capability: checksums by key-hash bucket, in one snapshot (the checksum diff; verification). */
   checksums?: ChecksumReads;
+  /** The run stages the changes since the last run (a log), not a snapshot: nothing to diff, nothing to load directly. */
+  changesOnly?: boolean;
 }
 
 /** One source kind: a folder in src/sources and a line in the registry. */

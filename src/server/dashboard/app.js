@@ -234,6 +234,23 @@ function countCell(label, n) {
   return h('td', { class: 'num', 'data-label': label }, h('span', { class: n ? 'count-bad' : 'zero' }, fmt(n)));
 }
 
+/** A log-capture entity's line: how far behind its source's log it is, and the WAL its slot keeps there. */
+function logText(r) {
+  const parts = ['log capture'];
+  if (r.log_lag_seconds !== null) parts.push(`${human(r.log_lag_seconds)} behind`);
+  if (r.log_lag_bytes !== null) parts.push(`${bytesText(r.log_lag_bytes)} of WAL to read`);
+  if (r.log_retained_bytes !== null) parts.push(`slot keeps ${bytesText(r.log_retained_bytes)}`);
+  if (['lost', 'missing', 'unreserved'].includes(r.log_wal_status)) parts.push(`slot ${r.log_wal_status === 'missing' ? 'gone' : r.log_wal_status}!`);
+  return parts.join(' · ');
+}
+
+function bytesText(n) {
+  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}
+
 function entityRow(r) {
   const live = state.live.get(r.entity);
   const running = r.state === 'running' || live?.status === 'running';
@@ -242,7 +259,7 @@ function entityRow(r) {
     : h('button', { type: 'button', class: 'btn small', onclick: (e) => syncNow(r.entity, e.currentTarget) }, 'Sync now');
   return h('tr', { class: `entity-row${live ? ' has-progress' : ''}`, 'data-entity': r.entity },
     h('td', { class: 'primary' }, h('div', { class: 'entity-name' }, r.entity),
-      h('div', { class: 'entity-sub' }, [r.schedule ? `cron ${r.schedule}` : r.sync_interval ? `every ${intervalText(r.sync_interval)}` : 'on demand', r.enabled ? '' : ' · disabled'].join(''))),
+      h('div', { class: 'entity-sub' }, [r.capture === 'log' ? logText(r) : r.schedule ? `cron ${r.schedule}` : r.sync_interval ? `every ${intervalText(r.sync_interval)}` : 'on demand', r.enabled ? '' : ' · disabled'].join(''))),
     h('td', { 'data-label': 'State' }, stateBadge(r)),
     h('td', { 'data-label': 'Last success', title: localTime(r.last_success_at) }, ago(r.last_success_at)),
     h('td', { class: 'num', 'data-label': 'Lag' }, r.lag_seconds === null ? '–' : human(r.lag_seconds)),

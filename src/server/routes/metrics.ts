@@ -117,6 +117,22 @@ async function phaseFamily(pool: Pool): Promise<Family> {
   };
 }
 
+/** Log capture: how far each entity is behind its source's log, and the WAL its slot keeps there. */
+async function logFamilies(pool: Pool): Promise<Family[]> {
+  const { rows } = await pool.query<{ entity: string; lag_bytes: number | null; lag_s: number | null; retained: number | null; lost: boolean }>(
+    `select entity, log_lag_bytes::float8 as lag_bytes, log_lag_seconds::float8 as lag_s, log_retained_bytes::float8 as retained,
+            coalesce(log_wal_status in ('lost', 'missing'), false) as lost
+       from sync.status where capture = 'log' order by entity`);
+  const per = (pick: (r: (typeof rows)[number]) => number | null) =>
+    rows.filter((r) => pick(r) !== null).map((r) => ({ labels: { entity: r.entity }, value: pick(r)! }));
+  return [
+    { name: 'syncline_log_lag_bytes', help: 'Log capture: WAL between the position applied to the target and the source\'s position when last read (bytes).', samples: per((r) => r.lag_bytes) },
+    { name: 'syncline_log_lag_seconds', help: 'Log capture: seconds since the entity was last caught up with its source\'s log (every commit before then is in the target).', samples: per((r) => r.lag_s) },
+    { name: 'syncline_log_retained_wal_bytes', help: 'Log capture: WAL the entity\'s replication slot keeps on the source\'s disk.', samples: per((r) => r.retained) },
+    { name: 'syncline_log_slot_lost', help: 'Log capture: 1 when the entity\'s replication slot is gone or lost (a new snapshot is needed: syncline sync <entity> --full).', samples: per((r) => (r.lost ? 1 : 0)) },
+  ];
+}
+
 async function alertFamily(pool: Pool): Promise<Family> {
   const { rows } = await pool.query<{ entity: string; severity: string; n: number }>(
     `select coalesce(entity, '') as entity, severity, count(*)::float8 as n from sync.alert
@@ -129,7 +145,8 @@ async function alertFamily(pool: Pool): Promise<Family> {
 
 async function metrics(ctx: ServerContext, _req: Request, res: ServerResponse): Promise<void> {
   const { pool } = ctx.engine;
-  const families = [...await entityFamilies(pool), ...await runFamilies(pool), await phaseFamily(pool), await alertFamily(pool)];
+  const families = [...await entityFamilies(pool), ...await runFamilies(pool), await phaseFamily(pool), await alertFamily(pool),
+    ...await logFamilies(pool)];
   sendText(res, 200, render(families), 'text/plain; version=0.0.4; charset=utf-8', { 'cache-control': 'no-store' });
 }
 

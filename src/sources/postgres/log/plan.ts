@@ -42,7 +42,7 @@ const setLog = (target: PoolClient, runId: number, log: Record<string, unknown>)
   target.query(`update sync.run set detail = detail || jsonb_build_object('log', $2::jsonb) where id = $1`, [runId, JSON.stringify(log)]);
 
 /** The run's reads: a snapshot, or the changes since the applied position. */
-export async function logCapturePlan(input: LogPlanInput): Promise<Pick<PlannedRun, 'stage' | 'copyInto' | 'checksums'>> {
+export async function logCapturePlan(input: LogPlanInput): Promise<Partial<Pick<PlannedRun, 'stage' | 'copyInto' | 'checksums' | 'changesOnly'>>> {
   const { env, name, def, opts } = input;
   const { pool } = env.pgSource(def.source);
   const names = logNames(name);
@@ -63,7 +63,8 @@ export async function logCapturePlan(input: LogPlanInput): Promise<Pick<PlannedR
     const copyInto = (run: StageRun, into: string) => snapshotInto(input, run, into);
     return { copyInto, stage: async (run) => { await copyInto(run, stagingOf(run)); return {}; }, checksums: undefined };
   }
-  return { stage: (run) => stageLog(input, run, state), copyInto: undefined, checksums: undefined };
+  // The checksums stay for verification (`syncline verify`), not for a diff.
+  return { stage: (run) => stageLog(input, run, state), copyInto: undefined, changesOnly: true };
 }
 
 const stagingOf = (run: StageRun) => `sync_staging.${quoteIdent(`run_${run.runId}`)}`;
