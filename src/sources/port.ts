@@ -208,6 +208,8 @@ export interface SourceKind {
   /**
    * Capability: whether a run would find anything to do, asked without
    * starting one (log capture polls its slot every second or so). Absent: always.
+   * `watchOnly`: the entity will not run (it is disabled): only record what
+   * the source says (a slot keeps WAL whether its entity runs or not).
    */
-  pending?(env: SourceEnv, name: string, def: EntityConfig): Promise<boolean>;
+  pending?(env: SourceEnv, name: string, def: EntityConfig, opts?: { watchOnly?: boolean }): Promise<boolean>;
 }

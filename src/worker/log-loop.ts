@@ -1,7 +1,8 @@
 /**
  * The worker's loop for log capture: every log_poll_interval (1 second) it
  * asks each enabled "capture": "log" entity's slot whether anything is
- * waiting, and runs the entities that have changes. A quiet poll starts no
+ * waiting, and runs the entities that have changes (a disabled one's slot is
+ * only watched: its retained WAL still raises alerts). A quiet poll starts no
  * run (so sync.run does not fill with empty ones) but moves the slot on.
  *
  * One worker at a time drives the loop (a session advisory lock: if that
@@ -32,9 +33,9 @@ export function startLogLoop(engine: Engine, opts: { everyMs?: number } = {}): L
     connected ??= leader.connect().then(() => true);
     await connected;
     if (!(await leader.query(LEADER_LOCK)).rows[0].ok) return;
-    const { rows } = await engine.pool.query<{ name: string; definition: unknown }>(
-      `select name, definition from sync.entity where enabled and definition ->> 'capture' = 'log' and direction = 'pull'`);
-    await Promise.all(rows.map((r) => pollEntity(engine, r.name, r.definition).catch((err) => {
+    const { rows } = await engine.pool.query<{ name: string; definition: unknown; enabled: boolean }>(
+      `select name, definition, enabled from sync.entity where definition ->> 'capture' = 'log' and direction = 'pull'`);
+    await Promise.all(rows.map((r) => pollEntity(engine, r.name, r.definition, r.enabled).catch((err) => {
       const last = reported.get(r.name) ?? 0;
       if (Date.now() - last > REPORT_EVERY_MS) {
         reported.set(r.name, Date.now());
@@ -69,8 +70,11 @@ export function startLogLoop(engine: Engine, opts: { everyMs?: number } = {}): L
   };
 }
 
-/** Runs the entity when its slot has changes; does nothing while another run has the entity. */
-async function pollEntity(engine: Engine, name: string, definition: unknown): Promise<void> {
+/**
+ * Runs the entity when its slot has changes; does nothing while another run
+ * has the entity. A disabled entity is only watched: its slot keeps WAL all the same.
+ */
+async function pollEntity(engine: Engine, name: string, definition: unknown, enabled: boolean): Promise<void> {
   const def = entitySchema.parse(definition);
   const kind = entitySourceKind(engine.config, name, def);
   if (!kind.pending) return;
@@ -79,7 +83,7 @@ async function pollEntity(engine: Engine, name: string, definition: unknown): Pr
   try {
     if (!(await client.query('select pg_try_advisory_lock(sync.entity_lock_key($1)) as ok', [name])).rows[0].ok) return;
     try {
-      pending = await kind.pending(engine, name, def);
+      pending = await kind.pending(engine, name, def, { watchOnly: !enabled });
     } finally {
       await client.query('select pg_advisory_unlock(sync.entity_lock_key($1))', [name]);
     }

@@ -53,7 +53,7 @@ export const postgresSource: SourceKind = {
 
   readsKeys: () => true,
 
-  pending: (env, name, def) => (def.capture === 'log' ? logPending(env, name, def) : Promise.resolve(true)),
+  pending: (env, name, def, opts) => (def.capture === 'log' ? logPending(env, name, def, opts) : Promise.resolve(true)),
 
   async plan({ env, name, def, cursor, opts, targetColumns }) {
     const full = Boolean(opts.full) || Boolean(opts.keys);

@@ -159,13 +159,13 @@ async function reportSchemaChange(target: PoolClient, name: string, before: unkn
  * never holds WAL the entity does not need, and the entity counts as caught up.
  * Run under the entity's lock.
  */
-export async function logPending(env: SourceEnv, name: string, def: EntityConfig): Promise<boolean> {
+export async function logPending(env: SourceEnv, name: string, def: EntityConfig, opts: { watchOnly?: boolean } = {}): Promise<boolean> {
   const { pool } = env.pgSource(def.source);
   const names = logNames(name);
   const state = await appliedState(env.pool, name);
-  if (!state) return true;
+  if (!state) return !opts.watchOnly;
   const slot = await slotState(pool, names.slot);
-  if (!slot || slot.wal_status === 'lost') {
+  if (!slot || slot.wal_status === 'lost' || opts.watchOnly) {
     // The alert says what to do; running every second would only fail every second.
     await observe(env.pool, name, slot);
     return false;
