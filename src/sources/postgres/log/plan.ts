@@ -79,6 +79,10 @@ async function snapshotInto(input: LogPlanInput, run: StageRun, into: string): P
   const { url } = env.pgSource(def.source);
   const names = logNames(name);
   await ensurePublication(url, name, def);
+  // Committed at once, outside the run's transaction: should this run die
+  // after the new slot exists, the next one must take a snapshot again, not
+  // read the new slot as if it went on from the old position.
+  await env.pool.query('update sync.log_capture set applied_lsn = null where entity = $1', [name]);
   const exported = await createSlot(url, names.slot);
   let rows: number;
   try {
