@@ -17,6 +17,11 @@
 --      psql "postgres://postgres@source.example.com/metering" -v reader_password="$READER_PASSWORD" \
 --           -v source_schema=public -f sql/roles.sql
 --
+--    Add -v log_capture=on for entities with "capture": "log": the reader may
+--    then replicate (read the WAL through a slot; still no writes). Their
+--    publication needs the table's owner: `syncline config apply` prints the
+--    `create publication` to run as that owner when the reader cannot.
+--
 --    For a source that is another database on Syncline's own server
 --    (`"database": …` in the config), Syncline connects as its own role:
 --    -v reader=syncline -v source_schema=public, without a password.
@@ -129,6 +134,10 @@ set local client_min_messages = warning; -- no notice for each schema that exist
   select exists (select from pg_namespace where nspname = 'sync' and nspowner = :'reader'::regrole) as reader_owns_sync \gset
   \if :reader_owns_sync
     do $$ begin raise exception 'sql/roles.sql: the reader owns Syncline''s schemas in this database, which it must write — run the source part in the source''s database'; end $$;
+  \endif
+  \if :{?log_capture}
+    -- Log capture ("capture": "log") reads the write-ahead log through a slot.
+    alter role :"reader" with replication;
   \endif
   select format('alter role %I in database %I set default_transaction_read_only = on', :'reader', current_database()) \gexec
   select format('grant connect on database %I to %I', current_database(), :'reader') \gexec

@@ -234,4 +234,25 @@ describe.skipIf(!psql)('sql/roles.sql: least-privilege roles', () => {
     expect(run.code, run.err).toBe(0);
     expect(run.out).toMatch(/✓ items: fetched 25, \+25 inserted/);
   });
+
+  it('with -v log_capture=on the reader may replicate: a log entity captures as the reader once the owner made its publication', async () => {
+    const r = runRoles(source, { ...sourcePart, log_capture: 'on' });
+    expect(r.code, r.err).toBe(0);
+    expect((await source.pool.query('select rolreplication from pg_roles where rolname = $1', [reader])).rows[0].rolreplication).toBe(true);
+    await sync.pool.query('create table tgt.items_log (id int primary key, name text)');
+    const logged = { items_log: { source: 'src', from: { table: 'public.items' }, target: 'tgt.items_log', key: ['id'], capture: 'log' } };
+    const apply = cli(sync, ['config', 'apply'], config({ ...items, ...logged }));
+    expect(apply.code, apply.err).toBe(0);
+    // The reader cannot create the publication (read-only, not the owner): the line says what the owner runs.
+    expect(apply.out).toMatch(/✗ items_log: could not set up the publication .* run as the table's owner: create publication "syncline_items_log" for table "public"\."items"/);
+    await source.pool.query('create publication syncline_items_log for table public.items');
+    const first = cli(sync, ['sync', 'items_log'], config({ ...items, ...logged }));
+    expect(first.code, first.err).toBe(0);
+    expect(first.out).toMatch(/✓ items_log: fetched 25, \+25 inserted/);
+    await source.pool.query(`insert into items values (26, 'item 26'); delete from items where id = 1`);
+    const next = cli(sync, ['sync', 'items_log'], config({ ...items, ...logged }));
+    expect(next.code, next.err).toBe(0);
+    expect(next.out).toMatch(/✓ items_log: fetched 2, \+1 inserted.*-1 deleted/);
+    expect((await sync.pool.query('select count(*)::int as n, min(id) as lo, max(id) as hi from tgt.items_log')).rows[0]).toEqual({ n: 25, lo: 2, hi: 26 });
+  });
 });
