@@ -21,6 +21,7 @@ let engine: Engine;
 const DDL = `create table items (tenant text not null, id int not null, name text, qty int, big text, primary key (tenant, id))`;
 const ENTITIES = {
   items: { source: 'src', from: { table: 'items' }, target: 'items', key: ['tenant', 'id'], capture: 'log', deleteGuard: false },
+  evolving: { source: 'src', from: { table: 'evolving' }, target: 'evolving', key: ['id'], capture: 'log', columns: ['id', 'name'] },
   acme: { source: 'src', from: { table: 'items' }, target: 'acme_items', key: ['tenant', 'id'], capture: 'log', tenant: { column: 'tenant', value: 'acme' }, deleteGuard: false },
 };
 
@@ -41,7 +42,8 @@ beforeAll(async () => {
   ({ sync, source } = await testDatabases('log_capture'));
   await source.pool.query(`${DDL};
     insert into items select case when i % 2 = 0 then 'acme' else 'globex' end, i, 'n' || i, i, null from generate_series(1, 200) i`);
-  await sync.pool.query(`${DDL}; ${DDL.replace('items', 'acme_items')}`);
+  await sync.pool.query(`${DDL}; ${DDL.replace('items', 'acme_items')}; create table evolving (id int primary key, name text)`);
+  await source.pool.query(`create table evolving (id int primary key, name text); insert into evolving values (1, 'one')`);
   engine = await engineFor(sync, source, ENTITIES);
 });
 
@@ -157,5 +159,30 @@ describe('log capture', () => {
     await source.pool.query(`update items set name = 'after the new snapshot' where id = 8000`);
     expect(await engine.run('items', { trigger: 'manual' })).toMatchObject({ status: 'succeeded', updated: 1 });
     expect(await state(sync)).toEqual(await state(source));
+  });
+
+  it('reports schema changes: a new column is a warning, a synced column dropped or the table created again stops the runs until a new snapshot', async () => {
+    const evolving = () => engine.run('evolving', { trigger: 'manual' });
+    expect((await evolving()).status).toBe('succeeded');
+    await source.pool.query(`alter table evolving add column extra int; insert into evolving values (2, 'two', 2)`);
+    expect(await evolving()).toMatchObject({ status: 'succeeded', inserted: 1 });
+    expect(await openAlerts('log_schema_changed')).toMatchObject([{ entity: 'evolving', severity: 'warning', message: expect.stringMatching(/extra added/) }]);
+    await sync.pool.query(`select sync.resolve_alerts('evolving', array['log_schema_changed'])`);
+
+    await source.pool.query(`drop table evolving; create table evolving (id int primary key, name text); insert into evolving values (3, 'three')`);
+    const stopped = await evolving();
+    expect(stopped.status).toBe('failed');
+    expect(stopped.error).toMatch(/dropped and created again.*syncline sync evolving --full/);
+    expect(await openAlerts('log_schema_changed')).toMatchObject([{ entity: 'evolving', severity: 'critical' }]);
+    // The new snapshot lacks the old table's rows: the delete guard holds deleting two thirds of the target.
+    expect(await engine.run('evolving', { trigger: 'manual', full: true })).toMatchObject({ status: 'partial', inserted: 1, deleted: 0, held: 2 });
+    await source.pool.query(`insert into evolving values (4, 'four')`);
+    expect(await evolving()).toMatchObject({ status: 'succeeded', inserted: 1 });
+
+    await source.pool.query(`alter table evolving drop column name`);
+    await source.pool.query(`insert into evolving values (5)`);
+    const gone = await evolving();
+    expect(gone.status).toBe('failed');
+    expect(gone.error).toMatch(/name/);
   });
 });

@@ -22,7 +22,6 @@ import { quoteIdent } from '../../../db/database.js';
 import type { Pool, PoolClient } from '../../../db/pool.js';
 import { TEXT_SETTINGS } from '../../buckets.js';
 import { decode, lsnValue, UNCHANGED, type Relation, type Value } from './pgoutput.js';
-import { sourceTable } from './slot.js';
 
 /** Messages fetched from the server at a time. */
 const FETCH = 5000;
@@ -43,14 +42,18 @@ export interface LogRead {
   sourceLsn: string;
   /** The _sl_seq of the last truncate of the table, when there was one. */
   truncatedSeq: number | null;
-  /** The table's columns as the log last described them. */
-  relation: { name: string; typeOid: number; key: boolean }[] | null;
+  /** The table's columns as the log last described them (null: no change of it was read). */
+  columns: LogColumn[] | null;
 }
+
+export interface LogColumn { name: string; typeOid: number; key: boolean }
 
 export interface ReadChanges {
   pool: Pool;
   slot: string;
   publication: string;
+  /** The source table's oid: the log names relations by it (a table dropped and created again is another one). */
+  relid: number;
   def: EntityConfig;
   sourceColumns: string[];
   targetColumns: string[];
@@ -95,7 +98,7 @@ export async function stageChanges(args: ReadChanges): Promise<LogRead> {
     const to = caughtUp ? maxLsn(now.lsn, state.lastEnd ?? args.applied) : state.lastEnd ?? args.applied;
     return {
       rows: state.seq, to: maxLsn(to, args.applied), commitAt: state.commitAt, caughtUp, readAt: new Date(now.at).toISOString(),
-      sourceLsn: now.lsn, truncatedSeq: state.truncatedSeq, relation: state.relation,
+      sourceLsn: now.lsn, truncatedSeq: state.truncatedSeq, columns: state.columns,
     };
   } catch (err) {
     broken = true;
@@ -114,18 +117,16 @@ class ChangeLines {
   lastEnd: string | null = null;
   commitAt: string | null = null;
   truncatedSeq: number | null = null;
-  relation: LogRead['relation'] = null;
+  columns: LogColumn[] | null = null;
   private relId: number | null = null;
   /** For each target column, its column's position in the log's tuples. */
   private positions: number[] = [];
   private keyPositions: number[] = [];
   private skip = false;
   private readonly applied: bigint;
-  private readonly table: { schema: string; table: string };
 
   constructor(private args: ReadChanges) {
     this.applied = lsnValue(args.applied);
-    this.table = sourceTable(args.def);
   }
 
   add(data: Buffer): string {
@@ -141,7 +142,7 @@ class ChangeLines {
         if (!this.skip) this.commitAt = m.commitTime.toISOString();
         return '';
       case 'relation':
-        if (m.relation.schema === this.table.schema && m.relation.table === this.table.table) this.described(m.relation);
+        if (m.relation.id === this.args.relid) this.described(m.relation);
         return '';
       case 'insert':
         return this.mine(m.relation) ? this.line(m.values, false) : '';
@@ -174,7 +175,7 @@ class ChangeLines {
     this.relId = r.id;
     this.positions = this.args.sourceColumns.map((c) => names.indexOf(c));
     this.keyPositions = this.args.def.key.map((k) => this.positions[this.args.targetColumns.indexOf(k)]);
-    this.relation = r.columns.map((c) => ({ name: c.name, typeOid: c.typeOid, key: c.key }));
+    this.columns = r.columns.map((c) => ({ name: c.name, typeOid: c.typeOid, key: c.key }));
   }
 
   private line(values: Value[], deleted: boolean): string {

@@ -8,8 +8,8 @@ import type { EntityConfig } from '../../../config/schema.js';
 import { quoteIdent } from '../../../db/database.js';
 import type { Pool, PoolClient } from '../../../db/pool.js';
 import type { PlannedRun, ReadOptions, SourceEnv, StageRun, Staged } from '../../port.js';
-import { LogSchemaError, stageChanges, type LogRead } from './changes.js';
-import { confirmSlot, createSlot, ensurePublication, logNames, logProblems, slotState, type SlotState } from './slot.js';
+import { LogSchemaError, stageChanges, type LogColumn, type LogRead } from './changes.js';
+import { confirmSlot, createSlot, ensurePublication, logNames, logProblems, slotState, tableColumns, tableOid, type SlotState } from './slot.js';
 
 // Messages read at most in one run: a long backlog is applied in several runs, each in whole transactions.
 const MAX_CHANGES = 500_000;
@@ -26,8 +26,11 @@ export interface LogPlanInput {
   fetchAll: (run: StageRun, into: string, snapshot?: string) => Promise<number>;
 }
 
+/** The source table as the log knows it: its oid, and its columns as the log last described them. */
+interface LogRelation { relid: number; columns: LogColumn[] | null }
+
 /** What the Syncline database holds about the entity's log: null before its first snapshot. */
-async function appliedState(pool: Pool, name: string): Promise<{ applied: string; relation: unknown } | null> {
+async function appliedState(pool: Pool, name: string): Promise<{ applied: string; relation: LogRelation | null } | null> {
   const { rows } = await pool.query(
     'select applied_lsn::text as applied, relation from sync.log_capture where entity = $1 and applied_lsn is not null', [name]);
   return rows[0] ?? null;
@@ -46,8 +49,9 @@ export async function logCapturePlan(input: LogPlanInput): Promise<Partial<Pick<
   const { env, name, def, opts } = input;
   const { pool } = env.pgSource(def.source);
   const names = logNames(name);
-  const problems = await logProblems(pool, def, input.keySourceColumns);
+  const problems = await logProblems(pool, def, input.keySourceColumns, input.sourceColumns);
   if (problems.length) throw new Error(`entity "${name}" cannot capture changes from the source's log: ${problems.join('; ')}`);
+  const relid = (await tableOid(pool, def))!;
   const state = await appliedState(env.pool, name);
   const slot = await slotState(pool, names.slot);
   await observe(env.pool, name, slot);
@@ -60,11 +64,18 @@ export async function logCapturePlan(input: LogPlanInput): Promise<Partial<Pick<
       + `the changes since the last run cannot be read. Take a new snapshot: syncline sync ${name} --full`);
   }
   if (opts.full || !state || !slot) {
-    const copyInto = (run: StageRun, into: string) => snapshotInto(input, run, into);
+    const copyInto = (run: StageRun, into: string) => snapshotInto(input, run, into, relid);
     return { copyInto, stage: async (run) => { await copyInto(run, stagingOf(run)); return {}; }, checksums: undefined };
   }
+  if (state.relation && state.relation.relid !== relid) {
+    // The log names tables by oid: the new table's changes would never be read.
+    const message = `${name}: the source table was dropped and created again since the last snapshot, so its log is another table's: `
+      + `take a new snapshot: syncline sync ${name} --full`;
+    await env.pool.query(`select sync.raise_alert('log_schema_changed', 'critical', $1, $2)`, [name, message]);
+    throw new Error(message);
+  }
   // The checksums stay for verification (`syncline verify`), not for a diff.
-  return { stage: (run) => stageLog(input, run, state), copyInto: undefined, changesOnly: true };
+  return { stage: (run) => stageLog(input, run, state, relid), copyInto: undefined, changesOnly: true };
 }
 
 const stagingOf = (run: StageRun) => `sync_staging.${quoteIdent(`run_${run.runId}`)}`;
@@ -74,7 +85,7 @@ const stagingOf = (run: StageRun) => `sync_staging.${quoteIdent(`run_${run.runId
  * is read in it. The replication connection keeps the snapshot alive until
  * the read has imported it.
  */
-async function snapshotInto(input: LogPlanInput, run: StageRun, into: string): Promise<number> {
+async function snapshotInto(input: LogPlanInput, run: StageRun, into: string, relid: number): Promise<number> {
   const { env, name, def } = input;
   const { url } = env.pgSource(def.source);
   const names = logNames(name);
@@ -84,6 +95,8 @@ async function snapshotInto(input: LogPlanInput, run: StageRun, into: string): P
   // read the new slot as if it went on from the old position.
   await env.pool.query('update sync.log_capture set applied_lsn = null where entity = $1', [name]);
   const exported = await createSlot(url, names.slot);
+  // As the catalog says now: a change of them is told from the log's first description.
+  const columns = await tableColumns(env.pgSource(def.source).pool, relid);
   let rows: number;
   try {
     rows = await input.fetchAll(run, into, exported.snapshot);
@@ -92,13 +105,13 @@ async function snapshotInto(input: LogPlanInput, run: StageRun, into: string): P
   }
   await setLog(run.target, run.runId, {
     snapshot: true, slot: names.slot, publication: names.publication, to: exported.lsn, source_lsn: exported.lsn,
-    caught_up: true, read_at: new Date().toISOString(),
+    caught_up: true, read_at: new Date().toISOString(), relation: { relid, columns },
   });
   return rows;
 }
 
 /** The changes since the applied position, staged; merged by sync.merge after sync.log_prepare. */
-async function stageLog(input: LogPlanInput, run: StageRun, state: { applied: string; relation: unknown }): Promise<Staged> {
+async function stageLog(input: LogPlanInput, run: StageRun, state: { applied: string; relation: LogRelation | null }, relid: number): Promise<Staged> {
   const { env, name, def } = input;
   const { pool } = env.pgSource(def.source);
   const names = logNames(name);
@@ -108,7 +121,7 @@ async function stageLog(input: LogPlanInput, run: StageRun, state: { applied: st
   let read: LogRead;
   try {
     read = await run.fetchPhase((signal) => stageChanges({
-      pool, slot: names.slot, publication: names.publication, def, sourceColumns: input.sourceColumns, targetColumns: input.targetColumns,
+      pool, slot: names.slot, publication: names.publication, relid, def, sourceColumns: input.sourceColumns, targetColumns: input.targetColumns,
       applied: state.applied, target: run.target, into, maxChanges: MAX_CHANGES, signal,
       onRows: (rows) => run.opts.onProgress?.({ entity: name, runId: run.runId, phase: 'fetch', rows, bytes: 0 }),
     }));
@@ -119,7 +132,7 @@ async function stageLog(input: LogPlanInput, run: StageRun, state: { applied: st
     }
     throw err;
   }
-  await reportSchemaChange(run.target, name, state.relation, read.relation);
+  await reportSchemaChange(run.target, name, state.relation?.columns ?? null, read.columns);
   if (read.truncatedSeq !== null) {
     await alert(run.target, 'log_truncate', 'warning', name, `${name}: the source table was truncated; `
       + (def.mode === 'upsert' || def.mode === 'append' ? `in mode ${def.mode} the target keeps its rows`
@@ -128,7 +141,7 @@ async function stageLog(input: LogPlanInput, run: StageRun, state: { applied: st
   await setLog(run.target, run.runId, {
     changes: read.truncatedSeq === null, slot: names.slot, publication: names.publication, from: state.applied, to: read.to,
     source_lsn: read.sourceLsn, commit_at: read.commitAt, caught_up: read.caughtUp, read_at: read.readAt, changes_read: read.rows,
-    truncated_seq: read.truncatedSeq, relation: read.relation,
+    truncated_seq: read.truncatedSeq, relation: { relid, columns: read.columns ?? state.relation?.columns ?? null },
   });
   return {
     beforeMerge: async () => { await run.target.query('select sync.log_prepare($1)', [run.runId]); },
@@ -141,9 +154,9 @@ async function alert(target: PoolClient, kind: string, severity: string, entity:
 }
 
 /** Columns added, dropped or retyped on the source since the log last described the table: worth a look, not a stop. */
-async function reportSchemaChange(target: PoolClient, name: string, before: unknown, after: LogRead['relation']): Promise<void> {
-  if (!after || !Array.isArray(before)) return;
-  const was = new Map((before as { name: string; typeOid: number }[]).map((c) => [c.name, c.typeOid]));
+async function reportSchemaChange(target: PoolClient, name: string, before: LogColumn[] | null, after: LogColumn[] | null): Promise<void> {
+  if (!after || !before) return;
+  const was = new Map(before.map((c) => [c.name, c.typeOid]));
   const now = new Map(after.map((c) => [c.name, c.typeOid]));
   const changes = [
     ...[...now.keys()].filter((c) => !was.has(c)).map((c) => `${c} added`),

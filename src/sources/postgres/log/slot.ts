@@ -24,6 +24,20 @@ export const sourceTable = (def: EntityConfig) => {
 };
 const tableSql = (def: EntityConfig) => { const t = sourceTable(def); return `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`; };
 
+/** The source table's oid (the log's name for it); null when the source has no such table. */
+export async function tableOid(pool: Pool, def: EntityConfig): Promise<number | null> {
+  const { rows } = await pool.query('select to_regclass($1)::oid::int8 as oid', [tableSql(def)]);
+  return rows[0].oid === null ? null : Number(rows[0].oid);
+}
+
+/** The table's columns as its log describes them (generated columns are not in the log). */
+export async function tableColumns(pool: Pool, relid: number): Promise<{ name: string; typeOid: number; key: boolean }[]> {
+  const { rows } = await pool.query(
+    `select a.attname as name, a.atttypid::int8 as "typeOid", false as key from pg_attribute a
+      where a.attrelid = $1::oid and a.attnum > 0 and not a.attisdropped and a.attgenerated = '' order by a.attnum`, [relid]);
+  return rows.map((r) => ({ ...r, typeOid: Number(r.typeOid) }));
+}
+
 /** What the source says about a slot now; null when it has no such slot in this database. */
 export interface SlotState {
   wal_status: string;
@@ -46,7 +60,7 @@ export async function slotState(pool: Pool, slot: string): Promise<SlotState | n
  * Why this source cannot capture the entity's changes from its log, each
  * with how to fix it; empty when it can.
  */
-export async function logProblems(pool: Pool, def: EntityConfig, keySourceColumns: string[]): Promise<string[]> {
+export async function logProblems(pool: Pool, def: EntityConfig, keySourceColumns: string[], sourceColumns: string[] = []): Promise<string[]> {
   const t = sourceTable(def);
   const { rows: [s] } = await pool.query(
     `select current_setting('wal_level') as wal_level,
@@ -55,8 +69,10 @@ export async function logProblems(pool: Pool, def: EntityConfig, keySourceColumn
             to_regclass($1) as rel,
             (select c.relreplident from pg_class c where c.oid = to_regclass($1)) as identity,
             (select array_agg(a.attname::text) from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any (i.indkey::int2[])
-              where i.indrelid = to_regclass($1) and (i.indisreplident or (i.indisprimary and (select c.relreplident from pg_class c where c.oid = to_regclass($1)) = 'd'))) as identity_columns`,
-    [`${quoteIdent(t.schema)}.${quoteIdent(t.table)}`]);
+              where i.indrelid = to_regclass($1) and (i.indisreplident or (i.indisprimary and (select c.relreplident from pg_class c where c.oid = to_regclass($1)) = 'd'))) as identity_columns,
+            (select array_agg(a.attname::text) from pg_attribute a
+              where a.attrelid = to_regclass($1) and a.attgenerated <> '' and a.attname = any ($2::text[])) as generated`,
+    [`${quoteIdent(t.schema)}.${quoteIdent(t.table)}`, sourceColumns]);
   const problems: string[] = [];
   if (s.wal_level !== 'logical') {
     problems.push(`wal_level is ${s.wal_level} on the source, and log capture needs logical: set wal_level = logical in its postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart it`);
@@ -68,6 +84,9 @@ export async function logProblems(pool: Pool, def: EntityConfig, keySourceColumn
   else if (s.identity === 'n' || (s.identity !== 'f' && !keySourceColumns.every((k) => (s.identity_columns ?? []).includes(k)))) {
     problems.push(`the log of ${t.schema}.${t.table} does not carry the key (${keySourceColumns.join(', ')}) of deleted rows: `
       + `make it the table's primary key or replica identity index, or ALTER TABLE ${tableSql(def)} REPLICA IDENTITY FULL`);
+  }
+  if (s.generated?.length) {
+    problems.push(`the log does not carry generated columns (${s.generated.join(', ')}): leave them out of "columns", or compute them on the target`);
   }
   if (s.free_slots < 1) {
     problems.push('the source has no free replication slot: raise max_replication_slots on it (a restart) or drop an unused slot');
@@ -91,7 +110,8 @@ async function publicationHasTable(client: pg.ClientBase, publication: string, d
  */
 export async function ensurePublication(url: string, entity: string, def: EntityConfig): Promise<string> {
   const { publication } = logNames(entity);
-  const statement = `create publication ${quoteIdent(publication)} for table ${tableSql(def)}`;
+  // Changes of a partitioned table's partitions then come as the table's own.
+  const statement = `create publication ${quoteIdent(publication)} for table ${tableSql(def)} with (publish_via_partition_root = true)`;
   const c = new pg.Client({ connectionString: url, application_name: 'syncline (log capture setup)' });
   await c.connect().catch((err) => { throw connectionHint(err, url, `source "${def.source}"`); });
   try {
