@@ -22,6 +22,7 @@ import { quoteIdent } from '../../../db/database.js';
 import type { Pool, PoolClient } from '../../../db/pool.js';
 import { TEXT_SETTINGS } from '../../buckets.js';
 import { decode, lsnValue, UNCHANGED, type Relation, type Value } from './pgoutput.js';
+import { slotFree } from './slot.js';
 
 /** Messages fetched from the server at a time. */
 const FETCH = 5000;
@@ -70,6 +71,7 @@ const lit = (v: string) => pg.escapeLiteral(v);
 
 /** Stages the changes since `applied` (at most about maxChanges, in whole transactions). */
 export async function stageChanges(args: ReadChanges): Promise<LogRead> {
+  await slotFree(args.pool, args.slot);
   const client = await args.pool.connect();
   let broken = false;
   try {

@@ -5,6 +5,7 @@
  * sync.merge applies both; the slot is confirmed after the merge committed.
  */
 import type { EntityConfig } from '../../../config/schema.js';
+import { log } from '../../../log.js';
 import { quoteIdent } from '../../../db/database.js';
 import type { Pool, PoolClient } from '../../../db/pool.js';
 import type { PlannedRun, ReadOptions, SourceEnv, StageRun, Staged } from '../../port.js';
@@ -145,8 +146,19 @@ async function stageLog(input: LogPlanInput, run: StageRun, state: { applied: st
   });
   return {
     beforeMerge: async () => { await run.target.query('select sync.log_prepare($1)', [run.runId]); },
-    afterMerge: async () => { if (!run.opts.dryRun) await confirmSlot(pool, names.slot, read.to); },
+    afterMerge: async () => { if (!run.opts.dryRun) await confirmAfterMerge(pool, name, names.slot, read.to); },
   };
+}
+
+/**
+ * Confirms the slot once the merge committed. A confirmation that fails (the
+ * source went away) loses nothing: the next run reads those changes again
+ * and skips them, so the committed run stays a success.
+ */
+async function confirmAfterMerge(pool: Pool, name: string, slot: string, lsn: string): Promise<void> {
+  await confirmSlot(pool, slot, lsn).catch((err) => {
+    log.warn({ entity: name, slot, lsn, err: (err as Error).message }, 'could not confirm the slot; the next run skips what this one applied');
+  });
 }
 
 async function alert(target: PoolClient, kind: string, severity: string, entity: string, message: string): Promise<void> {
@@ -187,6 +199,8 @@ export async function logPending(env: SourceEnv, name: string, def: EntityConfig
     await observe(env.pool, name, slot);
     return false;
   }
+  // Held by a run's session that is going (or gone): look again next time.
+  if (slot.active) return false;
   const { rows: [peek] } = await pool.query(
     `select count(*)::int as n from pg_logical_slot_peek_binary_changes($1, $2::pg_lsn, 1, 'proto_version', '1', 'publication_names', $3)`,
     [names.slot, slot.source_lsn, names.publication]);

@@ -173,6 +173,28 @@ export async function dropPublication(url: string, entity: string): Promise<void
   }
 }
 
+// How long a read waits for the slot to be free: a killed run's session may
+// still hold it until its server notices the client is gone.
+const SLOT_FREE_WAIT_MS = 60_000;
+
+/**
+ * Waits until no session holds the slot (a killed run's session may, for a
+ * while). Throws when it stays held past the wait: another process reads it.
+ */
+export async function slotFree(pool: Pool, slot: string): Promise<void> {
+  const deadline = Date.now() + SLOT_FREE_WAIT_MS;
+  for (;;) {
+    const { rows } = await pool.query(
+      'select active_pid from pg_replication_slots where slot_name = $1 and database = current_database()', [slot]);
+    if (!rows[0]?.active_pid) return;
+    if (Date.now() > deadline) {
+      throw new Error(`the replication slot ${slot} is in use by the source's process ${rows[0].active_pid}: is another Syncline reading it? `
+        + '(only one Syncline database may capture an entity of that name from this source)');
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /** Confirms the slot up to `lsn`: the source may now remove the WAL before it. */
 export async function confirmSlot(pool: Pool, slot: string, lsn: string): Promise<void> {
   await pool.query(
