@@ -137,6 +137,51 @@ describe('a chunked run with workers', () => {
     expect(await checksum(sync.pool, 'items')).toBe(await sourceA());
   }, 120_000);
 
+  it('sync.cancel stops a chunked run: nothing merges, its pending chunks are cancelled and its queued jobs removed', async () => {
+    await sync.pool.query('update ctl set ms = 0.5');
+    const before = await checksum(sync.pool, 'items');
+    await source.pool.query(`update items set name = name || '+' where id % 2 = 0`);
+    let runId: number | null = null;
+    const run = engine.run('items', { trigger: 'manual', full: true, onStart: (id) => { runId = id; } });
+    await until('a chunk is read', async () => runId !== null && (await sync.pool.query(
+      `select 1 from sync.run_chunk where run_id = $1 and status = 'done'`, [runId])).rowCount);
+    await sync.pool.query('select sync.cancel($1)', [runId]);
+    const r = await run;
+    expect(r.status).toBe('cancelled');
+    expect(await checksum(sync.pool, 'items')).toBe(before);
+    const states = (await chunksOf(r.runId)).map((c) => c.status);
+    expect(states).toContain('cancelled');
+    expect(states.every((s) => s !== 'pending')).toBe(true);
+    expect((await sync.pool.query(`select count(*)::int as n from graphile_worker.jobs where key like $1`, [`chunk:${r.runId}:%`])).rows[0].n).toBe(0);
+  }, 120_000);
+
+  it('a run whose process was killed leaves chunks that block nothing: the next run completes', async () => {
+    await sync.pool.query('update ctl set ms = 0.5');
+    const r0 = (await sync.pool.query(`select coalesce(max(id), 0)::int as id from sync.run`)).rows[0].id;
+    const url = new URL(sync.url);
+    url.searchParams.set('application_name', 'chunk-coordinator');
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'sync', 'items', '--full'], {
+      env: { ...process.env, DATABASE_URL: url.toString(), SYNCLINE_CONFIG: configFile, SYNCLINE_LOG_LEVEL: 'silent' }, stdio: 'ignore',
+    });
+    children.add(child);
+    const killed = await until('the CLI run read a chunk', async () => (await sync.pool.query(
+      `select c.run_id::int as id from sync.run_chunk c where c.run_id > $1 and c.status = 'done' limit 1`, [r0])).rows[0]?.id);
+    child.kill('SIGKILL');
+    await until('its sessions are gone', async () =>
+      !(await sync.pool.query(`select 1 from pg_stat_activity where application_name = 'chunk-coordinator'`)).rowCount);
+    await sync.pool.query('update ctl set ms = 0');
+    const r = await engine.run('items', { trigger: 'manual', full: true });
+    expect(r).toMatchObject({ status: 'succeeded', quarantined: 0 });
+    expect(await checksum(sync.pool, 'items')).toBe(await sourceA());
+    expect((await sync.pool.query(`select status from sync.run where id = $1`, [killed])).rows[0].status).toBe('abandoned');
+    // Its queued jobs, run by a worker now, find nothing to do.
+    await startWorkerProcess('chunk-after-kill');
+    await until('its jobs ran', async () => !(await sync.pool.query(
+      `select 1 from graphile_worker.jobs where key like $1`, [`chunk:${killed}:%`])).rowCount);
+    expect((await sync.pool.query(`select count(*)::int as n from sync.run_chunk where run_id = $1 and status = 'done'`, [killed])).rows[0].n)
+      .toBeLessThan(CHUNKS);
+  }, 120_000);
+
   it('a late sync_chunk job of a finished run does nothing', async () => {
     const { rows: [last] } = await sync.pool.query(`select max(run_id)::int as id from sync.chunked_run`);
     await sync.pool.query(`select graphile_worker.add_job('sync_chunk', json_build_object('run', $1::int), job_key := 'late')`, [last.id]);

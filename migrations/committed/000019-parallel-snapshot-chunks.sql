@@ -1,5 +1,5 @@
 --! Previous: sha1:899b039e16cbb3c2e780c5b9a7c0e960df19f735
---! Hash: sha1:0be8a51ff2a91a5f1af16180439149c5e72c0a98
+--! Hash: sha1:bbbeffa39b73fbc6a6b8fdcbb98e5a9a8c80dda0
 --! Message: parallel snapshot chunks
 
 /*
@@ -108,15 +108,25 @@ end
 $$;
 comment on function sync.finish_chunk(bigint, int, bigint, text, timestamptz) is 'Marks chunk p_chunk of run p_run_id done with its rows, in the transaction that COPYed it (so it counts exactly once), records the session that read it, adds it to sync.run.detail.chunks and notifies sync_chunk with the run id.';
 
-create or replace function sync.cancel_chunks(p_run_id bigint) returns int
-  language sql volatile
+create or replace function sync.close_chunks(p_run_id bigint) returns int
+  language plpgsql volatile
   set search_path to pg_catalog, public, pg_temp
 as $$
-  with c as (update sync.run_chunk set status = 'cancelled', finished_at = clock_timestamp()
-              where run_id = p_run_id and status = 'pending' returning 1)
-  select count(*)::int from c;
+declare
+  v_n int;
+begin
+  -- A chunk being read is left to its taker (skip locked): waiting for its
+  -- COPY would hold up a cancel; what it copies is never merged.
+  update sync.run_chunk c set status = 'cancelled', finished_at = clock_timestamp()
+   where (c.run_id, c.chunk) in (select k.run_id, k.chunk from sync.run_chunk k
+                                  where k.run_id = p_run_id and k.status = 'pending' for update skip locked);
+  get diagnostics v_n = row_count;
+  -- The jobs no worker got to: without a worker running they would wait forever.
+  perform graphile_worker.remove_job(format('chunk:%s:%s', p_run_id, c.chunk)) from sync.run_chunk c where c.run_id = p_run_id;
+  return v_n;
+end
 $$;
-comment on function sync.cancel_chunks(bigint) is 'Cancels the pending chunks of run p_run_id (its run failed or was cancelled); a chunk being read when this runs finishes its COPY into staging that nothing merges. Returns the chunks cancelled.';
+comment on function sync.close_chunks(bigint) is 'Ends the chunked read of run p_run_id: cancels its pending chunks that nobody is reading (when the run failed or was cancelled) and removes the sync_chunk jobs no worker has started. Returns the chunks cancelled.';
 
 create or replace view sync.run_chunks as
 select c.run_id, r.entity, r.status as run_status, c.chunk, c.lo as first_block, c.hi as end_block, c.status, c.rows,

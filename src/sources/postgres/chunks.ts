@@ -198,7 +198,7 @@ async function driveChunks(t: Taker, signal: AbortSignal, report: (rows: number)
       counts = await chunkCounts(t.env.pool, t.runId);
       report(counts.rows);
       if (counts.done === counts.total) return counts.rows;
-      if (counts.cancelled) throw new Error(`${counts.cancelled} chunks of run ${t.runId} were cancelled (sync.cancel_chunks): the run cannot complete`);
+      if (counts.cancelled) throw new Error(`${counts.cancelled} chunks of run ${t.runId} were cancelled (sync.close_chunks): the run cannot complete`);
       await next(signal);
       signal.throwIfAborted();
     }
@@ -255,10 +255,9 @@ async function readChunks(run: StageRun, args: Parameters<typeof fetchChunked>[1
     const taker: Taker = { env, def, runId, snapshot: snapshot.name, spec: args.spec, who: 'run' };
     const report = (r: number) => opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: r, bytes: 0, total: estimate });
     return await run.fetchPhase((signal) => driveChunks(taker, signal, report));
-  } catch (err) {
-    await env.pool.query('select sync.cancel_chunks($1)', [runId]).catch(() => {});
-    throw err;
   } finally {
+    await env.pool.query('select sync.close_chunks($1)', [runId])
+      .catch((err) => log.warn({ entity: name, runId, err: (err as Error).message }, 'could not close the run\'s chunks'));
     await snapshot.release();
   }
 }
