@@ -182,6 +182,20 @@ describe('a chunked run with workers', () => {
       .toBeLessThan(CHUNKS);
   }, 120_000);
 
+  it('the CLI prints the chunks as they come in', async () => {
+    const out = await new Promise<{ code: number | null; err: string }>((resolve) => {
+      const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'sync', 'items', '--full'], {
+        env: { ...process.env, DATABASE_URL: sync.url, SYNCLINE_CONFIG: configFile, SYNCLINE_LOG_LEVEL: 'silent' }, stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      children.add(child);
+      let err = '';
+      child.stderr!.on('data', (d) => { err += String(d); });
+      child.on('exit', (code) => resolve({ code, err }));
+    });
+    expect(out.code).toBe(0);
+    expect(out.err).toContain(`items: ${CHUNKS} of ${CHUNKS} chunks read`);
+  }, 120_000);
+
   it('a late sync_chunk job of a finished run does nothing', async () => {
     const { rows: [last] } = await sync.pool.query(`select max(run_id)::int as id from sync.chunked_run`);
     await sync.pool.query(`select graphile_worker.add_job('sync_chunk', json_build_object('run', $1::int), job_key := 'late')`, [last.id]);

@@ -1,5 +1,5 @@
 --! Previous: sha1:899b039e16cbb3c2e780c5b9a7c0e960df19f735
---! Hash: sha1:bbbeffa39b73fbc6a6b8fdcbb98e5a9a8c80dda0
+--! Hash: sha1:b59f1b74e5717cfe0426a45d705133dbdd41226e
 --! Message: parallel snapshot chunks
 
 /*
@@ -135,3 +135,5 @@ select c.run_id, r.entity, r.status as run_status, c.chunk, c.lo as first_block,
   from sync.run_chunk c
   join sync.run r on r.id = c.run_id;
 comment on view sync.run_chunks is 'The chunks of chunked runs, for people: each block range, whether it is done, its rows, who read it and how long it took. select * from sync.run_chunks where run_id = 42 order by chunk.';
+
+comment on column sync.run.progress is 'Live progress while running: {"phase", "rows", "pages", "total", "rate", "eta_seconds", "chunks": {"total", "done"} for a read split into chunks, "at"}; the last report stays after the run ends.';

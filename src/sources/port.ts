@@ -21,6 +21,8 @@ export interface Progress {
   pages?: number;
   /** Records expected in all, where the source says. */
   total?: number;
+  /** A full read split into chunks (postgres "snapshot": {"chunks": N}): how many, how many are in. */
+  chunks?: { total: number; done: number };
 }
 
 /** What a source may use of Syncline: its database, the config, where relative paths start. */

@@ -184,19 +184,19 @@ function chunkEvents(listener: PoolClient, runId: number) {
  * then waits (NOTIFY, with a poll) for the others' to be done, taking any
  * that come back pending. Returns the rows all chunks read.
  */
-async function driveChunks(t: Taker, signal: AbortSignal, report: (rows: number) => void): Promise<number> {
+async function driveChunks(t: Taker, signal: AbortSignal, report: (rows: number, c: ChunkCounts) => void): Promise<number> {
   const listener = await t.env.pool.connect();
   let counts = await chunkCounts(t.env.pool, t.runId);
   try {
     await listener.query('listen sync_chunk');
     const next = chunkEvents(listener, t.runId);
     for (;;) {
-      while (await takeChunk({ ...t, signal, onRows: (r) => report(counts.rows + r) })) {
+      while (await takeChunk({ ...t, signal, onRows: (r) => report(counts.rows + r, counts) })) {
         counts = await chunkCounts(t.env.pool, t.runId);
-        report(counts.rows);
+        report(counts.rows, counts);
       }
       counts = await chunkCounts(t.env.pool, t.runId);
-      report(counts.rows);
+      report(counts.rows, counts);
       if (counts.done === counts.total) return counts.rows;
       if (counts.cancelled) throw new Error(`${counts.cancelled} chunks of run ${t.runId} were cancelled (sync.close_chunks): the run cannot complete`);
       await next(signal);
@@ -253,7 +253,8 @@ async function readChunks(run: StageRun, args: Parameters<typeof fetchChunked>[1
       [runId, snapshot.name, blocks, args.chunks, JSON.stringify(args.spec)]);
     log.info({ entity: name, runId, chunks: p.n, blocks }, 'full read split into chunks');
     const taker: Taker = { env, def, runId, snapshot: snapshot.name, spec: args.spec, who: 'run' };
-    const report = (r: number) => opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: r, bytes: 0, total: estimate });
+    const report = (r: number, c: ChunkCounts) => opts.onProgress?.({
+      entity: name, runId, phase: 'fetch', rows: r, bytes: 0, total: estimate, chunks: { total: c.total, done: c.done } });
     return await run.fetchPhase((signal) => driveChunks(taker, signal, report));
   } finally {
     await env.pool.query('select sync.close_chunks($1)', [runId])
