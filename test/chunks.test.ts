@@ -77,6 +77,30 @@ describe('a chunked full read', () => {
   }, 180_000);
 });
 
+describe('a chunked first load the target refuses', () => {
+  it('falls back to the staging path with the chunks already read, as a single read does: the repeated key is quarantined', async () => {
+    await source.pool.query(`create table dups (id int, name text, pad text);
+      insert into dups select i, 'n' || i, repeat('x', ${PAD}) from generate_series(1, 300) i;
+      insert into dups values (7, 'again', 'x')`);
+    await sync.pool.query(`create table dups_single (id int primary key, name text, pad text);
+      create table dups_chunked (id int primary key, name text, pad text)`);
+    const e = { source: 'src', from: { table: 'dups' }, key: ['id'] };
+    const engine = await engineFor(sync, source, {
+      dups_single: { ...e, target: 'dups_single' }, dups_chunked: { ...e, target: 'dups_chunked', snapshot: { chunks: 4, minRows: 0 } },
+    });
+    try {
+      const one = await engine.run('dups_single', { trigger: 'manual' });
+      const many = await engine.run('dups_chunked', { trigger: 'manual' });
+      expect(one).toMatchObject({ status: 'partial', quarantined: 2, fetched: 301 });
+      expect(many).toMatchObject({ status: one.status, quarantined: one.quarantined, fetched: one.fetched, inserted: one.inserted });
+      expect((await runRow(many.runId)).detail.chunks).toEqual({ total: 4, done: 4, rows: 301 });
+      expect(await checksum(sync.pool, 'dups_chunked')).toBe(await checksum(sync.pool, 'dups_single'));
+    } finally {
+      await engine.close();
+    }
+  });
+});
+
 describe('a chunk', () => {
   it('reads only its blocks (a TID Range Scan), keeping the tenant filter', async () => {
     const def = entity.parse({ source: 'src', from: { table: 'items' }, target: 't', key: ['tenant', 'id'], tenant: { column: 'tenant', value: 'a' } });
