@@ -167,16 +167,20 @@ async function chunkCounts(pool: Pool, runId: number): Promise<ChunkCounts> {
 function chunkEvents(listener: PoolClient, runId: number) {
   let told = false;
   let wake = () => {};
-  listener.on('notification', (m) => {
+  const onNotice = (m: { channel: string; payload?: string }) => {
     if (m.channel === 'sync_chunk' && m.payload === String(runId)) { told = true; wake(); }
-  });
-  return (signal: AbortSignal) => new Promise<void>((resolve) => {
-    const done = () => { clearTimeout(timer); signal.removeEventListener('abort', done); wake = () => {}; told = false; resolve(); };
-    const timer = setTimeout(done, CHUNK_POLL_MS);
-    signal.addEventListener('abort', done, { once: true });
-    wake = done;
-    if (told || signal.aborted) done();
-  });
+  };
+  listener.on('notification', onNotice);
+  return {
+    next: (signal: AbortSignal) => new Promise<void>((resolve) => {
+      const done = () => { clearTimeout(timer); signal.removeEventListener('abort', done); wake = () => {}; told = false; resolve(); };
+      const timer = setTimeout(done, CHUNK_POLL_MS);
+      signal.addEventListener('abort', done, { once: true });
+      wake = done;
+      if (told || signal.aborted) done();
+    }),
+    stop: () => listener.off('notification', onNotice),
+  };
 }
 
 /**
@@ -186,10 +190,10 @@ function chunkEvents(listener: PoolClient, runId: number) {
  */
 async function driveChunks(t: Taker, signal: AbortSignal, report: (rows: number, c: ChunkCounts) => void): Promise<number> {
   const listener = await t.env.pool.connect();
+  const events = chunkEvents(listener, t.runId);
   let counts = await chunkCounts(t.env.pool, t.runId);
   try {
     await listener.query('listen sync_chunk');
-    const next = chunkEvents(listener, t.runId);
     for (;;) {
       while (await takeChunk({ ...t, signal, onRows: (r) => report(counts.rows + r, counts) })) {
         counts = await chunkCounts(t.env.pool, t.runId);
@@ -199,12 +203,12 @@ async function driveChunks(t: Taker, signal: AbortSignal, report: (rows: number,
       report(counts.rows, counts);
       if (counts.done === counts.total) return counts.rows;
       if (counts.cancelled) throw new Error(`${counts.cancelled} chunks of run ${t.runId} were cancelled (sync.close_chunks): the run cannot complete`);
-      await next(signal);
+      await events.next(signal);
       signal.throwIfAborted();
     }
   } finally {
     await listener.query('unlisten sync_chunk').catch(() => {});
-    listener.removeAllListeners('notification');
+    events.stop();
     listener.release();
   }
 }
