@@ -101,6 +101,30 @@ describe('a chunked first load the target refuses', () => {
   });
 });
 
+describe('a checksum diff that finds most rows changed', () => {
+  it('fetches everything in chunks, in the diff\'s own snapshot, and merges it as a full fetch', async () => {
+    await source.pool.query(`create table diffed (id int primary key, name text, pad text);
+      insert into diffed select i, 'n' || i, repeat('x', ${PAD}) from generate_series(1, 400) i`);
+    await sync.pool.query(`create table diffed (id int primary key, name text, pad text)`);
+    const engine = await engineFor(sync, source, {
+      diffed: { source: 'src', from: { table: 'diffed' }, target: 'diffed', key: ['id'], snapshot: { chunks: 3, minRows: 0 } },
+    });
+    try {
+      expect((await engine.run('diffed', { trigger: 'manual' })).status).toBe('succeeded');
+      await source.pool.query(`update diffed set name = name || '!' where id % 10 < 8; delete from diffed where id % 10 = 9;
+        insert into diffed select i, 'late', 'y' from generate_series(401, 450) i`);
+      const r = await engine.run('diffed', { trigger: 'manual' });
+      expect(r).toMatchObject({ status: 'succeeded', updated: 320, deleted: 40, inserted: 50, quarantined: 0 });
+      const { detail } = await runRow(r.runId);
+      expect(detail.diff).toMatchObject({ path: 'full', reason: expect.stringMatching(/differing buckets/) });
+      expect(detail.chunks).toEqual({ total: 3, done: 3, rows: 410 });
+      expect(await checksum(sync.pool, 'diffed')).toBe(await checksum(source.pool, 'diffed'));
+    } finally {
+      await engine.close();
+    }
+  });
+});
+
 describe('a chunk', () => {
   it('reads only its blocks (a TID Range Scan), keeping the tenant filter', async () => {
     const def = entity.parse({ source: 'src', from: { table: 'items' }, target: 't', key: ['tenant', 'id'], tenant: { column: 'tenant', value: 'a' } });

@@ -213,27 +213,61 @@ async function driveChunks(t: Taker, signal: AbortSignal, report: (rows: number,
   }
 }
 
+/** How an entity's full read is split ("snapshot" in its definition) and what a chunk reads. */
+export interface Chunking {
+  spec: ChunkSpec;
+  chunks: number;
+  minRows: number;
+  estimate: () => Promise<number | undefined>;
+}
+
+/** A chunked read of one run, wherever it happens (a full fetch, the checksum diff's fetch of everything). */
+interface ChunkedRead extends Chunking {
+  env: SourceEnv;
+  def: EntityConfig;
+  runId: number;
+  name: string;
+  /** The snapshot every chunk reads in; by default one exported for the read. */
+  snapshots?: SnapshotProvider;
+  /** Runs the reading of the chunks (the run's fetch phase, or the caller's own). */
+  phase: (fn: (signal: AbortSignal) => Promise<number>) => Promise<number>;
+  report: (rows: number, chunks: { total: number; done: number }, total?: number) => void;
+}
+
 /**
  * A chunked full read into `into` (the run's staging, or an empty target
  * for a direct load, filled from the staging in the caller's transaction).
  * Null when the table is too small to split: the caller reads it in one COPY.
  */
-export async function fetchChunked(run: StageRun, args: {
-  spec: ChunkSpec;
-  chunks: number;
-  minRows: number;
-  estimate: () => Promise<number | undefined>;
-  into: string;
-  snapshots?: SnapshotProvider;
-}): Promise<number | null> {
-  const { env, def, runId, name } = run;
-  const rows = await chunkedRows(env.pool, runId) ?? await readChunks(run, args);
+export async function fetchChunked(run: StageRun, args: Chunking & { into: string; snapshots?: SnapshotProvider }): Promise<number | null> {
+  const { env, def, runId, name, opts } = run;
+  const rows = await chunkedRows(env.pool, runId) ?? await readChunks({
+    ...args, env, def, runId, name, phase: (fn) => run.fetchPhase(fn),
+    report: (r, chunks, total) => opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: r, bytes: 0, total, chunks }),
+  });
   if (rows === null) return null;
   if (args.into === stagingOf(runId)) return rows;
   const cols = args.spec.targetColumns.map(quoteIdent).join(', ');
   const { rowCount } = await run.target.query(`insert into ${args.into} (${cols}) select ${cols} from ${stagingOf(runId)}`);
   log.debug({ entity: name, runId, rows: rowCount, target: def.target }, 'chunks copied into the empty target');
   return rowCount ?? 0;
+}
+
+/**
+ * A chunked read of everything into the run's staging, in a snapshot the
+ * caller holds open (the checksum diff's, when most rows differ); null when
+ * the table is too small to split or `into` is not the run's staging.
+ */
+export function readChunksIn(args: Chunking & {
+  env: SourceEnv; def: EntityConfig; runId: number; name: string; snapshot: string; into: string;
+  signal?: AbortSignal; onRows?: (rows: number, bytes: number) => void;
+}): Promise<number | null> {
+  if (args.into !== stagingOf(args.runId)) return Promise.resolve(null);
+  const signal = args.signal ?? new AbortController().signal;
+  return readChunks({
+    ...args, snapshots: async () => ({ name: args.snapshot, release: async () => {} }),
+    phase: (fn) => fn(signal), report: (rows) => args.onRows?.(rows, 0),
+  });
 }
 
 /** The rows of a run whose chunks are all done already (a direct load that fell back to staging); else null. */
@@ -244,8 +278,8 @@ async function chunkedRows(pool: Pool, runId: number): Promise<number | null> {
   return c.rows;
 }
 
-async function readChunks(run: StageRun, args: Parameters<typeof fetchChunked>[1]): Promise<number | null> {
-  const { env, def, runId, name, opts } = run;
+async function readChunks(args: ChunkedRead): Promise<number | null> {
+  const { env, def, runId, name } = args;
   const estimate = await args.estimate();
   if (estimate !== undefined && estimate < args.minRows) return null;
   const { pool } = env.pgSource(def.source);
@@ -257,9 +291,7 @@ async function readChunks(run: StageRun, args: Parameters<typeof fetchChunked>[1
       [runId, snapshot.name, blocks, args.chunks, JSON.stringify(args.spec)]);
     log.info({ entity: name, runId, chunks: p.n, blocks }, 'full read split into chunks');
     const taker: Taker = { env, def, runId, snapshot: snapshot.name, spec: args.spec, who: 'run' };
-    const report = (r: number, c: ChunkCounts) => opts.onProgress?.({
-      entity: name, runId, phase: 'fetch', rows: r, bytes: 0, total: estimate, chunks: { total: c.total, done: c.done } });
-    return await run.fetchPhase((signal) => driveChunks(taker, signal, report));
+    return await args.phase((signal) => driveChunks(taker, signal, (r, c) => args.report(r, { total: c.total, done: c.done }, estimate)));
   } finally {
     await env.pool.query('select sync.close_chunks($1)', [runId])
       .catch((err) => log.warn({ entity: name, runId, err: (err as Error).message }, 'could not close the run\'s chunks'));

@@ -12,9 +12,9 @@ import type { EntityConfig, PostgresSourceConfig } from '../../config/schema.js'
 import { quoteIdent } from '../../db/database.js';
 import { connectionHint, describeUrl, type Pool } from '../../db/pool.js';
 import type { KeyRange, KeyRangeReads, PlanInput, PlannedRun, SourceKind, StageRun } from '../port.js';
-import { fetchChunked, type ChunkSpec } from './chunks.js';
+import { fetchChunked, readChunksIn, type ChunkSpec } from './chunks.js';
 import { inKeyRange } from '../buckets.js';
-import { checksumReads } from './checksum.js';
+import { checksumReads, type ReadAll } from './checksum.js';
 import { copyFromSource, querySource, sourceColumns, sourceConnection, sourceKeyIsUnique, sourceSelect, sourceUrl,
   type CursorFilter } from './read.js';
 
@@ -84,10 +84,13 @@ export const postgresSource: SourceKind = {
     if (def.cursor && !plan.targetColumns.includes(def.cursor.column)) {
       throw new Error(`entity "${name}": cursor column "${def.cursor.column}" must be one of the synced columns`);
     }
-    const chunking = chunked(def, opts, plan);
-    const copyInto = async (run: StageRun, into: string) => (chunking
-      ? await fetchChunked(run, { ...chunking, into, spec: chunkSpec(plan), estimate: () => estimatedRows(srcPool, def) }) : null)
+    const split = chunked(def, opts, plan);
+    const chunking = split && { ...split, spec: chunkSpec(plan), estimate: () => estimatedRows(srcPool, def) };
+    const copyInto = async (run: StageRun, into: string) => (chunking ? await fetchChunked(run, { ...chunking, into }) : null)
       ?? fetchInto(run, plan, into);
+    const readAll: ReadAll | undefined = chunking
+      ? ({ runId, snapshot, into, signal, onRows }) => readChunksIn({ ...chunking, env, def, name, runId, snapshot, into, signal, onRows })
+      : undefined;
     const planned: PlannedRun = {
       targetColumns: plan.targetColumns,
       sourceColumns: plan.sourceColumns,
@@ -99,7 +102,7 @@ export const postgresSource: SourceKind = {
         return {};
       },
       keyRange: keyRangeReads(env.pgSource(def.source), def, plan),
-      checksums: checksumReads(env.pgSource(def.source), def, plan, () => estimatedRows(srcPool, def)),
+      checksums: checksumReads(env.pgSource(def.source), def, plan, () => estimatedRows(srcPool, def), readAll),
     };
     return planned;
   },
