@@ -11,6 +11,7 @@ import { freePort, startEmbedded, type EmbeddedServer } from '../src/db/embedded
 import { makePool } from '../src/db/pool.js';
 import { Engine, type RunResult } from '../src/engine/run.js';
 import { batched, copyFloor, rowByRow } from './baselines.js';
+import { CHUNK_TABLES, chunkEntities, chunksPhase, type ChunksPhase } from './chunks.js';
 import { CSV_TABLES, csvPhase, writeCsv } from './csv.js';
 import { autovacuumIdle, diffStats, flushStats, MB, measure, tupleStats, type Measured, type TupleStats } from './measure.js';
 import { installPeers, pgcopydb, pgloaderDatabase, type PeerResult, type Timer } from './peers.js';
@@ -24,7 +25,7 @@ const SYNC_DB = 'syncline_bench';
 const PEER_DB = 'syncline_bench_peer';
 
 /** Phase groups BENCH_ONLY can pick (comma-separated); all of them when it is unset. */
-export const GROUPS = ['sync', 'peers', 'csv', 'verify'] as const;
+export const GROUPS = ['sync', 'peers', 'csv', 'verify', 'chunks'] as const;
 type Group = typeof GROUPS[number];
 
 /** The groups asked for, or null when BENCH_ONLY names something else (http, edge: run.ts handles those). */
@@ -92,6 +93,7 @@ interface Figures {
   batch?: Extrapolated;
   verify?: Verify;
   csv?: Csv;
+  chunks?: ChunksPhase;
   maxRssSyncBytes?: number;
 }
 
@@ -119,6 +121,7 @@ function ratiosOf(f: Figures): Record<string, number | null> {
     r.d_over_a = ratio(d.seconds, a.seconds, 4);
   }
   if (verify) r.verify_over_count = verify.ratio_to_count === null ? null : round(verify.ratio_to_count);
+  if (f.chunks) r.chunked_over_single = f.chunks.chunked_over_single;
   if (csv) {
     r.csv_empty_over_copy = ratio(csv.empty.seconds, csv.copy.seconds);
     r.csv_changed_over_copy = ratio(csv.changed.seconds, csv.copy.seconds);
@@ -195,6 +198,13 @@ function targetsOf(f: Figures, r: Record<string, number | null>): Target[] {
     t.push(verify.seconds === null ? skipped('verify ≤ 3× count(*) of source + target', verify.note)
       : judged('verify ≤ 3× count(*) of source + target', `${r.verify_over_count}×`, r.verify_over_count! <= 3,
         `verify took ${round(verify.seconds)} s against ${round(verify.count_seconds)} s for both counts`));
+  }
+  if (f.chunks) {
+    const c = f.chunks;
+    t.push(judged(`chunked first load (${c.chunks} chunks, run + ${c.workers} workers) faster than one COPY`, `${c.chunked_over_single}×`,
+      c.chunked_over_single < 1 && c.equal,
+      c.equal ? `${c.chunked_seconds} s chunked against ${c.single_seconds} s in one COPY (chunks read by ${JSON.stringify(c.readers)}; a chunked load writes staging, then the target)`
+        : 'the chunked load differs from the source'));
   }
   if (maxRssSyncBytes !== undefined && r.rss_phase_growth_mb != null) {
     t.push(judged('peak RSS ≤ 150 MB (maxRSS through (d))', `${mb(maxRssSyncBytes)} MB`, maxRssSyncBytes <= 150 * MB, 'the process grew past 150 MB during the syncs'));
@@ -302,21 +312,25 @@ export async function main(groups: Set<Group> = onlyGroups() ?? new Set(GROUPS))
       await src.query('vacuum (analyze) items_small');
     });
     const srcSize = (await src.query(`select pg_total_relation_size('items')::bigint as b, pg_relation_size('items')::bigint as h`)).rows[0];
-    for (const t of ['items', 'items_small', 'floor_items', 'loop_items', 'batch_items', ...Object.values(CSV_TABLES)]) await sync.query(DDL(t));
+    for (const t of ['items', 'items_small', 'floor_items', 'loop_items', 'batch_items', ...Object.values(CSV_TABLES), ...Object.values(CHUNK_TABLES)]) {
+      await sync.query(DDL(t));
+    }
     // The file is the table as generated, before (c) and (d) change it.
     if (want('csv')) {
       progress('writing the table as a csv file');
       await writeCsv(src, `items (${COLUMNS.join(', ')})`, csvFile);
     }
 
-    const cfg = parseConfig({
+    const rawConfig = {
       sources: { src: { kind: 'postgres', url: srcUrl }, files: { kind: 'csv', location: csvDir } },
       entities: {
         items: { source: 'src', from: { table: 'items' }, target: 'items', key: ['tenant', 'id'], mode: 'mirror', cursor: { column: 'updated_at' } },
         items_small: { source: 'src', from: { table: 'items_small' }, target: 'items_small', key: ['tenant', 'id'], mode: 'mirror', cursor: { column: 'updated_at' } },
         [CSV_TABLES.sync]: { source: 'files', from: { file: 'items.csv' }, target: CSV_TABLES.sync, key: ['tenant', 'id'], mode: 'mirror' },
+        ...(want('chunks') ? chunkEntities() : {}),
       },
-    }, {});
+    };
+    const cfg = parseConfig(rawConfig, {});
     await applyConfig(sync, cfg);
     engine = new Engine(sync, syncUrl, cfg);
     const eng = engine;
@@ -472,6 +486,9 @@ export async function main(groups: Set<Group> = onlyGroups() ?? new Set(GROUPS))
       f.csv = await csvPhase({ time, src, sync, syncUrl, file: csvFile, rows: N, entity: CSV_TABLES.sync, syncRun, progress });
     }
 
+    // ---- chunks: the initial load in one COPY and split across workers ---
+    if (want('chunks')) f.chunks = await chunksPhase({ time, engine: eng, src, sync, syncUrl, config: rawConfig, rows: N, progress });
+
     // ---- figures ----------------------------------------------------------
     const maxRssBytes = process.resourceUsage().maxRSS * 1024;
     const syncPhases = [f.small, f.a, f.b, f.c, f.d].filter((x) => x !== undefined);
@@ -495,7 +512,7 @@ export async function main(groups: Set<Group> = onlyGroups() ?? new Set(GROUPS))
       phases: {
         initial_small: f.small, floor: f.floor, peers: f.peers, a: f.a, settle, b: f.b, verify: f.verify, c: f.c,
         d: f.d && { ...f.d, note: 'a cursor does not see deletes; the next full refresh applies them' },
-        row_loop: f.rowLoop, batched: f.batch, csv: f.csv,
+        row_loop: f.rowLoop, batched: f.batch, csv: f.csv, chunks: f.chunks,
       },
       ratios,
       peak_rss_mb: {

@@ -20,6 +20,7 @@
  *   BENCH_ONLY=peers,csv                       run only these Postgres phase groups (comma-separated):
  *                                              sync (floor, (a)–(d), baselines), peers (floor, pgcopydb,
  *                                              pgloader), csv (\copy, csv source, pgloader), verify ((a), verify)
+ *                                              chunks (first load in one COPY vs in chunks by the run + 2 workers)
  *
  * The exit code is 0 even when a target is missed (this is a report); it is
  * non-zero only when the bench itself fails.

@@ -48,8 +48,11 @@ function lineReporter(): Reporter {
   return {
     start: (entity) => process.stderr.write(`${entity}: fetching\n`),
     progress(p) {
-      if (phase.get(p.entity) === p.phase) return;
-      phase.set(p.entity, p.phase);
+      // A chunked read: a line as each chunk comes in.
+      const at = p.chunks && p.phase === 'fetch' ? `fetch ${p.chunks.done}/${p.chunks.total}` : p.phase;
+      if (phase.get(p.entity) === at) return;
+      phase.set(p.entity, at);
+      if (at !== p.phase && p.chunks!.done > 0) process.stderr.write(`${p.entity}: ${p.chunks!.done} of ${p.chunks!.total} chunks read\n`);
       if (p.phase === 'merge') process.stderr.write(`${p.entity}: merging\n`);
     },
     finish: (r, ms) => process.stdout.write(`${summary(r, ms)}\n`),
@@ -77,7 +80,7 @@ function barReporter(): Reporter {
       const secs = Math.max((Date.now() - b.started) / 1000, 0.001);
       if (p.phase === 'fetch') {
         if (!b.expected || p.rows > b.expected) b.bar.setTotal(Math.max(p.rows, 1));
-        b.bar.update(p.rows, { phase: 'fetch', rate: n(Math.round(p.rows / secs)) });
+        b.bar.update(p.rows, { phase: p.chunks ? `fetch, chunk ${p.chunks.done}/${p.chunks.total}` : 'fetch', rate: n(Math.round(p.rows / secs)) });
       } else {
         b.bar.update({ phase: p.phase });
       }

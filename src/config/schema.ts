@@ -96,6 +96,9 @@ const overlap = z.union([
 // A batch is one remote transaction: past this it holds the remote's locks
 // and WAL for long, and exactly-once needs nothing bigger.
 const MAX_PUSH_BATCH = 1_000_000;
+// More chunks than this gain nothing but a queue of jobs and source sessions
+// each holding the same snapshot open.
+const MAX_SNAPSHOT_CHUNKS = 64;
 
 /** How a push entity picks, sends and retires local rows. */
 export const pushOptions = z.object({
@@ -121,6 +124,7 @@ const PUSH_UNUSED: [string, string][] = [
   ['version', 'a push only inserts rows the remote does not have'],
   ['verify', 'a push accounts for every row in sync.run'],
   ['diff', 'a push sends the rows not pushed yet, compared with nothing'],
+  ['snapshot', 'a push sends the rows not pushed yet, never a snapshot of the remote'],
   ['schedule', 'push entities run in the edge cycle (`syncline edge`, or the sync_edge task)'],
   ['interval', 'push entities run in the edge cycle (`syncline edge --interval`)'],
   ['fullSchedule', 'push entities run in the edge cycle'],
@@ -188,6 +192,13 @@ export const entity = z.object({
     .describe('Postgres sources: read every insert, update and delete from the source\'s write-ahead log (logical replication, pgoutput) instead of re-reading the table. Needs wal_level = logical and a role WITH REPLICATION on the source; Syncline creates the publication and the slot syncline_<entity> (see README, "Log capture"). A worker polls the slot every log_poll_interval (1 second).'),
   diff: z.enum(['auto', 'off']).optional()
     .describe('How a full mirror or upsert run of a postgres source compares: "auto" (default) compares checksums of key-hash buckets on both sides and fetches only the records of buckets that differ, or everything when that is cheaper; "off" always fetches everything.'),
+  snapshot: z.object({
+    chunks: z.number().int().min(1).max(MAX_SNAPSHOT_CHUNKS)
+      .describe('Block ranges a full read of the table is split into, read in parallel by the process running the run and by every worker with a free slot, all in one snapshot of the source; merged once. 1: one COPY.'),
+    minRows: z.number().int().min(0).default(100_000)
+      .describe('A table the source\'s planner estimates below this many rows is read in one piece (default 100000).'),
+  }).strict().optional()
+    .describe('Big postgres tables: a full read (first load, --full, a diff that fetches everything, "diff": "off") split into block-range chunks read by several workers in one exported snapshot of the source. Progress: sync.run.detail.chunks.'),
   verify: z.union([
     z.boolean(),
     z.object({
@@ -238,6 +249,10 @@ export const entity = z.object({
   }
   if ('query' in e.from && e.from.query.includes('{{cursor}}') && !e.cursor) {
     ctx.addIssue({ code: 'custom', path: ['from', 'query'], message: '{{cursor}} needs a "cursor" on the entity — add cursor: {"column": …} or remove the placeholder' });
+  }
+  if (e.snapshot && e.direction !== 'push' && !('table' in e.from)) {
+    ctx.addIssue({ code: 'custom', path: ['snapshot'],
+      message: '"snapshot" splits a postgres table into block ranges: it needs "from": {"table": …} — remove it for a query, http or file entity' });
   }
   checkPush(e, ctx);
   checkCapture(e, ctx);
@@ -344,6 +359,9 @@ export const config = z.object({
     if (e.cursor?.from && 'http' in e.from && e.from.http.fields?.[e.cursor.column] !== undefined) {
       ctx.addIssue({ code: 'custom', path: ['entities', name, 'from', 'http', 'fields', e.cursor.column],
         message: `column "${e.cursor.column}" is filled from cursor.from, so it must not also be mapped in from.http.fields — remove one of the two` });
+    }
+    if (e.snapshot && src && src.kind !== 'postgres') {
+      ctx.addIssue({ code: 'custom', path: ['entities', name, 'snapshot'], message: `"snapshot" splits a postgres table; source "${e.source}" is a ${src.kind} source — remove it` });
     }
     if ((src?.kind === 'csv' || src?.kind === 'jsonl') && e.cursor) {
       ctx.addIssue({ code: 'custom', path: ['entities', name, 'cursor'], message: `a ${src.kind} file is read whole on every run: remove "cursor"` });

@@ -115,7 +115,7 @@ export async function loadByChecksum(ctx: LoadContext, reads: ChecksumReads): Pr
 async function diffAndStage(ctx: LoadContext, reads: ChecksumReads, prefix: string, started: number): Promise<DiffDetail> {
   const { target, runId, def, engine } = ctx;
   const columns = await checksumColumns(target, def, ctx.plan.targetColumns);
-  const session = await reads.open({ target, columns });
+  const session = await reads.open({ target, columns, runId });
   try {
     const diff = await diffSegments({
       target, session, def, columns, prefix, estimatedRows: await estimate(ctx, reads), pool: engine.pool, maxShare: MAX_DIFFERING_SHARE,

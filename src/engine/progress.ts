@@ -29,7 +29,7 @@ export function reportingProgress(pool: Pool, onProgress?: (p: Progress) => void
     const rate = p.phase === 'fetch' && seconds > 0 ? Math.round((p.rows - firstRows) / seconds) : null;
     const total = p.total ?? null;
     const eta = total !== null && rate ? Math.max(0, Math.round((total - p.rows) / rate)) : null;
-    const report = JSON.stringify({ phase: p.phase, rows: p.rows, pages: p.pages ?? null, total, rate, eta_seconds: eta });
+    const report = JSON.stringify({ phase: p.phase, rows: p.rows, pages: p.pages ?? null, total, rate, eta_seconds: eta, chunks: p.chunks ?? null });
     pending = pending.then(() => pool.query('select sync.report_progress($1, $2)', [p.runId, report]))
       .catch((err) => log.debug({ err: String(err), runId: p.runId }, 'could not record progress'));
   };

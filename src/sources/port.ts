@@ -21,6 +21,8 @@ export interface Progress {
   pages?: number;
   /** Records expected in all, where the source says. */
   total?: number;
+  /** A full read split into chunks (postgres "snapshot": {"chunks": N}): how many, how many are in. */
+  chunks?: { total: number; done: number };
 }
 
 /** What a source may use of Syncline: its database, the config, where relative paths start. */
@@ -170,7 +172,9 @@ export interface ChecksumReads {
    * of the cursor when given), printing `columns` (the run's target columns,
    * in order) as the target does. Throws when the source cannot be read so.
    */
-  open(args: { target: PoolClient; columns: ChecksumColumn[]; range?: KeyRange | null }): Promise<ChecksumSession>;
+  open(args: { target: PoolClient; columns: ChecksumColumn[]; range?: KeyRange | null;
+    /** The run whose staging copyRows fills (lets a source split a read of everything across workers). */
+    runId?: number }): Promise<ChecksumSession>;
   /** The planner's row estimate of the source (for the first level's size); undefined when unknown. */
   estimatedRows(): Promise<number | undefined>;
 }

@@ -12,6 +12,7 @@ import { syncTick, syncMaintain } from '../../tasks/sync_maintain.js';
 import { syncEdge } from '../../tasks/sync_edge.js';
 import { syncSchedule } from '../../tasks/sync_schedule.js';
 import { syncVerify } from '../../tasks/sync_verify.js';
+import { syncChunk } from '../../tasks/sync_chunk.js';
 import { Heartbeat } from './heartbeat.js';
 import { startLogLoop } from './log-loop.js';
 
@@ -50,6 +51,7 @@ function taskList(engine: Engine): Record<string, Task> {
   return {
     sync_entity: syncEntity(engine), sync_schedule: syncSchedule, sync_cleanup: syncCleanup, sync_alert: syncAlert(engine),
     sync_tick: syncTick, sync_maintain: syncMaintain, sync_edge: syncEdge(engine), sync_verify: syncVerify(engine),
+    sync_chunk: syncChunk(engine),
   };
 }
 

@@ -18,7 +18,7 @@ import type { EntityConfig } from '../../config/schema.js';
 import { quoteIdent } from '../../db/database.js';
 import { connectionHint, type Pool } from '../../db/pool.js';
 import { BUCKET_SETTINGS, bucketMask, inBuckets, inKeyRange, rowHash } from '../buckets.js';
-import type { ChecksumColumn, ChecksumReads, ChecksumSession } from '../port.js';
+import type { BucketFilter, ChecksumColumn, ChecksumReads, ChecksumSession } from '../port.js';
 import { beginSnapshot, copyInSnapshot, oneStatement, sourceSelect } from './read.js';
 
 /** What the checksum reads need of a planned postgres run. */
@@ -43,15 +43,26 @@ function sourceValue(col: ChecksumColumn, source: string, found: { oid: number; 
 }
 
 /**
+ * Reads everything the session sees into the run's staging some other way
+ * (in chunks across workers, in the snapshot named); null: the session reads
+ * it in one COPY.
+ */
+export type ReadAll = (args: { runId: number; snapshot: string; into: string; signal?: AbortSignal;
+  onRows?: (rows: number, bytes: number) => void }) => Promise<number | null>;
+
+const everything = (b: BucketFilter) => b.bits === 0;
+
+/**
  * The checksum capability of a postgres source entity. `estimate`: the
- * planner's row estimate of the source (undefined when unknown).
+ * planner's row estimate of the source (undefined when unknown); `readAll`:
+ * how a fetch of everything may be read instead of one COPY.
  */
 export function checksumReads(src: { pool: Pool; url: string }, def: EntityConfig, plan: ChecksumPlan,
-  estimate: () => Promise<number | undefined>): ChecksumReads {
+  estimate: () => Promise<number | undefined>, readAll?: ReadAll): ChecksumReads {
   const sourceOf = (column: string) => plan.sourceColumns[plan.targetColumns.indexOf(column)] ?? column;
   return {
     estimatedRows: estimate,
-    async open({ target, columns, range }) {
+    async open({ target, columns, range, runId }) {
       const client = await src.pool.connect().catch((err) => { throw connectionHint(err, src.url, `source "${def.source}"`); });
       let broken = false;
       try {
@@ -80,9 +91,17 @@ export function checksumReads(src: { pool: Pool; url: string }, def: EntityConfi
             // offset 0 keeps the hashing in a subquery whose scan parallel workers run.
             `select x._sl_h & ${bucketMask(bits)} as bucket, count(*) as n, sum(x._sl_r) as s from (${hashed} offset 0) x
               where ${within ? inBuckets('x._sl_h', within) : 'true'} group by 1`, into, ['bucket', 'n', 's']),
-          copyRows: (within, into, opts) => copy(
-            `select ${plan.sourceColumns.map((c) => `q.${quoteIdent(c)}`).join(', ')} ${rows}${where ? ' and' : ' where'} ${inBuckets(keyHash, within)}`,
-            into, plan.targetColumns, opts),
+          async copyRows(within, into, opts) {
+            // Everything (most rows differ): in chunks across workers, all in this session's snapshot.
+            if (readAll && runId !== undefined && !range && everything(within)) {
+              const { rows: [x] } = await client.query<{ name: string }>('select pg_export_snapshot() as name');
+              const n = await readAll({ runId, snapshot: x.name, into, signal: opts?.signal, onRows: opts?.onRows });
+              if (n !== null) return n;
+            }
+            return copy(
+              `select ${plan.sourceColumns.map((c) => `q.${quoteIdent(c)}`).join(', ')} ${rows}${where ? ' and' : ' where'} ${inBuckets(keyHash, within)}`,
+              into, plan.targetColumns, opts);
+          },
           copyRowHashes: (within, into) => copy(
             `select ${keyValues.map((_, i) => `x._sl_k${i}`).join(', ')}, x._sl_h, x._sl_r from (${hashed}) x where ${inBuckets('x._sl_h', within)}`,
             into, [...def.key, '_sl_h', '_sl_r']),

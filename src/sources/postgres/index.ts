@@ -3,15 +3,18 @@
  * streamed with COPY in a read-only repeatable-read transaction, typed all
  * the way. It can COPY straight into a table (an empty target's direct load)
  * read key ranges (gap detection after incremental runs) and checksum its
- * records by key-hash bucket (the checksum diff; see checksum.ts).
+ * records by key-hash bucket (the checksum diff; see checksum.ts). A full
+ * read of a big table may be split into chunks that workers read in
+ * parallel in one snapshot (chunks.ts).
  */
 import pg from 'pg';
 import type { EntityConfig, PostgresSourceConfig } from '../../config/schema.js';
 import { quoteIdent } from '../../db/database.js';
 import { connectionHint, describeUrl, type Pool } from '../../db/pool.js';
-import type { KeyRange, KeyRangeReads, PlannedRun, SourceKind, StageRun } from '../port.js';
+import type { KeyRange, KeyRangeReads, PlanInput, PlannedRun, SourceKind, StageRun } from '../port.js';
+import { fetchChunked, readChunksIn, type ChunkSpec } from './chunks.js';
 import { inKeyRange } from '../buckets.js';
-import { checksumReads } from './checksum.js';
+import { checksumReads, type ReadAll } from './checksum.js';
 import { logCapturePlan, logPending } from './log/plan.js';
 import { copyFromSource, querySource, sourceColumns, sourceConnection, sourceKeyIsUnique, sourceSelect, sourceUrl,
   type CursorFilter } from './read.js';
@@ -84,12 +87,20 @@ export const postgresSource: SourceKind = {
     if (def.cursor && !plan.targetColumns.includes(def.cursor.column)) {
       throw new Error(`entity "${name}": cursor column "${def.cursor.column}" must be one of the synced columns`);
     }
-    const copyInto = (run: StageRun, into: string) => fetchInto(run, plan, into);
+    const split = chunked(def, opts, plan);
+    const chunking = split && { ...split, spec: chunkSpec(plan), estimate: () => estimatedRows(srcPool, def) };
+    // In `snapshot` (exported by another session) when given; in chunks when the entity asks for them.
+    const readWhole = async (run: StageRun, into: string, snapshot?: string) => (chunking ? await fetchChunked(run, {
+      ...chunking, into, ...(snapshot ? { snapshots: async () => ({ name: snapshot, release: async () => {} }) } : {}),
+    }) : null) ?? fetchInto(run, plan, into, snapshot);
+    const copyInto = (run: StageRun, into: string) => readWhole(run, into);
+    const readAll: ReadAll | undefined = chunking
+      ? ({ runId, snapshot, into, signal, onRows }) => readChunksIn({ ...chunking, env, def, name, runId, snapshot, into, signal, onRows })
+      : undefined;
     // Log capture reads a snapshot or the log; chosen keys (a retry, a gap) are read from the table.
     const log = def.capture === 'log' && !opts.keys && !window ? await logCapturePlan({
       env, name, def, opts, sourceColumns: plan.sourceColumns, targetColumns: plan.targetColumns,
-      keySourceColumns: def.key.map((k) => sourceOf(plan, k)),
-      fetchAll: (run, into, snapshot) => fetchInto(run, plan, into, snapshot),
+      keySourceColumns: def.key.map((k) => sourceOf(plan, k)), fetchAll: readWhole,
     }) : null;
     const planned: PlannedRun = {
       targetColumns: plan.targetColumns,
@@ -102,12 +113,26 @@ export const postgresSource: SourceKind = {
         return {};
       },
       keyRange: keyRangeReads(env.pgSource(def.source), def, plan),
-      checksums: checksumReads(env.pgSource(def.source), def, plan, () => estimatedRows(srcPool, def)),
+      checksums: checksumReads(env.pgSource(def.source), def, plan, () => estimatedRows(srcPool, def), readAll),
       ...log,
     };
     return planned;
   },
 };
+
+/**
+ * The entity's chunking when this run reads its whole table: a first load,
+ * a full refresh, a diff that fetches everything. Not for a cursor, chosen
+ * keys, a backfill window or a dry run: those read little or preview.
+ */
+function chunked(def: EntityConfig, opts: PlanInput['opts'], plan: Plan): { chunks: number; minRows: number } | undefined {
+  const s = def.snapshot;
+  if (!s || s.chunks < 2 || !('table' in def.from) || plan.cursor || opts.keys || opts.window || opts.dryRun) return undefined;
+  return { chunks: s.chunks, minRows: s.minRows };
+}
+
+const chunkSpec = (p: Plan): ChunkSpec =>
+  ({ sourceColumns: p.sourceColumns, targetColumns: p.targetColumns, tenantSourceColumn: p.tenantSourceColumn });
 
 /** COPY from the source into `into`, stoppable by sync.cancel and by shutdown. Returns the rows copied. */
 async function fetchInto(run: StageRun, plan: Plan, into: string, snapshot?: string): Promise<number> {

@@ -81,11 +81,27 @@ export class SourcePools {
   }
 }
 
-function baseQuery(e: EntityConfig, tenant: string | undefined, cursorLiteral: string): string {
+/** A table's physical block range: blocks lo up to hi (to the end when hi is null). */
+export interface BlockRange {
+  lo: number;
+  hi: number | null;
+}
+
+/** The rows of a block range: PostgreSQL 14+ reads just those blocks (a TID Range Scan). */
+function inBlocks(b: BlockRange): string {
+  const block = (n: number) => {
+    if (!Number.isSafeInteger(n) || n < 0) throw new Error(`invalid block number ${n}`);
+    return `'(${n},0)'::tid`;
+  };
+  return `ctid >= ${block(b.lo)}${b.hi === null ? '' : ` and ctid < ${block(b.hi)}`}`;
+}
+
+function baseQuery(e: EntityConfig, tenant: string | undefined, cursorLiteral: string, blocks?: BlockRange): string {
   if ('table' in e.from) {
     const t = e.from.table as { schema: string; table: string };
-    return `select * from ${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
+    return `select * from ${quoteIdent(t.schema)}.${quoteIdent(t.table)}${blocks ? ` where ${inBlocks(blocks)}` : ''}`;
   }
+  if (blocks) throw new Error('a block range reads a table source, not a query');
   if (!('query' in e.from)) throw new Error('a postgres source reads a table or a query, not a file');
   try {
     return renderTemplate(e.from.query, { tenant: tenant === undefined ? 'null' : lit(tenant), cursor: cursorLiteral });
@@ -112,11 +128,13 @@ export function sourceSelect(
   sourceColumns: string[] | '*',
   opts: { tenantSourceColumn?: string; cursor?: CursorFilter & { sourceColumn: string };
     /** Only these keys (a re-sync of chosen records): source key columns and their values as text. */
-    keys?: { sourceColumns: string[]; values: string[][] } },
+    keys?: { sourceColumns: string[]; values: string[][] };
+    /** Only this block range of a table source (a chunk of a chunked read). */
+    blocks?: BlockRange },
 ): string {
   const window = opts.cursor?.window;
   const bound = opts.cursor && !window ? cursorBound(opts.cursor) : null;
-  const base = baseQuery(e, e.tenant?.value, bound ?? 'null');
+  const base = baseQuery(e, e.tenant?.value, bound ?? 'null', opts.blocks);
   const where: string[] = [];
   if (e.tenant && opts.tenantSourceColumn) where.push(`q.${quoteIdent(opts.tenantSourceColumn)} = ${lit(e.tenant.value)}`);
   if (opts.cursor && bound) where.push(`q.${quoteIdent(opts.cursor.sourceColumn)} > ${bound}`);
@@ -273,11 +291,11 @@ export async function copyFromSource(args: {
   }
 }
 
-/** Opens the read-only repeatable-read transaction a fetch reads in, with the session settings that make its text output parse the same on the target. */
-export async function beginSnapshot(client: pg.ClientBase, snapshot?: string): Promise<void> {
+/** Opens the read-only repeatable-read transaction a fetch reads in (in `exported`, a snapshot another session exported, when given), with the session settings that make its text output parse the same on the target. */
+export async function beginSnapshot(client: pg.ClientBase, exported?: string): Promise<void> {
   await client.query('begin transaction isolation level repeatable read, read only');
-  // Before any query of the transaction, as PostgreSQL requires.
-  if (snapshot) await client.query(`set transaction snapshot ${lit(snapshot)}`);
+  // Before any query of the transaction, or PostgreSQL refuses it.
+  if (exported !== undefined) await client.query(`set transaction snapshot ${lit(exported)}`);
   await client.query(SOURCE_SESSION);
 }
 
