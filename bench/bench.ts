@@ -123,6 +123,7 @@ function ratiosOf(f: Figures): Record<string, number | null> {
   if (f.log && a) {
     r.log_snapshot_over_a = ratio(f.log.cost.snapshot.seconds, a.seconds);
     r.log_over_a = ratio(f.log.cost.changed.seconds, a.seconds, 4);
+    r.log_floor_over_a = ratio(f.log.cost.floor.seconds, a.seconds, 4);
     if (c) r.log_over_c = ratio(f.log.cost.changed.seconds, c.seconds);
     if (d) r.log_over_d = ratio(f.log.cost.changed.seconds, d.seconds);
   }
@@ -221,7 +222,8 @@ function logTargets(log: NonNullable<Figures['log']>, a: SyncPhase, r: Record<st
   return [
     judged('log: 1% change ≤ 2% of (a)', `${round(r.log_over_a! * 100, 2)}%`, r.log_over_a! <= 0.02,
       `the log run took ${ch.seconds} s against ${a.seconds} s for (a) (read ${(ch.fetch_ms ?? 0) / 1000} s, merge ${(ch.merge_ms ?? 0) / 1000} s, `
-      + `the rest ${ch.other_ms / 1000} s: planning, sync.log_prepare, confirming the slot)`),
+      + `the rest ${ch.other_ms / 1000} s: planning, sync.log_prepare, confirming the slot); applying the same amount of change in SQL `
+      + `from prepared tables alone takes ${log.cost.floor.seconds} s, ${round(r.log_floor_over_a! * 100, 2)}% of (a)`),
     judged('log: counts match the change', `+${ch.run.inserted} ~${ch.run.updated} -${ch.run.deleted}`,
       ch.run.inserted === ch.change.inserted && ch.run.updated === ch.change.updated && ch.run.deleted === ch.change.deleted && ch.verified,
       ch.verified ? `expected +${ch.change.inserted} ~${ch.change.updated} -${ch.change.deleted}` : 'the target differs from the source'),
@@ -505,7 +507,7 @@ export async function main(groups: Set<Group> = onlyGroups() ?? new Set(GROUPS))
 
     // ---- log capture: cost of the same change, then commit-to-target latency
     if (want('log')) {
-      const args = { engine: eng, src, sync, rows: N, syncRun, settle: settleTarget, applyChange, nextId: () => nextId, progress };
+      const args = { engine: eng, src, sync, rows: N, time, syncRun, settle: settleTarget, applyChange, nextId: () => nextId, progress };
       try {
         const cost = await logCost(args);
         const latency = await logLatency(args, LOG_SECONDS);

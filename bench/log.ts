@@ -18,7 +18,8 @@ import type { Engine } from '../src/engine/run.js';
 import { logPending } from '../src/sources/postgres/log/plan.js';
 import { dropSlot, logNames } from '../src/sources/postgres/log/slot.js';
 import { startLogLoop } from '../src/worker/log-loop.js';
-import { checksum, generate } from './workload.js';
+import type { Timer } from './peers.js';
+import { checksum, COLUMNS, generate } from './workload.js';
 
 /** The log entity and its target table (in the Syncline database); its source is the bench's `items`. */
 export const LOG_ENTITY = 'items_log';
@@ -42,11 +43,15 @@ interface RunLike {
   run: { inserted: number; updated: number; deleted: number };
 }
 
+/** The same amount of change applied by hand-written SQL from prepared tables: what any capture pays at least. */
+export interface ApplyFloor { seconds: number; wal_bytes: number; updated: number; inserted: number; deleted: number; note: string }
+
 export interface LogCost<S extends RunLike> {
   /** The first run: the snapshot the slot exported, into an empty target. */
   snapshot: S;
   /** The change (same shape as (c) and (d)), applied by one log run. */
   changed: S & { change: Change; verified: boolean; changes_read: number | null; keys: number | null; other_ms: number };
+  floor: ApplyFloor;
 }
 
 export interface LogLatency {
@@ -72,6 +77,7 @@ export interface LogPhaseArgs<S extends RunLike> {
   src: pg.Pool;
   sync: pg.Pool;
   rows: number;
+  time: Timer;
   syncRun: (entity: string, table: string, rows: number, full: boolean) => Promise<S>;
   /** What autovacuum would do after the initial load (the same settle as after (a)). */
   settle: (table: string) => Promise<void>;
@@ -111,8 +117,11 @@ export async function logCost<S extends RunLike>(a: LogPhaseArgs<S>): Promise<Lo
   const { rows: [d] } = await a.sync.query(
     `select (detail #>> '{log,changes_read}')::bigint as read from sync.run where entity = $1 order by id desc limit 1`, [LOG_ENTITY]);
   const keys = change.updated + change.deleted + change.inserted;
+  a.progress('log: the floor: the same amount of change applied in SQL from prepared tables');
+  const floor = await applyFloor(a.sync, a.time, a.rows);
   return {
     snapshot,
+    floor,
     changed: {
       ...run, change, verified: await sameAsSource(a.src, a.sync),
       changes_read: d?.read === null || d?.read === undefined ? null : Number(d.read), keys,
@@ -120,6 +129,40 @@ export async function logCost<S extends RunLike>(a: LogPhaseArgs<S>): Promise<Lo
       other_ms: Math.round(run.seconds * 1000 - (run.fetch_ms ?? 0) - (run.merge_ms ?? 0)),
     },
   };
+}
+
+/**
+ * The floor of applying the change: 1% of the rows updated, 0.1% inserted,
+ * 0.1% deleted, from tables prepared beforehand, in one transaction with
+ * index lookups (no read, no diff, no audit), after a CHECKPOINT as every
+ * phase. It runs on the target of (a) (and (b)–(d)), which no later phase compares
+ * with its source.
+ */
+export async function applyFloor(sync: pg.Pool, time: Timer, rows: number): Promise<ApplyFloor> {
+  const cols = COLUMNS.join(', ');
+  await sync.query(`drop table if exists floor_upd, floor_ins, floor_del;
+    create unlogged table floor_upd as select ${cols} from items where id % 100 = 11;
+    update floor_upd set price = price + 1, qty = qty + 1, attrs = attrs || '{"changed": true}', updated_at = now();
+    create unlogged table floor_ins as select ${COLUMNS.map((c) => (c === 'id' ? `id + ${10 * rows} as id` : c)).join(', ')} from items where id <= ${Math.floor(rows / 1000)};
+    create unlogged table floor_del as select tenant, id from items where id % 1000 = 7;
+    analyze floor_upd, floor_ins, floor_del`);
+  const c = await sync.connect();
+  try {
+    const m = await time(async () => {
+      await c.query('begin; set local enable_hashjoin = off; set local enable_mergejoin = off');
+      const u = await c.query(`update items t set ${COLUMNS.filter((x) => x !== 'tenant' && x !== 'id').map((x) => `${x} = s.${x}`).join(', ')}
+        from floor_upd s where t.tenant = s.tenant and t.id = s.id`);
+      const i = await c.query(`insert into items (${cols}) select ${cols} from floor_ins`);
+      const d = await c.query('delete from items t using floor_del s where t.tenant = s.tenant and t.id = s.id');
+      await c.query('commit');
+      return { updated: u.rowCount ?? 0, inserted: i.rowCount ?? 0, deleted: d.rowCount ?? 0 };
+    });
+    return { seconds: m.seconds, wal_bytes: m.walBytes, ...m.value,
+      note: 'the same amount of change applied in SQL from prepared tables, one transaction, index lookups: no read, no diff, no audit' };
+  } finally {
+    c.release();
+    await sync.query('drop table if exists floor_upd, floor_ins, floor_del');
+  }
 }
 
 /** The value below which a share q of `sorted` lies (nearest rank). */

@@ -65,6 +65,8 @@ function logRows(r: Result, phase: (label: string, x: PhaseLike, note?: string) 
     phase('log: snapshot into an empty target', cost.snapshot, `${r.ratios.log_snapshot_over_a ?? 'n/a'}× (a)`),
     phase('log: 1% / 0.1% / 0.1%, by log', ch, joinNotes(ch.verified ? 'target = source' : 'TARGET DIFFERS',
       `${num(ch.changes_read)} changes read`, `rest ${sec(ch.other_ms)}`)),
+    [`log: floor, the change applied in SQL`, cost.floor.seconds.toFixed(2), '', '', walMb(cost.floor.wal_bytes), '', '',
+      `${num(cost.floor.inserted)}/${num(cost.floor.updated)}/${num(cost.floor.deleted)}`, `${pct(r.ratios.log_floor_over_a)} of (a); no read, no diff, no audit`],
     [`log: ${num(l.changes_per_s)} changes/s, ${l.seconds} s`, l.seconds.toFixed(2), num(l.changes_per_s), '', '', '', '', '',
       `commit → target median ${sec(l.latency_ms.median)}, p95 ${sec(l.latency_ms.p95)}, p99 ${sec(l.latency_ms.p99)}, max ${sec(l.latency_ms.max)}; `
       + `${l.verified ? 'target = source' : 'TARGET DIFFERS'}`],
@@ -79,7 +81,8 @@ function logNotes(r: Result): string[] {
     + `(${pct(r.ratios.log_over_a)} of (a))`
     + (p.d ? `, by cursor (d) ${p.d.seconds.toFixed(2)} s (${pct(r.ratios.d_over_a)}; no deletes, verify included)` : '')
     + (p.c ? `, by a full refresh (c) ${p.c.seconds.toFixed(2)} s (${pct(r.ratios.c_over_a)}; ${pathOf(p.c) || 'path not recorded'})` : '')
-    + '. Before the change a quiet poll moved the slot past the WAL of the initial load (the target shares the server), as a running worker would.'];
+    + `. The floor (${cost.floor.seconds.toFixed(2)} s, ${pct(r.ratios.log_floor_over_a)} of (a)) is ${cost.floor.note}, on the target of (a) (and (b)–(d) when they ran).`
+    + ' Before the change a quiet poll moved the slot past the WAL of the initial load (the target shares the server), as a running worker would.'];
   out.push(`log latency: ${num(l.transactions)} transactions of 20 changes (10 inserts, 10 updates) paced by the clock (${l.late_transactions} late), `
     + `${num(l.changes)} changes at ${num(l.changes_per_s)}/s; the worker's log loop polled every ${l.poll_ms} ms and ran ${l.runs.count} runs `
     + `(mean ${l.runs.mean_ms} ms, max ${l.runs.max_ms} ms, ${l.runs.mean_changes} changes each; read ${l.runs.mean_fetch_ms} ms, merge ${l.runs.mean_merge_ms} ms); `
