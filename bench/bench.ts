@@ -14,6 +14,7 @@ import { batched, copyFloor, rowByRow } from './baselines.js';
 import { CHUNK_TABLES, chunkEntities, chunksPhase, type ChunksPhase } from './chunks.js';
 import { CSV_TABLES, csvPhase, writeCsv } from './csv.js';
 import { autovacuumIdle, diffStats, flushStats, MB, measure, tupleStats, type Measured, type TupleStats } from './measure.js';
+import { dropLogSlot, LOG_ENTITY, logCost, logLatency, type LogCost, type LogLatency } from './log.js';
 import { installPeers, pgcopydb, pgloaderDatabase, type PeerResult, type Timer } from './peers.js';
 import { report, type Target } from './report.js';
 import { verifyPhase } from './verify-phase.js';
@@ -25,7 +26,7 @@ const SYNC_DB = 'syncline_bench';
 const PEER_DB = 'syncline_bench_peer';
 
 /** Phase groups BENCH_ONLY can pick (comma-separated); all of them when it is unset. */
-export const GROUPS = ['sync', 'peers', 'csv', 'verify', 'chunks'] as const;
+export const GROUPS = ['sync', 'peers', 'csv', 'verify', 'chunks', 'log'] as const;
 type Group = typeof GROUPS[number];
 
 /** The groups asked for, or null when BENCH_ONLY names something else (http, edge: run.ts handles those). */
@@ -94,6 +95,7 @@ interface Figures {
   verify?: Verify;
   csv?: Csv;
   chunks?: ChunksPhase;
+  log?: { cost: LogCost<SyncPhase>; latency: LogLatency };
   maxRssSyncBytes?: number;
 }
 
@@ -119,6 +121,13 @@ function ratiosOf(f: Figures): Record<string, number | null> {
     r.b_over_a = ratio(b.seconds, a.seconds);
     r.c_over_a = ratio(c.seconds, a.seconds);
     r.d_over_a = ratio(d.seconds, a.seconds, 4);
+  }
+  if (f.log && a) {
+    r.log_snapshot_over_a = ratio(f.log.cost.snapshot.seconds, a.seconds);
+    r.log_over_a = ratio(f.log.cost.changed.seconds, a.seconds, 4);
+    r.log_floor_over_a = ratio(f.log.cost.floor.seconds, a.seconds, 4);
+    if (c) r.log_over_c = ratio(f.log.cost.changed.seconds, c.seconds);
+    if (d) r.log_over_d = ratio(f.log.cost.changed.seconds, d.seconds);
   }
   if (verify) r.verify_over_count = verify.ratio_to_count === null ? null : round(verify.ratio_to_count);
   if (f.chunks) r.chunked_over_single = f.chunks.chunked_over_single;
@@ -179,6 +188,7 @@ function targetsOf(f: Figures, r: Record<string, number | null>): Target[] {
       d.run.inserted === d.change.inserted && d.run.updated === d.change.updated && d.run.deleted === 0 && d.verified,
       d.verified ? `expected +${d.change.inserted} ~${d.change.updated} -0` : 'the target differs from the source'));
   }
+  if (f.log && a) t.push(...logTargets(f.log, a, r));
   if (csv) {
     const copyName = csv.copy.tool === 'psql \\copy' ? '\\copy' : csv.copy.tool;
     if (csv.copy.seconds === null) {
@@ -215,6 +225,26 @@ function targetsOf(f: Figures, r: Record<string, number | null>): Target[] {
   return t;
 }
 
+/** Log capture: a 1% change ≤ 2% of (a), its counts, and commit-to-target p99 ≤ 2 s with the loop polling every second. */
+function logTargets(log: NonNullable<Figures['log']>, a: SyncPhase, r: Record<string, number | null>): Target[] {
+  const ch = log.cost.changed;
+  const lat = log.latency;
+  return [
+    judged('log: 1% change ≤ 2% of (a)', `${round(r.log_over_a! * 100, 2)}%`, r.log_over_a! <= 0.02,
+      `the log run took ${ch.seconds} s against ${a.seconds} s for (a) (read ${(ch.fetch_ms ?? 0) / 1000} s, merge ${(ch.merge_ms ?? 0) / 1000} s, `
+      + `the rest ${ch.other_ms / 1000} s: planning, sync.log_prepare, confirming the slot); applying the same amount of change in SQL `
+      + `from prepared tables alone takes ${log.cost.floor.seconds} s, ${round(r.log_floor_over_a! * 100, 2)}% of (a)`),
+    judged('log: counts match the change', `+${ch.run.inserted} ~${ch.run.updated} -${ch.run.deleted}`,
+      ch.run.inserted === ch.change.inserted && ch.run.updated === ch.change.updated && ch.run.deleted === ch.change.deleted && ch.verified,
+      ch.verified ? `expected +${ch.change.inserted} ~${ch.change.updated} -${ch.change.deleted}` : 'the target differs from the source'),
+    judged(`log: commit → target p99 ≤ 2 s (${lat.poll_ms / 1000} s poll)`, `${round(lat.latency_ms.p99 / 1000, 2)} s`, lat.latency_ms.p99 <= 2000,
+      `at ${lat.changes_per_s} changes/s, runs took ${lat.runs.mean_ms} ms on average (max ${lat.runs.max_ms} ms; read ${lat.runs.mean_fetch_ms} ms, `
+      + `merge ${lat.runs.mean_merge_ms} ms) for ${lat.runs.mean_changes} changes, on top of up to ${lat.poll_ms} ms waiting for the poll`),
+    judged('log: target = source after the stream', lat.verified ? 'equal' : 'DIFFERS', lat.verified,
+      `after the writer stopped the target did not reach the source's state within the drain (${lat.drained_ms} ms)`),
+  ];
+}
+
 /** The path a run took, from sync.run.detail.diff (recorded by engines that choose one). */
 function diffPath(diff: unknown): string {
   if (diff === null || diff === undefined) return 'not recorded';
@@ -247,6 +277,8 @@ export async function main(groups: Set<Group> = onlyGroups() ?? new Set(GROUPS))
   const SMALL = Math.min(100_000, Math.floor(N / 10));
   const LOOP_ROWS = Math.min(20_000, N);
   const BATCH_ROWS = Math.min(200_000, N);
+  const LOG_SECONDS = Number(process.env.BENCH_LOG_SECONDS ?? 60);
+  if (!(LOG_SECONDS > 0)) throw new Error('BENCH_LOG_SECONDS must be a number of seconds above 0');
 
   const rssAtStart = process.memoryUsage().rss;
   // Ratios from one run on a shared machine: the load it ran under goes into the report.
@@ -268,6 +300,8 @@ export async function main(groups: Set<Group> = onlyGroups() ?? new Set(GROUPS))
     }
     const admin = makePool(adminUrl, { max: 2 });
     pools.push(admin);
+    // A database with a replication slot (a kept earlier run's log phase) cannot be dropped.
+    await admin.query('select pg_drop_replication_slot(slot_name) from pg_replication_slots where database = any($1) and not active', [databases]);
     for (const db of databases) await admin.query(`drop database if exists ${quoteIdent(db)} with (force)`);
     await ensureDatabase(adminUrl, SRC_DB);
     await ensureDatabase(adminUrl, SYNC_DB);
@@ -312,7 +346,7 @@ export async function main(groups: Set<Group> = onlyGroups() ?? new Set(GROUPS))
       await src.query('vacuum (analyze) items_small');
     });
     const srcSize = (await src.query(`select pg_total_relation_size('items')::bigint as b, pg_relation_size('items')::bigint as h`)).rows[0];
-    for (const t of ['items', 'items_small', 'floor_items', 'loop_items', 'batch_items', ...Object.values(CSV_TABLES), ...Object.values(CHUNK_TABLES)]) {
+    for (const t of ['items', 'items_small', 'floor_items', 'loop_items', 'batch_items', LOG_ENTITY, ...Object.values(CSV_TABLES), ...Object.values(CHUNK_TABLES)]) {
       await sync.query(DDL(t));
     }
     // The file is the table as generated, before (c) and (d) change it.
@@ -326,6 +360,8 @@ export async function main(groups: Set<Group> = onlyGroups() ?? new Set(GROUPS))
       entities: {
         items: { source: 'src', from: { table: 'items' }, target: 'items', key: ['tenant', 'id'], mode: 'mirror', cursor: { column: 'updated_at' } },
         items_small: { source: 'src', from: { table: 'items_small' }, target: 'items_small', key: ['tenant', 'id'], mode: 'mirror', cursor: { column: 'updated_at' } },
+        // The same source table, read from its log into a target of its own.
+        [LOG_ENTITY]: { source: 'src', from: { table: 'items' }, target: LOG_ENTITY, key: ['tenant', 'id'], mode: 'mirror', capture: 'log' },
         [CSV_TABLES.sync]: { source: 'files', from: { file: 'items.csv' }, target: CSV_TABLES.sync, key: ['tenant', 'id'], mode: 'mirror' },
         ...(want('chunks') ? chunkEntities() : {}),
       },
@@ -375,6 +411,25 @@ export async function main(groups: Set<Group> = onlyGroups() ?? new Set(GROUPS))
         target_tuples: diffStats(before, after),
       };
     };
+    // What autovacuum would do after a bulk load into `table`.
+    const settleTarget = async (table: string) => {
+      await sync.query(`vacuum (analyze) ${table}`);
+      await sync.query('vacuum (analyze) sync.run_change');
+      await sync.query('vacuum (analyze) sync.run');
+      await autovacuumIdle(admin);
+      await admin.query('checkpoint');
+    };
+    // One change set of the bench (1% / 0.1% / 0.1%) on the source; `salt` picks other rows each time.
+    let nextId = N + 1;
+    const applyChange = async (salt: number) => {
+      const cs = changeSet('items', N, nextId, salt);
+      const u = await src.query(cs.update);
+      const d = await src.query(cs.delete);
+      if (cs.insert) await src.query(cs.insert);
+      nextId += cs.inserts;
+      await src.query('analyze items');
+      return { updated: u.rowCount ?? 0, deleted: d.rowCount ?? 0, inserted: cs.inserts };
+    };
     const f: Figures = {};
 
     // ---- the floor: raw COPY piped into COPY ------------------------------
@@ -396,7 +451,7 @@ export async function main(groups: Set<Group> = onlyGroups() ?? new Set(GROUPS))
 
     // ---- (a) initial sync -------------------------------------------------
     let settle: { seconds: number; wal_bytes: number; note: string } | undefined;
-    if (want('sync') || want('verify')) {
+    if (want('sync') || want('verify') || want('log')) {
       progress('(a) initial sync into an empty target');
       f.a = await syncRun('items', 'items', N, true);
 
@@ -406,13 +461,7 @@ export async function main(groups: Set<Group> = onlyGroups() ?? new Set(GROUPS))
       // vacuum sets them (and the visibility map) once, as autovacuum would
       // after (a); then a checkpoint, so (b) starts from a settled server.
       progress('settle: VACUUM (ANALYZE) target and sync.run_change, CHECKPOINT');
-      const settleM = await measure(admin, async () => {
-        await sync.query('vacuum (analyze) items');
-        await sync.query('vacuum (analyze) sync.run_change');
-        await sync.query('vacuum (analyze) sync.run');
-        await autovacuumIdle(admin);
-        await admin.query('checkpoint');
-      });
+      const settleM = await measure(admin, () => settleTarget('items'));
       settle = { seconds: round(settleM.seconds), wal_bytes: settleM.walBytes,
         note: 'VACUUM (ANALYZE) of the target, sync.run_change and sync.run after (a), as autovacuum would, then CHECKPOINT' };
     }
@@ -432,16 +481,6 @@ export async function main(groups: Set<Group> = onlyGroups() ?? new Set(GROUPS))
 
     if (want('sync')) {
       // ---- (c) 1% updated, 0.1% deleted, 0.1% inserted, full refresh ------
-      let nextId = N + 1;
-      const applyChange = async (salt: number) => {
-        const cs = changeSet('items', N, nextId, salt);
-        const u = await src.query(cs.update);
-        const d = await src.query(cs.delete);
-        if (cs.insert) await src.query(cs.insert);
-        nextId += cs.inserts;
-        await src.query('analyze items');
-        return { updated: u.rowCount ?? 0, deleted: d.rowCount ?? 0, inserted: cs.inserts };
-      };
       const verify = async (exceptDeleted?: string) => {
         const s = (await src.query(checksum('items'))).rows[0];
         const t = (await sync.query(checksum('items', exceptDeleted ? `not (${exceptDeleted})` : 'true'))).rows[0];
@@ -480,6 +519,18 @@ export async function main(groups: Set<Group> = onlyGroups() ?? new Set(GROUPS))
       f.batch = extrap(batchM);
     }
 
+    // ---- log capture: cost of the same change, then commit-to-target latency
+    if (want('log')) {
+      const args = { engine: eng, src, sync, rows: N, time, syncRun, settle: settleTarget, applyChange, nextId: () => nextId, progress };
+      try {
+        const cost = await logCost(args);
+        const latency = await logLatency(args, LOG_SECONDS);
+        f.log = { cost, latency };
+      } finally {
+        await dropLogSlot(srcUrl);
+      }
+    }
+
     // ---- csv: the same table as a file ------------------------------------
     if (want('csv')) {
       installPeers();
@@ -512,7 +563,7 @@ export async function main(groups: Set<Group> = onlyGroups() ?? new Set(GROUPS))
       phases: {
         initial_small: f.small, floor: f.floor, peers: f.peers, a: f.a, settle, b: f.b, verify: f.verify, c: f.c,
         d: f.d && { ...f.d, note: 'a cursor does not see deletes; the next full refresh applies them' },
-        row_loop: f.rowLoop, batched: f.batch, csv: f.csv, chunks: f.chunks,
+        row_loop: f.rowLoop, batched: f.batch, csv: f.csv, chunks: f.chunks, log: f.log,
       },
       ratios,
       peak_rss_mb: {

@@ -54,6 +54,42 @@ function pathOf(x: { diff?: unknown }): string {
 }
 
 const joinNotes = (...xs: string[]) => xs.filter(Boolean).join('; ');
+const pct = (x: number | null | undefined) => (x === null || x === undefined ? 'n/a' : `${(x * 100).toFixed(2)}%`);
+const sec = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
+
+/** The log capture phase (bench/log.ts): its snapshot, the change by log, and the latency stream. */
+function logRows(r: Result, phase: (label: string, x: PhaseLike, note?: string) => string[]): string[][] {
+  const { cost, latency: l } = r.phases.log;
+  const ch = cost.changed;
+  return [
+    phase('log: snapshot into an empty target', cost.snapshot, `${r.ratios.log_snapshot_over_a ?? 'n/a'}× (a)`),
+    phase('log: 1% / 0.1% / 0.1%, by log', ch, joinNotes(ch.verified ? 'target = source' : 'TARGET DIFFERS',
+      `${num(ch.changes_read)} changes read`, `rest ${sec(ch.other_ms)}`)),
+    [`log: floor, the change applied in SQL`, cost.floor.seconds.toFixed(2), '', '', walMb(cost.floor.wal_bytes), '', '',
+      `${num(cost.floor.inserted)}/${num(cost.floor.updated)}/${num(cost.floor.deleted)}`, `${pct(r.ratios.log_floor_over_a)} of (a); no read, no diff, no audit`],
+    [`log: ${num(l.changes_per_s)} changes/s, ${l.seconds} s`, l.seconds.toFixed(2), num(l.changes_per_s), '', '', '', '', '',
+      `commit → target median ${sec(l.latency_ms.median)}, p95 ${sec(l.latency_ms.p95)}, p99 ${sec(l.latency_ms.p99)}, max ${sec(l.latency_ms.max)}; `
+      + `${l.verified ? 'target = source' : 'TARGET DIFFERS'}`],
+  ];
+}
+
+/** The notes under the table about the log phase. */
+function logNotes(r: Result): string[] {
+  const p = r.phases;
+  const { cost, latency: l } = p.log;
+  const out = [`log: the same amount of change on ${num(r.rows)} rows (other rows each time) by log ${cost.changed.seconds.toFixed(2)} s `
+    + `(${pct(r.ratios.log_over_a)} of (a))`
+    + (p.d ? `, by cursor (d) ${p.d.seconds.toFixed(2)} s (${pct(r.ratios.d_over_a)}; no deletes, verify included)` : '')
+    + (p.c ? `, by a full refresh (c) ${p.c.seconds.toFixed(2)} s (${pct(r.ratios.c_over_a)}; ${pathOf(p.c) || 'path not recorded'})` : '')
+    + `. The floor (${cost.floor.seconds.toFixed(2)} s, ${pct(r.ratios.log_floor_over_a)} of (a)) is ${cost.floor.note}, on the target of (a) (and (b)–(d) when they ran).`
+    + ' Before the change a quiet poll moved the slot past the WAL of the initial load (the target shares the server), as a running worker would.'];
+  out.push(`log latency: ${num(l.transactions)} transactions of 20 changes (10 inserts, 10 updates) paced by the clock (${l.late_transactions} late), `
+    + `${num(l.changes)} changes at ${num(l.changes_per_s)}/s; the worker's log loop polled every ${l.poll_ms} ms and ran ${l.runs.count} runs `
+    + `(mean ${l.runs.mean_ms} ms, max ${l.runs.max_ms} ms, ${l.runs.mean_changes} changes each; read ${l.runs.mean_fetch_ms} ms, merge ${l.runs.mean_merge_ms} ms); `
+    + `the target was looked at every ${l.observe_ms} ms (event loop delay p99 ${l.event_loop_delay_ms.p99} ms, max ${l.event_loop_delay_ms.max} ms); `
+    + `a change's latency is its transaction's (a run applies whole transactions at once).`);
+  return out;
+}
 
 function phaseRows(r: Result, phase: (label: string, x: PhaseLike, note?: string) => string[]): string[][] {
   const p = r.phases;
@@ -78,6 +114,7 @@ function phaseRows(r: Result, phase: (label: string, x: PhaseLike, note?: string
   }
   if (p.row_loop) rows.push(phase('row-by-row upsert (extrapolated)', p.row_loop, `${num(p.row_loop.sample_rows)} rows in ${p.row_loop.sample_seconds!.toFixed(2)} s`));
   if (p.batched) rows.push(phase('batched upsert ×1000 (extrapolated)', p.batched, `${num(p.batched.sample_rows)} rows in ${p.batched.sample_seconds!.toFixed(2)} s`));
+  if (p.log) rows.push(...logRows(r, phase));
   if (p.csv) {
     rows.push(peerRow(`csv: ${p.csv.copy.tool}`, p.csv.copy, r.rows));
     rows.push(phase('csv: csv source, empty target', p.csv.empty));
@@ -132,6 +169,7 @@ export function report(r: Result, targets: Target[]): string {
       `${p.initial_small.peak_rss_mb} MB (from ${p.initial_small.start_rss_mb}) at ${num(r.small_rows)} rows; ` +
       'judged on what each run added over its starting RSS.');
   }
+  if (p.log) out.push(...logNotes(r));
   if (r.http) out.push(...httpNotes(r.http)); // the http source phases (bench/http.ts)
   out.push('');
   // http-report.ts rebuilds the target list from the JSON's names, values and

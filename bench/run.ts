@@ -19,8 +19,10 @@
  *   BENCH_ONLY=edge                            run only the edge push phases
  *   BENCH_ONLY=peers,csv                       run only these Postgres phase groups (comma-separated):
  *                                              sync (floor, (a)–(d), baselines), peers (floor, pgcopydb,
- *                                              pgloader), csv (\copy, csv source, pgloader), verify ((a), verify)
- *                                              chunks (first load in one COPY vs in chunks by the run + 2 workers)
+ *                                              pgloader), csv (\copy, csv source, pgloader), verify ((a), verify),
+ *                                              chunks (first load in one COPY vs in chunks by the run + 2 workers),
+ *                                              log ((a), log capture's snapshot, 1% change, floor and latency)
+ *   BENCH_LOG_SECONDS=10                       how long the log latency writer commits 1,000 changes/s (default 60)
  *
  * The exit code is 0 even when a target is missed (this is a report); it is
  * non-zero only when the bench itself fails.
