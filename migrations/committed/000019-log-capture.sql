@@ -1,5 +1,5 @@
 --! Previous: sha1:899b039e16cbb3c2e780c5b9a7c0e960df19f735
---! Hash: sha1:2ea37e5e3ba3f9f4da2f2cd466bc98f6ac55e2a1
+--! Hash: sha1:8254c0b41ca41198141f7776e9fa9b83e3575ec3
 --! Message: log capture
 
 -- Log-based capture (issue 15): a postgres source entity with "capture": "log"
@@ -526,18 +526,21 @@ begin
       get diagnostics v_del = row_count;
     end if;
   end if;
-  execute format($q$
-    select coalesce(jsonb_agg(x order by x.action, x.key), '[]') from (
-      (select 'insert' as action, %1$s as key, null::text[] as changed from _sl_diff s where _sl_action = 'insert' order by 2 limit 10)
-      union all
-      (select 'update', %1$s, _sl_changed from _sl_diff s where _sl_action = 'update' order by 2 limit 10)
-      union all
-      (select 'delete', %2$s, null from _sl_diff s where _sl_action = 'delete' order by 2 limit 10)
-      union all
-      (select 'held', %2$s, null from _sl_diff s where _sl_action = 'held' order by 2 limit 10)) x$q$,
-    sync._key_json(v_ent.key_columns, 's'), (select format('jsonb_build_object(%s)', string_agg(format('%L, s._sl_tk%s', k, i), ', '))
-              from unnest(v_ent.key_columns) with ordinality x(k, i)))
-    into v_sample;
+  if v_run.dry_run then
+    -- The sample a dry run shows: not worth a pass over every change otherwise.
+    execute format($q$
+      select coalesce(jsonb_agg(x order by x.action, x.key), '[]') from (
+        (select 'insert' as action, %1$s as key, null::text[] as changed from _sl_diff s where _sl_action = 'insert' order by 2 limit 10)
+        union all
+        (select 'update', %1$s, _sl_changed from _sl_diff s where _sl_action = 'update' order by 2 limit 10)
+        union all
+        (select 'delete', %2$s, null from _sl_diff s where _sl_action = 'delete' order by 2 limit 10)
+        union all
+        (select 'held', %2$s, null from _sl_diff s where _sl_action = 'held' order by 2 limit 10)) x$q$,
+      sync._key_json(v_ent.key_columns, 's'), (select format('jsonb_build_object(%s)', string_agg(format('%L, s._sl_tk%s', k, i), ', '))
+                from unnest(v_ent.key_columns) with ordinality x(k, i)))
+      into v_sample;
+  end if;
   if v_full_snapshot and not v_doubtful and not v_empty and not v_run.dry_run then
     -- Confirmed deletes are spent once made (or once the row is back in
     -- the source); one deferred for a reference waits for the next run.

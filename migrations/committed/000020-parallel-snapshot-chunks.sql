@@ -1,5 +1,5 @@
---! Previous: sha1:2ea37e5e3ba3f9f4da2f2cd466bc98f6ac55e2a1
---! Hash: sha1:aff59a48271a5acb0bc4759fc556518855437f8d
+--! Previous: sha1:8254c0b41ca41198141f7776e9fa9b83e3575ec3
+--! Hash: sha1:9d1e63cc726e60c4bb4d8d89123a08ae7d4312ba
 --! Message: parallel snapshot chunks
 
 /*
