@@ -1,5 +1,5 @@
 --! Previous: sha1:899b039e16cbb3c2e780c5b9a7c0e960df19f735
---! Hash: sha1:8254c0b41ca41198141f7776e9fa9b83e3575ec3
+--! Hash: sha1:18afb33e535b7c9a8b3299e0912abb8bb248e46a
 --! Message: log capture
 
 -- Log-based capture (issue 15): a postgres source entity with "capture": "log"
@@ -291,6 +291,7 @@ declare
   v_upd bigint := 0;
   v_del bigint := 0;
   v_missing bigint := 0;
+  v_staged_del bigint := 0;
   v_cursor text;
   v_cursor_type text;
   v_sample jsonb;
@@ -478,6 +479,10 @@ begin
   if v_unreferenced <> 'true' then
     execute format('select count(*) from _sl_diff where _sl_action = %L', 'delete') into v_missing;
   end if;
+  if v_tomb <> 'false' and not v_empty then
+    -- Deletes the source sent as records (a log's delete, a tombstone): fetched, so not unchanged once made.
+    execute format('select count(*) from _sl_diff where _sl_action = %L and _sl_quarantined is not null', 'delete') into v_staged_del;
+  end if;
   if v_run.dry_run then
     execute 'select count(*) filter (where _sl_action = ''insert''), count(*) filter (where _sl_action = ''update''),
                     count(*) filter (where _sl_action = ''delete'') from _sl_diff'
@@ -583,7 +588,7 @@ begin
          finished_at = clock_timestamp(), doubts = v_doubts, held = nullif(v_held, 0),
          error = nullif(array_to_string(v_notes, '. '), ''),
          fetched = v_fetched, inserted = v_ins, updated = v_upd, deleted = v_del,
-         unchanged = v_fetched - v_quarantined - v_ins - v_upd,
+         unchanged = v_fetched - v_quarantined - v_ins - v_upd - least(v_staged_del, v_del),
          quarantined = v_quarantined, deferred = greatest(v_missing - v_del, 0),
          cursor_after = v_cursor,
          phases = phases || jsonb_build_object('validate', round(extract(epoch from v_validated - v_started) * 1000),

@@ -1,5 +1,5 @@
---! Previous: sha1:8254c0b41ca41198141f7776e9fa9b83e3575ec3
---! Hash: sha1:9d1e63cc726e60c4bb4d8d89123a08ae7d4312ba
+--! Previous: sha1:18afb33e535b7c9a8b3299e0912abb8bb248e46a
+--! Hash: sha1:0e8271fef33172df245b22d1e9877179cb354285
 --! Message: parallel snapshot chunks
 
 /*
