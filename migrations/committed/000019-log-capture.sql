@@ -1,5 +1,5 @@
 --! Previous: sha1:899b039e16cbb3c2e780c5b9a7c0e960df19f735
---! Hash: sha1:18afb33e535b7c9a8b3299e0912abb8bb248e46a
+--! Hash: sha1:da9589a0c2b6518f7b8c14683ddd8b9ce39fd672
 --! Message: log capture
 
 -- Log-based capture (issue 15): a postgres source entity with "capture": "log"
@@ -144,6 +144,8 @@ create trigger run_log_applied after update of status on sync.run
 create or replace function sync.log_prepare(p_run_id bigint) returns jsonb
   language plpgsql volatile
   set search_path to pg_catalog, public, pg_temp
+  -- As sync.merge: a few changes find their target rows by the key's index.
+  set random_page_cost to 1.1
 as $$
 declare
   v_run sync.run;
@@ -259,6 +261,12 @@ comment on function sync.log_observe(text, jsonb) is 'Records what the source sa
 create or replace function sync.merge(p_run_id bigint) returns jsonb
   language plpgsql volatile
   set search_path to pg_catalog, public, pg_temp
+  -- Planned for storage where a random read costs about a sequential one (SSDs,
+  -- cloud volumes, a cached table): a change of a few thousand rows then joins
+  -- the target through its key's index instead of scanning the whole target
+  -- (a 1% change of 1M rows by cursor: merge 0.97 s -> 0.37 s). A large
+  -- staging still hashes.
+  set random_page_cost to 1.1
 as $$
 declare
   v_run sync.run;

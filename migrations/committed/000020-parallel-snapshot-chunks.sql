@@ -1,5 +1,5 @@
---! Previous: sha1:18afb33e535b7c9a8b3299e0912abb8bb248e46a
---! Hash: sha1:0e8271fef33172df245b22d1e9877179cb354285
+--! Previous: sha1:da9589a0c2b6518f7b8c14683ddd8b9ce39fd672
+--! Hash: sha1:ff26be4fcdf71d17fb4370a36ef24f8b6a978b61
 --! Message: parallel snapshot chunks
 
 /*
