@@ -35,10 +35,12 @@ let configFile: string;
 const TENANTS = ['acme', 'globex', 'initech', 'umbrella'];
 // Enough rows and changes that the read and the merge each take a while, so a kill aimed at one finds it going on.
 const ROWS = 20_000;
-const SLOT = 'syncline_items';
+const SLOT = 'syncline_kill_items';
 const SOURCE_APP = 'syncline (read-only source)';
 
-const ENTITIES = { items: { source: 'src', from: { table: 'items' }, target: 'items', key: ['tenant', 'id'], capture: 'log', deleteGuard: false } };
+// Slot names are server-wide and test files run side by side on one server: an entity name of this file's own.
+const ENTITY = 'kill_items';
+const ENTITIES = { [ENTITY]: { source: 'src', from: { table: 'items' }, target: 'items', key: ['tenant', 'id'], capture: 'log', deleteGuard: false } };
 // Every update increments counter; new keys (inserts, key changes) come from a sequence, so no key is ever used twice.
 const DDL = `create table items (tenant text not null, id int not null, name text, counter int not null default 0, payload text,
   primary key (tenant, id))`;
@@ -107,7 +109,7 @@ async function inFlight(app: string): Promise<{ phase: Phase; runId: number | nu
   // Only the child reads the source while it is aimed at: the source's sessions are its own.
   const queries = [...await activeQueries(sync, app), ...await activeQueries(source, SOURCE_APP)];
   const { rows: [now] } = await sync.pool.query(
-    `select clock_timestamp() as at, (select max(id) from sync.run where entity = 'items' and status = 'running') as run_id`);
+    `select clock_timestamp() as at, (select max(id) from sync.run where entity = $1 and status = 'running') as run_id`, [ENTITY]);
   if (!queries.length) return null;
   const phase = queries.map((r) => phaseOf(r.query)).sort((a, b) => RANK[a] - RANK[b])[0];
   return { phase, runId: now.run_id === null ? null : Number(now.run_id), at: now.at };
@@ -115,7 +117,7 @@ async function inFlight(app: string): Promise<{ phase: Phase; runId: number | nu
 
 /** Where the slot is confirmed to and the position the target holds: the slot behind means a merge whose confirmation never came. */
 async function positions(): Promise<{ confirmed: string; applied: string; behind: boolean }> {
-  const { rows: [lc] } = await sync.pool.query(`select applied_lsn::text as applied from sync.log_capture where entity = 'items'`);
+  const { rows: [lc] } = await sync.pool.query('select applied_lsn::text as applied from sync.log_capture where entity = $1', [ENTITY]);
   const { rows: [s] } = await source.pool.query(
     `select confirmed_flush_lsn::text as confirmed, confirmed_flush_lsn < $2::pg_lsn as behind from pg_replication_slots where slot_name = $1`,
     [SLOT, lc.applied]);
@@ -129,7 +131,7 @@ let children = 0;
 /** Runs `sync items` in a child process, SIGKILLs it at `moment`, and resolves once it and all its sessions are gone. */
 async function syncKilledAt(moment: Moment): Promise<{ landed: Landed; runId: number | null }> {
   const app = `syncline-test kill-log ${process.pid} ${++children}`;
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'sync', 'items'], {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'sync', ENTITY], {
     env: { ...process.env, DATABASE_URL: sync.url, SYNCLINE_CONFIG: configFile, SYNCLINE_LOG_LEVEL: 'silent', PGAPPNAME: app },
     stdio: 'ignore',
   });
@@ -175,7 +177,7 @@ async function syncKilledAt(moment: Moment): Promise<{ landed: Landed; runId: nu
   return { landed: 'elsewhere', runId };
 }
 
-const runInProcess = (full = false) => withFlushedEngine(sync, source, ENTITIES, (engine) => engine.run('items', { trigger: 'manual', full }));
+const runInProcess = (full = false) => withFlushedEngine(sync, source, ENTITIES, (engine) => engine.run(ENTITY, { trigger: 'manual', full }));
 
 /**
  * Exactly once, across every run since the snapshot: each row change the
@@ -189,7 +191,7 @@ async function expectExactlyOnce(): Promise<void> {
   const { rows: [expected] } = await source.pool.query(`select count(*) filter (where op <> 'UPDATE' or old_key = new_key)
     + 2 * count(*) filter (where op = 'UPDATE' and old_key <> new_key) as n from audit`);
   const { rows: [staged] } = await sync.pool.query(`select coalesce(sum((detail #>> '{log,changes_read}')::bigint), 0) as n
-    from sync.run where entity = 'items' and status = 'succeeded' and (detail #>> '{log,changes}')::boolean`);
+    from sync.run where entity = $1 and status = 'succeeded' and (detail #>> '{log,changes}')::boolean`, [ENTITY]);
   expect(Number(staged.n), 'changes staged by succeeded runs vs changes on the source').toBe(Number(expected.n));
 
   const { rows: born } = await source.pool.query<{ key: string; alive: boolean }>(
@@ -199,7 +201,7 @@ async function expectExactlyOnce(): Promise<void> {
     `select new_key as key, count(distinct tx)::int as txs from audit where op = 'UPDATE' and old_key = new_key group by 1`);
   const { rows: logged } = await sync.pool.query<{ key: string; action: string; n: number }>(
     `select array_to_string(c.key, '/') as key, c.action, count(*)::int as n
-       from sync.run_change c join sync.run r on r.id = c.run_id where r.entity = 'items' group by 1, 2`);
+       from sync.run_change c join sync.run r on r.id = c.run_id where r.entity = $1 group by 1, 2`, [ENTITY]);
   const count = new Map(logged.map((l) => [`${l.action} ${l.key}`, l.n]));
   const bad: string[] = [];
   for (const l of logged) if ((l.action === 'insert' || l.action === 'delete') && l.n > 1) bad.push(`${l.action} ${l.key} x${l.n}`);
@@ -305,15 +307,15 @@ describe('killing a log-capture run with SIGKILL at any moment', () => {
   }, 600_000);
 
   it('a merge whose slot confirmation was lost is not applied again, and later changes apply once', async () => {
-    await source.pool.query(`select pg_copy_logical_replication_slot($1, 'tmp_copy')`, [SLOT]);
+    await source.pool.query(`select pg_copy_logical_replication_slot($1, 'syncline_kill_items_copy')`, [SLOT]);
     await applyChanges({ seed: 7, txs: [{ updates: 300, inserts: 50, deletes: 30, moves: 20 }, { updates: 100, inserts: 10, deletes: 0, moves: 0 }] }, 1000);
     const applied = await runInProcess();
     expect(applied.status, applied.error).toBe('succeeded');
     expect(applied.updated).toBeGreaterThan(0);
     expect(await state(sync)).toEqual(await state(source));
     // The source forgets the confirmation: the slot is back where it was before that run.
-    await source.pool.query(`select pg_drop_replication_slot($1); select pg_copy_logical_replication_slot('tmp_copy', $1);
-      select pg_drop_replication_slot('tmp_copy')`.replaceAll('$1', `'${SLOT}'`));
+    await source.pool.query(`select pg_drop_replication_slot($1); select pg_copy_logical_replication_slot('syncline_kill_items_copy', $1);
+      select pg_drop_replication_slot('syncline_kill_items_copy')`.replaceAll('$1', `'${SLOT}'`));
     expect((await positions()).behind).toBe(true);
 
     const again = await runInProcess();
