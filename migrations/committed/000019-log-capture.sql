@@ -1,5 +1,5 @@
 --! Previous: sha1:899b039e16cbb3c2e780c5b9a7c0e960df19f735
---! Hash: sha1:da9589a0c2b6518f7b8c14683ddd8b9ce39fd672
+--! Hash: sha1:2237719b2abc2de69579362b1547e6fa6794a2e1
 --! Message: log capture
 
 -- Log-based capture (issue 15): a postgres source entity with "capture": "log"
@@ -34,7 +34,7 @@ comment on column sync.log_capture.caught_up_at is 'The last time a read found n
 comment on column sync.log_capture.source_lsn is 'The source''s WAL flush position at the last read.';
 comment on column sync.log_capture.lag_bytes is 'WAL between the applied position and the source''s position at the last look (bytes; other tables'' writes count too).';
 comment on column sync.log_capture.retained_bytes is 'WAL the slot keeps on the source''s disk (pg_current_wal_lsn() - restart_lsn) at the last look: a stuck slot grows it without bound.';
-comment on column sync.log_capture.wal_status is 'pg_replication_slots.wal_status at the last look (reserved, extended, unreserved, lost), or "missing" when the slot is gone.';
+comment on column sync.log_capture.wal_status is 'pg_replication_slots.wal_status at the last look (reserved, extended, unreserved, lost), "missing" when the slot is gone, or "moved" when it is confirmed past applied_lsn (the changes in between are in no slot).';
 comment on column sync.log_capture.slot_active is 'Whether a session was using the slot at the last look.';
 comment on column sync.log_capture.snapshot_lsn is 'Where the slot was created: the initial snapshot holds every change before it.';
 comment on column sync.log_capture.snapshot_at is 'When the snapshot the log continues from was applied.';
@@ -233,12 +233,13 @@ begin
   if not found then
     return;
   end if;
-  if v_status in ('missing', 'lost') then
+  if v_status in ('missing', 'lost', 'moved') then
     perform sync.raise_alert('log_slot_lost', 'critical', p_entity,
       format('%s: the replication slot %s on the source is %s%s, so the changes since %s cannot be read. '
              'Take a new snapshot (it creates the slot again): syncline sync %s --full',
-             p_entity, v_c.slot, case when v_status = 'lost' then 'lost' else 'gone' end,
-             case when v_status = 'lost' then ' (the source removed WAL it needed: max_slot_wal_keep_size)' else '' end,
+             p_entity, v_c.slot, case v_status when 'lost' then 'lost' when 'moved' then 'past the position applied to the target' else 'gone' end,
+             case v_status when 'lost' then ' (the source removed WAL it needed: max_slot_wal_keep_size)'
+                           when 'moved' then ' (it was created again, or another client read it)' else '' end,
              coalesce(v_c.applied_commit_at::text, 'the snapshot'), p_entity),
       jsonb_build_object('slot', v_c.slot, 'wal_status', v_status, 'applied_lsn', v_c.applied_lsn::text));
   else

@@ -1,5 +1,5 @@
---! Previous: sha1:da9589a0c2b6518f7b8c14683ddd8b9ce39fd672
---! Hash: sha1:ff26be4fcdf71d17fb4370a36ef24f8b6a978b61
+--! Previous: sha1:2237719b2abc2de69579362b1547e6fa6794a2e1
+--! Hash: sha1:f16057217fdc0435d0789ac405deb5591f91a1b3
 --! Message: parallel snapshot chunks
 
 /*

@@ -19,6 +19,8 @@ import { entitySourceKind } from '../sources/registry.js';
 const LEADER_LOCK = `select pg_try_advisory_lock(hashtext('syncline log capture')) as ok`;
 // A source that keeps failing is reported at most this often.
 const REPORT_EVERY_MS = 60_000;
+// An entity whose run failed waits before the next try: 2 s, doubling up to this.
+const MAX_BACKOFF_MS = 5 * 60_000;
 
 export interface LogLoop { stop(): Promise<void> }
 
@@ -28,6 +30,8 @@ export function startLogLoop(engine: Engine, opts: { everyMs?: number } = {}): L
   const leader = new pg.Client({ connectionString: engine.syncUrl, application_name: 'syncline (log capture loop)' });
   let connected: Promise<boolean> | null = null;
   const reported = new Map<string, number>();
+  // A failing entity (a slot it cannot create, a schema change) is not retried every poll.
+  const backoff = new Map<string, { failures: number; until: number }>();
 
   const tick = async (): Promise<void> => {
     connected ??= leader.connect().then(() => true);
@@ -35,13 +39,16 @@ export function startLogLoop(engine: Engine, opts: { everyMs?: number } = {}): L
     if (!(await leader.query(LEADER_LOCK)).rows[0].ok) return;
     const { rows } = await engine.pool.query<{ name: string; definition: unknown; enabled: boolean }>(
       `select name, definition, enabled from sync.entity where definition ->> 'capture' = 'log' and direction = 'pull'`);
-    await Promise.all(rows.map((r) => pollEntity(engine, r.name, r.definition, r.enabled).catch((err) => {
-      const last = reported.get(r.name) ?? 0;
-      if (Date.now() - last > REPORT_EVERY_MS) {
-        reported.set(r.name, Date.now());
-        log.warn({ entity: r.name, err: (err as Error).message }, 'log capture poll failed');
-      }
-    })));
+    await Promise.all(rows.filter((r) => (backoff.get(r.name)?.until ?? 0) <= Date.now()).map((r) =>
+      pollEntity(engine, r.name, r.definition, r.enabled).then(() => { backoff.delete(r.name); }, (err) => {
+        const failures = (backoff.get(r.name)?.failures ?? 0) + 1;
+        backoff.set(r.name, { failures, until: Date.now() + Math.min(1000 * 2 ** failures, MAX_BACKOFF_MS) });
+        const last = reported.get(r.name) ?? 0;
+        if (Date.now() - last > REPORT_EVERY_MS) {
+          reported.set(r.name, Date.now());
+          log.warn({ entity: r.name, failures, err: (err as Error).message }, 'log capture failed; trying again later');
+        }
+      })));
   };
 
   const interval = async (): Promise<number> => {

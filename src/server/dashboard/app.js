@@ -240,7 +240,7 @@ function logText(r) {
   if (r.log_lag_seconds !== null) parts.push(`${human(r.log_lag_seconds)} behind`);
   if (r.log_lag_bytes !== null) parts.push(`${bytesText(r.log_lag_bytes)} of WAL to read`);
   if (r.log_retained_bytes !== null) parts.push(`slot keeps ${bytesText(r.log_retained_bytes)}`);
-  if (['lost', 'missing', 'unreserved'].includes(r.log_wal_status)) parts.push(`slot ${r.log_wal_status === 'missing' ? 'gone' : r.log_wal_status}!`);
+  if (['lost', 'missing', 'moved', 'unreserved'].includes(r.log_wal_status)) parts.push(`slot ${r.log_wal_status === 'missing' ? 'gone' : r.log_wal_status}!`);
   return parts.join(' · ');
 }
 

@@ -121,7 +121,7 @@ async function phaseFamily(pool: Pool): Promise<Family> {
 async function logFamilies(pool: Pool): Promise<Family[]> {
   const { rows } = await pool.query<{ entity: string; lag_bytes: number | null; lag_s: number | null; retained: number | null; lost: boolean }>(
     `select entity, log_lag_bytes::float8 as lag_bytes, log_lag_seconds::float8 as lag_s, log_retained_bytes::float8 as retained,
-            coalesce(log_wal_status in ('lost', 'missing'), false) as lost
+            coalesce(log_wal_status in ('lost', 'missing', 'moved'), false) as lost
        from sync.status where capture = 'log' order by entity`);
   const per = (pick: (r: (typeof rows)[number]) => number | null) =>
     rows.filter((r) => pick(r) !== null).map((r) => ({ labels: { entity: r.entity }, value: pick(r)! }));

@@ -22,7 +22,7 @@ import { quoteIdent } from '../../../db/database.js';
 import type { Pool, PoolClient } from '../../../db/pool.js';
 import { TEXT_SETTINGS } from '../../buckets.js';
 import { decode, lsnValue, UNCHANGED, type Relation, type Value } from './pgoutput.js';
-import { slotFree } from './slot.js';
+import { slotFree, sourceTable } from './slot.js';
 
 /** Messages fetched from the server at a time. */
 const FETCH = 5000;
@@ -75,9 +75,12 @@ export async function stageChanges(args: ReadChanges): Promise<LogRead> {
   const client = await args.pool.connect();
   let broken = false;
   try {
-    await client.query('begin transaction read only');
-    await client.query(TEXT_SETTINGS);
+    // The end position first, then the snapshot (repeatable read: one for the
+    // whole read): a value read from the table is that of the read's last
+    // change or of a later one (fillFromSource).
     const { rows: [now] } = await client.query('select pg_current_wal_flush_lsn()::text as lsn, now() as at');
+    await client.query('begin transaction isolation level repeatable read read only');
+    await client.query(TEXT_SETTINGS);
     await client.query(`declare changes no scroll cursor for
       select data from pg_logical_slot_peek_binary_changes(${lit(args.slot)}, ${lit(now.lsn)}::pg_lsn, ${args.maxChanges},
                                                            'proto_version', '1', 'publication_names', ${lit(args.publication)})`);
@@ -95,6 +98,8 @@ export async function stageChanges(args: ReadChanges): Promise<LogRead> {
     })());
     if (args.signal) await pipeline(lines, into, { signal: args.signal });
     else await pipeline(lines, into);
+    // Only a read with an update that left a TOASTed value out can need it.
+    if (state.unchangedLines) await fillFromSource(client, args);
     await client.query('rollback');
     const caughtUp = state.messages < args.maxChanges;
     const to = caughtUp ? maxLsn(now.lsn, state.lastEnd ?? args.applied) : state.lastEnd ?? args.applied;
@@ -110,12 +115,66 @@ export async function stageChanges(args: ReadChanges): Promise<LogRead> {
   }
 }
 
+// Keys looked up on the source at a time.
+const FILL_BATCH = 1000;
+
+/**
+ * A key's latest change can leave a TOASTed value out ("unchanged") where
+ * neither this read nor the target has it: the update changed the row's
+ * key, or moved it into the entity's tenant, or the key was deleted earlier
+ * in the read (so a target row of that key is an older one). Those values
+ * are read from the source table in the read's snapshot, taken after its
+ * end position: the value of that change or of a later one, which a later
+ * run applies anyway. Any other unchanged value sync.log_prepare takes from
+ * the read or the target.
+ */
+async function fillFromSource(source: pg.ClientBase, args: ReadChanges): Promise<void> {
+  const { def, into, target } = args;
+  const key = def.key.map(quoteIdent);
+  const on = (a: string, b: string) => key.map((k) => `${a}.${k} is not distinct from ${b}.${k}`).join(' and ');
+  const t = def.target as { schema: string; table: string };
+  const scope = def.tenant ? ` and t.${quoteIdent(def.tenant.column)} = ${lit(def.tenant.value)}` : '';
+  const { rows } = await target.query<{ seq: string; cols: string[]; key: (string | null)[] }>(
+    `select l._sl_seq::text as seq, l._sl_unchanged as cols, array[${key.map((k) => `l.${k}::text`).join(', ')}] as key
+       from (select distinct on (${key.join(', ')}) * from ${into} order by ${key.join(', ')}, _sl_seq desc) l
+      where not l._sl_deleted and cardinality(l._sl_unchanged) > 0
+        and (not exists (select 1 from ${quoteIdent(t.schema)}.${quoteIdent(t.table)} t where ${on('t', 'l')}${scope})
+             or exists (select 1 from ${into} d where ${on('d', 'l')} and d._sl_deleted and d._sl_seq < l._sl_seq))`);
+  if (!rows.length) return;
+  const columns = [...new Set(rows.flatMap((r) => r.cols))];
+  const sourceOf = (c: string) => quoteIdent(args.sourceColumns[args.targetColumns.indexOf(c)]);
+  const table = sourceTable(def);
+  const rel = `${quoteIdent(table.schema)}.${quoteIdent(table.table)}`;
+  const keySource = def.key.map(sourceOf);
+  const { rows: types } = await target.query<{ name: string; type: string }>(
+    `select attname as name, format_type(atttypid, atttypmod) as type from pg_attribute
+      where attrelid = $1::regclass and attname = any($2) and not attisdropped`, [into, columns]);
+  const typeOf = new Map(types.map((r) => [r.name, r.type]));
+  for (let i = 0; i < rows.length; i += FILL_BATCH) {
+    const batch = rows.slice(i, i + FILL_BATCH);
+    // The keys as the source's own columns, typed by its row type (so its key index finds them).
+    const keys = batch.map((r) => Object.fromEntries([['_sl_seq', r.seq], ...def.key.map((k, j) => [args.sourceColumns[args.targetColumns.indexOf(k)], r.key[j]])]));
+    const { rows: found } = await source.query(
+      `select k.e ->> '_sl_seq' as "_sl_seq", ${columns.map((c) => `t.${sourceOf(c)}::text as ${quoteIdent(c)}`).join(', ')}
+         from jsonb_array_elements($1::jsonb) k(e), lateral jsonb_populate_record(null::${rel}, k.e) r
+         join ${rel} t on ${keySource.map((c) => `t.${c} = r.${c}`).join(' and ')}`, [JSON.stringify(keys)]);
+    if (!found.length) continue;
+    await target.query(
+      `update ${into} s set ${columns.map((c) => `${quoteIdent(c)} = case when ${lit(c)} = any (s._sl_unchanged) then v.${quoteIdent(c)}::${typeOf.get(c)} else s.${quoteIdent(c)} end`).join(', ')},
+              _sl_unchanged = null
+         from jsonb_to_recordset($1::jsonb) v("_sl_seq" bigint, ${columns.map((c) => `${quoteIdent(c)} text`).join(', ')})
+        where s._sl_seq = v._sl_seq`, [JSON.stringify(found)]);
+  }
+}
+
 const maxLsn = (a: string, b: string) => (lsnValue(a) >= lsnValue(b) ? a : b);
 
 /** Turns pgoutput messages into COPY lines of the staging table. */
 class ChangeLines {
   seq = 0;
   messages = 0;
+  /** Lines of updates that left a TOASTed value out. */
+  unchangedLines = 0;
   lastEnd: string | null = null;
   commitAt: string | null = null;
   truncatedSeq: number | null = null;
@@ -187,6 +246,7 @@ class ChangeLines {
       if (v === UNCHANGED) { unchanged.push(this.args.targetColumns[i]); return null; }
       return v ?? null;
     });
+    if (unchanged.length) this.unchangedLines++;
     const list = unchanged.length ? `{${unchanged.map((c) => `"${c.replace(/["\\]/g, '\\$&')}"`).join(',')}}` : null;
     return copyLine([...row, deleted ? 't' : 'f', ++this.seq, list]);
   }

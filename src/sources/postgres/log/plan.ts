@@ -11,6 +11,7 @@ import type { Pool, PoolClient } from '../../../db/pool.js';
 import type { PlannedRun, ReadOptions, SourceEnv, StageRun, Staged } from '../../port.js';
 import { LogSchemaError, stageChanges, type LogColumn, type LogRead } from './changes.js';
 import { confirmSlot, createSlot, ensurePublication, logNames, logProblems, slotState, tableColumns, tableOid, type SlotState } from './slot.js';
+import { lsnValue } from './pgoutput.js';
 
 // Messages read at most in one run: a long backlog is applied in several runs, each in whole transactions.
 const MAX_CHANGES = 500_000;
@@ -54,14 +55,17 @@ export async function logCapturePlan(input: LogPlanInput): Promise<Partial<Pick<
   if (problems.length) throw new Error(`entity "${name}" cannot capture changes from the source's log: ${problems.join('; ')}`);
   const relid = (await tableOid(pool, def))!;
   const state = await appliedState(env.pool, name);
-  const slot = await slotState(pool, names.slot);
+  const found = await slotState(pool, names.slot);
+  const slot = state ? movedPast(found, state.applied) : found;
   await observe(env.pool, name, slot);
   if (opts.dryRun && !(state && slot)) {
     // A dry run creates nothing on the source: it reads the table as it is.
     return { stage: async (run) => { await input.fetchAll(run, stagingOf(run)); return {}; }, copyInto: undefined, checksums: undefined };
   }
-  if (!opts.full && state && (!slot || slot.wal_status === 'lost')) {
-    throw new Error(`the replication slot ${names.slot} on the source is ${slot ? 'lost (the source removed WAL it needed)' : 'gone'}: `
+  if (!opts.full && state && (!slot || slot.wal_status === 'lost' || slot.wal_status === 'moved')) {
+    const why = !slot ? 'gone' : slot.wal_status === 'lost' ? 'lost (the source removed WAL it needed)'
+      : 'past the position the target holds (created again, or read by another client)';
+    throw new Error(`the replication slot ${names.slot} on the source is ${why}: `
       + `the changes since the last run cannot be read. Take a new snapshot: syncline sync ${name} --full`);
   }
   if (opts.full || !state || !slot) {
@@ -77,6 +81,19 @@ export async function logCapturePlan(input: LogPlanInput): Promise<Partial<Pick<
   }
   // The checksums stay for verification (`syncline verify`), not for a diff.
   return { stage: (run) => stageLog(input, run, state, relid), copyInto: undefined, changesOnly: true };
+}
+
+/**
+ * The slot as the entity sees it: "moved" when it is confirmed past the
+ * position the target holds. Syncline moves the applied position first and
+ * the slot after it, so a slot ahead was created again under its name (or a
+ * --full run that created it was killed before its merge) or read by
+ * another client: the changes in between are in no slot, and reading on
+ * would lose them without a word.
+ */
+function movedPast(slot: SlotState | null, applied: string): SlotState | null {
+  if (!slot?.confirmed_lsn || lsnValue(slot.confirmed_lsn) <= lsnValue(applied)) return slot;
+  return { ...slot, wal_status: 'moved' };
 }
 
 const stagingOf = (run: StageRun) => `sync_staging.${quoteIdent(`run_${run.runId}`)}`;
@@ -193,8 +210,8 @@ export async function logPending(env: SourceEnv, name: string, def: EntityConfig
   const names = logNames(name);
   const state = await appliedState(env.pool, name);
   if (!state) return !opts.watchOnly;
-  const slot = await slotState(pool, names.slot);
-  if (!slot || slot.wal_status === 'lost' || opts.watchOnly) {
+  const slot = movedPast(await slotState(pool, names.slot), state.applied);
+  if (!slot || slot.wal_status === 'lost' || slot.wal_status === 'moved' || opts.watchOnly) {
     // The alert says what to do; running every second would only fail every second.
     await observe(env.pool, name, slot);
     return false;

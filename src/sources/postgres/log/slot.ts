@@ -145,8 +145,25 @@ export async function createSlot(url: string, slot: string): Promise<ExportedSlo
     return { lsn: r.consistent_point, snapshot: r.snapshot_name, close: () => c.end().catch(() => {}) };
   } catch (err) {
     await c.end().catch(() => {});
+    if ((err as { code?: string }).code === '42710') throw await slotTaken(url, slot, err);
     throw new Error(`could not create the replication slot ${slot} on the source: ${(err as Error).message}`, { cause: err });
   }
+}
+
+/**
+ * Slot names are one namespace for the whole source server: another
+ * database's slot of that name (another Syncline syncing an entity of the
+ * same name from it) is not ours to drop.
+ */
+async function slotTaken(url: string, slot: string, cause: unknown): Promise<Error> {
+  const c = new pg.Client({ connectionString: url, application_name: 'syncline (log capture setup)' });
+  const database = await c.connect()
+    .then(() => c.query('select database from pg_replication_slots where slot_name = $1', [slot]))
+    .then((r) => r.rows[0]?.database as string | undefined, () => undefined)
+    .finally(() => c.end().catch(() => {}));
+  return new Error(`could not create the replication slot ${slot} on the source: the source server has a slot of that name`
+    + `${database ? ` in database ${database}` : ''} (slot names are server-wide), used for another database's changes. `
+    + 'Rename the entity, or drop that slot if nothing uses it: select pg_drop_replication_slot(\'' + slot + '\')', { cause });
 }
 
 /** Drops the slot if the source has it (in this database). */
