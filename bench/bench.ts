@@ -352,7 +352,7 @@ export async function main(groups: Set<Group> = onlyGroups() ?? new Set(GROUPS))
     // The file is the table as generated, before (c) and (d) change it.
     if (want('csv')) {
       progress('writing the table as a csv file');
-      await writeCsv(src, `items (${COLUMNS.join(', ')})`, csvFile);
+      await writeCsv(src, `items (${COLUMNS.join(', ')})`, csvFile, srcUrl);
     }
 
     const rawConfig = {

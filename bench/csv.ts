@@ -4,11 +4,12 @@
  * by pgloader; then 1% of the file's rows updated, 0.1% deleted and 0.1%
  * inserted, and the csv source re-syncs it (a file is always read whole).
  */
+import { execFileSync } from 'node:child_process';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
-import { pgloaderCsv, psqlCopy, type PeerResult, type Timer } from './peers.js';
+import { pgloaderCsv, psqlCopy, psqlPath, type PeerResult, type Timer } from './peers.js';
 import { changeSet, checksum, COLUMNS, DDL } from './workload.js';
 
 const cols = COLUMNS.join(', ');
@@ -19,7 +20,15 @@ export const CSV_TABLES = { copy: 'csv_copy', sync: 'csv_items', pgloader: 'csv_
 const CHANGED = 'csv_src';
 
 /** COPY `query` (a table, or a table and its columns) TO a csv file with a header line (what a user's export would be). */
-export async function writeCsv(pool: pg.Pool, query: string, file: string): Promise<void> {
+export async function writeCsv(pool: pg.Pool, query: string, file: string, url?: string): Promise<void> {
+  // In a psql of its own when there is one: the bench process's high-water
+  // RSS (judged against the syncs) should not count the bench's own export.
+  const psql = url ? psqlPath() : null;
+  if (psql && url) {
+    execFileSync(psql, ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', url, '-c',
+      `\\copy ${query} to '${file.replace(/'/g, "''")}' with (format csv, header)`], { stdio: ['ignore', 'ignore', 'inherit'] });
+    return;
+  }
   const c = await pool.connect();
   try {
     await pipeline(c.query(copyTo(`copy ${query} to stdout with (format csv, header)`)), createWriteStream(file));

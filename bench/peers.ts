@@ -154,12 +154,15 @@ export function pgloaderCsv(time: Timer, file: string, dstUrl: string, dst: pg.P
 
 const PSQL_CANDIDATES = ['/usr/lib/postgresql/15/bin/psql', 'psql'];
 
+/** A psql to run, or null. */
+export const psqlPath = (): string | null => PSQL_CANDIDATES.find((p) => (p.includes('/') ? existsSync(p) : onPath(p))) ?? null;
+
 /**
  * `psql \copy` of `file` (csv with a header) into `table`; without a psql,
  * COPY FROM STDIN through pg-copy-streams of the same file (the note says which).
  */
 export async function psqlCopy(time: Timer, file: string, dstUrl: string, dst: pg.Pool, table: string, expected: number): Promise<PeerResult> {
-  const psql = PSQL_CANDIDATES.find((p) => (p.includes('/') ? existsSync(p) : onPath(p)));
+  const psql = psqlPath();
   if (!psql) {
     const { seconds, walBytes } = await time(async () => {
       const c = await dst.connect();
