@@ -302,8 +302,9 @@ describe('killing a log-capture run with SIGKILL at any moment', () => {
     console.log(`kill-log: kills landed ${JSON.stringify(landed)}; ${leftBehind} left the slot behind the applied position`);
     expect(landed, JSON.stringify(landed)).toContain('read');
     expect(landed, JSON.stringify(landed)).toContain('merge');
-    // The skip of what was applied already must have been put to work.
-    expect(leftBehind, JSON.stringify(landed)).toBeGreaterThan(0);
+    // Whether a kill fell between a merge's commit and its slot's confirmation
+    // is a race of milliseconds (the count is printed above); the test below
+    // puts the skip of what was applied already to work every time.
   }, 600_000);
 
   it('a merge whose slot confirmation was lost is not applied again, and later changes apply once', async () => {
