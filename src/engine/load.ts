@@ -3,7 +3,7 @@ import { quoteIdent } from '../db/database.js';
 import { log } from '../log.js';
 import type { EntityConfig } from '../config/schema.js';
 import type { PlannedRun, StageRun } from '../sources/port.js';
-import { castRaw } from '../sources/staging.js';
+import { castRaw, stagingTable } from '../sources/staging.js';
 import { fetchPhase, throwIfCancelRequested } from './guards.js';
 import type { EngineContext, RunOptions } from './types.js';
 
@@ -72,9 +72,7 @@ export async function loadStaged(ctx: LoadContext): Promise<MergeResult> {
   return merged;
 }
 
-export function stagingTable(runId: number): string {
-  return `sync_staging.${quoteIdent(`run_${runId}`)}`;
-}
+export { stagingTable };
 
 /** sync.merge of a filled staging table, with what the source guarantees and what a dry run may trust. */
 export async function mergeStaging(ctx: LoadContext): Promise<MergeResult> {

@@ -38,6 +38,11 @@ async function timedStage(target: PoolClient, runId: number, sql: string, params
     [runId, Date.now() - started]);
 }
 
+/** A run's staging table: what the source fills and sync.merge reads. */
+export function stagingTable(runId: number): string {
+  return `sync_staging.${quoteIdent(`run_${runId}`)}`;
+}
+
 export function rawTable(runId: number): string {
   return `sync_staging.${quoteIdent(`run_${runId}_raw`)}`;
 }

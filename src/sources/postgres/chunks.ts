@@ -15,6 +15,7 @@ import { connectionHint, type Pool, type PoolClient } from '../../db/pool.js';
 import type { EntityConfig } from '../../config/schema.js';
 import { log } from '../../log.js';
 import type { SourceEnv, StageRun } from '../port.js';
+import { stagingTable } from '../staging.js';
 import { beginSnapshot, copyInSnapshot, sourceSelect } from './read.js';
 
 // How often the process running a chunked run looks at its chunks without
@@ -59,7 +60,6 @@ export const exportSnapshot: SnapshotProvider = async (pool) => {
   }
 };
 
-const stagingOf = (runId: number) => `sync_staging.${quoteIdent(`run_${runId}`)}`;
 
 /** The table's size in blocks, seen from a session in the shared snapshot. */
 async function tableBlocks(pool: Pool, def: EntityConfig, snapshot: string): Promise<number> {
@@ -114,7 +114,7 @@ export async function takeChunk(t: Taker): Promise<boolean> {
     const select = sourceSelect(t.def, t.spec.sourceColumns, {
       tenantSourceColumn: t.spec.tenantSourceColumn, blocks: { lo: Number(lo), hi: hi === null ? null : Number(hi) } });
     const copied = await copyInSnapshot({
-      client: source, entity: t.def, select, target, into: stagingOf(t.runId), columns: t.spec.targetColumns,
+      client: source, entity: t.def, select, target, into: stagingTable(t.runId), columns: t.spec.targetColumns,
       signal: t.signal, onRows: t.onRows && ((r) => t.onRows!(r)),
     });
     await target.query('select sync.finish_chunk($1, $2, $3, $4, $5)', [t.runId, chunk, copied, t.who, started]);
@@ -246,9 +246,9 @@ export async function fetchChunked(run: StageRun, args: Chunking & { into: strin
     report: (r, chunks, total) => opts.onProgress?.({ entity: name, runId, phase: 'fetch', rows: r, bytes: 0, total, chunks }),
   });
   if (rows === null) return null;
-  if (args.into === stagingOf(runId)) return rows;
+  if (args.into === stagingTable(runId)) return rows;
   const cols = args.spec.targetColumns.map(quoteIdent).join(', ');
-  const { rowCount } = await run.target.query(`insert into ${args.into} (${cols}) select ${cols} from ${stagingOf(runId)}`);
+  const { rowCount } = await run.target.query(`insert into ${args.into} (${cols}) select ${cols} from ${stagingTable(runId)}`);
   log.debug({ entity: name, runId, rows: rowCount, target: def.target }, 'chunks copied into the empty target');
   return rowCount ?? 0;
 }
@@ -262,7 +262,7 @@ export function readChunksIn(args: Chunking & {
   env: SourceEnv; def: EntityConfig; runId: number; name: string; snapshot: string; into: string;
   signal?: AbortSignal; onRows?: (rows: number, bytes: number) => void;
 }): Promise<number | null> {
-  if (args.into !== stagingOf(args.runId)) return Promise.resolve(null);
+  if (args.into !== stagingTable(args.runId)) return Promise.resolve(null);
   const signal = args.signal ?? new AbortController().signal;
   return readChunks({
     ...args, snapshots: async () => ({ name: args.snapshot, release: async () => {} }),

@@ -14,6 +14,7 @@ import { connectionHint, describeUrl, type Pool } from '../../db/pool.js';
 import type { KeyRange, KeyRangeReads, PlanInput, PlannedRun, SourceKind, StageRun } from '../port.js';
 import { fetchChunked, readChunksIn, type ChunkSpec } from './chunks.js';
 import { inKeyRange } from '../buckets.js';
+import { stagingTable } from '../staging.js';
 import { checksumReads, type ReadAll } from './checksum.js';
 import { logCapturePlan, logPending } from './log/plan.js';
 import { copyFromSource, querySource, sourceColumns, sourceConnection, sourceKeyIsUnique, sourceSelect, sourceUrl,
@@ -109,7 +110,7 @@ export const postgresSource: SourceKind = {
       countable: false,
       copyInto,
       async stage(run) {
-        await copyInto(run, `sync_staging.${quoteIdent(`run_${run.runId}`)}`);
+        await copyInto(run, stagingTable(run.runId));
         return {};
       },
       keyRange: keyRangeReads(env.pgSource(def.source), def, plan),

@@ -6,9 +6,9 @@
  */
 import type { EntityConfig } from '../../../config/schema.js';
 import { log } from '../../../log.js';
-import { quoteIdent } from '../../../db/database.js';
 import type { Pool, PoolClient } from '../../../db/pool.js';
 import type { PlannedRun, ReadOptions, SourceEnv, StageRun, Staged } from '../../port.js';
+import { stagingTable } from '../../staging.js';
 import { LogSchemaError, stageChanges, type LogColumn, type LogRead } from './changes.js';
 import { confirmSlot, createSlot, ensurePublication, logNames, logProblems, slotState, tableColumns, tableOid, type SlotState } from './slot.js';
 import { lsnValue } from './pgoutput.js';
@@ -60,7 +60,7 @@ export async function logCapturePlan(input: LogPlanInput): Promise<Partial<Pick<
   await observe(env.pool, name, slot);
   if (opts.dryRun && !(state && slot)) {
     // A dry run creates nothing on the source: it reads the table as it is.
-    return { stage: async (run) => { await input.fetchAll(run, stagingOf(run)); return {}; }, copyInto: undefined, checksums: undefined };
+    return { stage: async (run) => { await input.fetchAll(run, stagingTable(run.runId)); return {}; }, copyInto: undefined, checksums: undefined };
   }
   if (!opts.full && state && (!slot || slot.wal_status === 'lost' || slot.wal_status === 'moved')) {
     const why = !slot ? 'gone' : slot.wal_status === 'lost' ? 'lost (the source removed WAL it needed)'
@@ -70,7 +70,7 @@ export async function logCapturePlan(input: LogPlanInput): Promise<Partial<Pick<
   }
   if (opts.full || !state || !slot) {
     const copyInto = (run: StageRun, into: string) => snapshotInto(input, run, into, relid);
-    return { copyInto, stage: async (run) => { await copyInto(run, stagingOf(run)); return {}; }, checksums: undefined };
+    return { copyInto, stage: async (run) => { await copyInto(run, stagingTable(run.runId)); return {}; }, checksums: undefined };
   }
   if (state.relation && state.relation.relid !== relid) {
     // The log names tables by oid: the new table's changes would never be read.
@@ -95,8 +95,6 @@ function movedPast(slot: SlotState | null, applied: string): SlotState | null {
   if (!slot?.confirmed_lsn || lsnValue(slot.confirmed_lsn) <= lsnValue(applied)) return slot;
   return { ...slot, wal_status: 'moved' };
 }
-
-const stagingOf = (run: StageRun) => `sync_staging.${quoteIdent(`run_${run.runId}`)}`;
 
 /**
  * The snapshot: a new slot exports the snapshot it starts at, and the table
@@ -133,7 +131,7 @@ async function stageLog(input: LogPlanInput, run: StageRun, state: { applied: st
   const { env, name, def } = input;
   const { pool } = env.pgSource(def.source);
   const names = logNames(name);
-  const into = stagingOf(run);
+  const into = stagingTable(run.runId);
   await run.target.query(`alter table ${into} add column _sl_deleted boolean not null default false,
     add column _sl_seq bigint, add column _sl_unchanged text[]`);
   let read: LogRead;
