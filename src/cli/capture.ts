@@ -17,8 +17,7 @@ export async function setupLogCapture(s: Session): Promise<string[]> {
     if (def.capture !== 'log') continue;
     try {
       const { pool, url } = s.engine.pgSource(def.source);
-      const mapped = def.columns && !Array.isArray(def.columns) ? def.columns : {};
-      const problems = await logProblems(pool, def, def.key.map((k) => mapped[k] ?? k));
+      const problems = await logProblems(pool, def);
       const did = await ensurePublication(url, name, def);
       lines.push(problems.length ? `✗ ${name}: ${did}, but ${problems.join('; ')}` : `✓ ${name}: ${did}; the first run creates the slot ${logNames(name).slot}`);
     } catch (err) {

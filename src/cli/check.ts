@@ -119,8 +119,7 @@ async function checkPullEntity(s: Session, name: string, e: EntityConfig): Promi
 async function logFindings(s: Session, name: string, e: EntityConfig): Promise<{ findings: Finding[]; summary: string }> {
   try {
     const { pool } = s.engine.pgSource(e.source);
-    const mapped = e.columns && !Array.isArray(e.columns) ? e.columns : {};
-    const problems = await logProblems(pool, e, e.key.map((k) => mapped[k] ?? k));
+    const problems = await logProblems(pool, e);
     const { slot } = logNames(name);
     const state = await slotState(pool, slot);
     const findings = problems.map((p) => fail(`log capture: ${p}`));

@@ -76,7 +76,7 @@ export async function logCapturePlan(input: LogPlanInput): Promise<Partial<Pick<
     // The log names tables by oid: the new table's changes would never be read.
     const message = `${name}: the source table was dropped and created again since the last snapshot, so its log is another table's: `
       + `take a new snapshot: syncline sync ${name} --full`;
-    await env.pool.query(`select sync.raise_alert('log_schema_changed', 'critical', $1, $2)`, [name, message]);
+    await alert(env.pool, 'log_schema_changed', 'critical', name, message);
     throw new Error(message);
   }
   // The checksums stay for verification (`syncline verify`), not for a diff.
@@ -176,7 +176,7 @@ async function confirmAfterMerge(pool: Pool, name: string, slot: string, lsn: st
   });
 }
 
-async function alert(target: PoolClient, kind: string, severity: string, entity: string, message: string): Promise<void> {
+async function alert(target: Pool | PoolClient, kind: string, severity: string, entity: string, message: string): Promise<void> {
   await target.query('select sync.raise_alert($1, $2, $3, $4)', [kind, severity, entity, message]);
 }
 

@@ -56,11 +56,17 @@ export async function slotState(pool: Pool, slot: string): Promise<SlotState | n
   return rows[0] ?? null;
 }
 
+/** The source columns feeding the entity's key, as its column mapping says. */
+const keySources = (def: EntityConfig) => {
+  const mapped: Record<string, string> = def.columns && !Array.isArray(def.columns) ? def.columns : {};
+  return def.key.map((k) => mapped[k] ?? k);
+};
+
 /**
  * Why this source cannot capture the entity's changes from its log, each
  * with how to fix it; empty when it can.
  */
-export async function logProblems(pool: Pool, def: EntityConfig, keySourceColumns: string[], sourceColumns: string[] = []): Promise<string[]> {
+export async function logProblems(pool: Pool, def: EntityConfig, keySourceColumns = keySources(def), sourceColumns: string[] = []): Promise<string[]> {
   const t = sourceTable(def);
   const { rows: [s] } = await pool.query(
     `select current_setting('wal_level') as wal_level,
