@@ -10,6 +10,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { testDatabases, type TestDatabase } from './helpers/db.js';
+import { engineFor } from './helpers/engine.js';
+import { startServer } from '../src/server/server.js';
 
 let sync: TestDatabase;
 let source: TestDatabase;
@@ -30,6 +32,21 @@ const orders = { source: 'src', from: { table: 'orders' }, target: 'orders', key
 const notes = { source: 'src', from: { table: 'notes' }, target: 'notes', key: ['id'], capture: 'log' };
 
 const publications = async () => (await source.pool.query<{ pubname: string }>('select pubname from pg_publication order by 1')).rows.map((r) => r.pubname);
+/** GET /metrics of an operator API on the test's database. */
+async function metricsText(entities: Record<string, unknown>): Promise<string> {
+  const engine = await engineFor(sync, source, entities);
+  const token = 'log-capture-metrics-token';
+  const server = await startServer({ engine, host: '127.0.0.1', port: 0, token });
+  try {
+    const res = await fetch(`${server.url}metrics`, { headers: { authorization: `Bearer ${token}` } });
+    expect(res.status).toBe(200);
+    return await res.text();
+  } finally {
+    await server.close();
+    await engine.close();
+  }
+}
+
 const slots = async () => (await source.pool.query<{ slot_name: string }>('select slot_name from pg_replication_slots where database = current_database() order by 1'))
   .rows.map((r) => r.slot_name);
 
@@ -53,7 +70,7 @@ describe('log capture from the CLI', () => {
     expect(checked.out).toMatch(/✗ entity notes: log capture: the log of public\.notes does not carry the key \(id\) of deleted rows: .*ALTER TABLE "public"\."notes" REPLICA IDENTITY FULL/);
   });
 
-  it('sync captures; sync.status has the lag and the WAL the slot keeps; removing the entity names its slot; capture drop removes it', async () => {
+  it('sync captures; sync.status and /metrics have the lag, the WAL the slot keeps and a lost slot; removing the entity names its slot; capture drop removes it', async () => {
     expect(await publications()).toContain('syncline_orders');
     const first = cli(['sync', 'orders'], config({ orders }));
     expect(first.code, first.err).toBe(0);
@@ -66,6 +83,15 @@ describe('log capture from the CLI', () => {
     const status = (await sync.pool.query(`select capture, log_lag_bytes, log_retained_bytes, log_wal_status from sync.status where entity = 'orders'`)).rows[0];
     expect(status).toMatchObject({ capture: 'log', log_wal_status: 'reserved' });
     expect(Number(status.log_retained_bytes)).toBeGreaterThan(0);
+    // /metrics exports the same, per entity.
+    const metrics = await metricsText({ orders });
+    expect(metrics).toMatch(/^syncline_log_retained_wal_bytes\{entity="orders"\} [1-9][0-9]*$/m);
+    expect(metrics).toMatch(/^syncline_log_lag_bytes\{entity="orders"\} [0-9]+$/m);
+    expect(metrics).toMatch(/^syncline_log_slot_lost\{entity="orders"\} 0$/m);
+    await source.pool.query(`select pg_drop_replication_slot('syncline_orders')`);
+    await sync.pool.query(`select sync.log_observe('orders', '{"wal_status": "missing"}')`);
+    expect(await metricsText({ orders })).toMatch(/^syncline_log_slot_lost\{entity="orders"\} 1$/m);
+    expect(cli(['sync', 'orders', '--full'], config({ orders })).code).toBe(0);
 
     const removed = cli(['config', 'apply'], config({}));
     expect(removed.code, removed.err).toBe(0);
