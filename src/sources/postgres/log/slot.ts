@@ -100,6 +100,20 @@ export async function logProblems(pool: Pool, def: EntityConfig, keySourceColumn
   return problems;
 }
 
+/**
+ * `fn` on a session of its own that may write (setting up the publication
+ * and the slot is not a read: the source pool's sessions are read-only).
+ */
+async function withSetupClient<T>(url: string, what: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: url, application_name: 'syncline (log capture setup)' });
+  await c.connect().catch((err) => { throw connectionHint(err, url, what); });
+  try {
+    return await fn(c);
+  } finally {
+    await c.end().catch(() => {});
+  }
+}
+
 /** Whether the publication exists and names the table (null: it does not exist). */
 async function publicationHasTable(client: pg.ClientBase, publication: string, def: EntityConfig): Promise<boolean | null> {
   const t = sourceTable(def);
@@ -118,9 +132,7 @@ export async function ensurePublication(url: string, entity: string, def: Entity
   const { publication } = logNames(entity);
   // Changes of a partitioned table's partitions then come as the table's own.
   const statement = `create publication ${quoteIdent(publication)} for table ${tableSql(def)} with (publish_via_partition_root = true)`;
-  const c = new pg.Client({ connectionString: url, application_name: 'syncline (log capture setup)' });
-  await c.connect().catch((err) => { throw connectionHint(err, url, `source "${def.source}"`); });
-  try {
+  return withSetupClient(url, `source "${def.source}"`, async (c) => {
     const has = await publicationHasTable(c, publication, def);
     if (has) return `publication ${publication} names ${sourceTable(def).schema}.${sourceTable(def).table}`;
     const sql = has === null ? statement : `alter publication ${quoteIdent(publication)} add table ${tableSql(def)}`;
@@ -128,9 +140,7 @@ export async function ensurePublication(url: string, entity: string, def: Entity
       throw new Error(`could not set up the publication on the source (${(err as Error).message}): run as the table's owner: ${sql}`);
     });
     return has === null ? `publication ${publication} created` : `table added to publication ${publication}`;
-  } finally {
-    await c.end().catch(() => {});
-  }
+  });
 }
 
 /** A new slot and the snapshot it was created at, exported while `close` has not been called. */
@@ -162,11 +172,8 @@ export async function createSlot(url: string, slot: string): Promise<ExportedSlo
  * same name from it) is not ours to drop.
  */
 async function slotTaken(url: string, slot: string, cause: unknown): Promise<Error> {
-  const c = new pg.Client({ connectionString: url, application_name: 'syncline (log capture setup)' });
-  const database = await c.connect()
-    .then(() => c.query('select database from pg_replication_slots where slot_name = $1', [slot]))
-    .then((r) => r.rows[0]?.database as string | undefined, () => undefined)
-    .finally(() => c.end().catch(() => {}));
+  const database = await withSetupClient(url, 'the source', (c) => c.query('select database from pg_replication_slots where slot_name = $1', [slot]))
+    .then((r) => r.rows[0]?.database as string | undefined, () => undefined);
   return new Error(`could not create the replication slot ${slot} on the source: the source server has a slot of that name`
     + `${database ? ` in database ${database}` : ''} (slot names are server-wide), used for another database's changes. `
     + 'Rename the entity, or drop that slot if nothing uses it: select pg_drop_replication_slot(\'' + slot + '\')', { cause });
@@ -174,26 +181,14 @@ async function slotTaken(url: string, slot: string, cause: unknown): Promise<Err
 
 /** Drops the slot if the source has it (in this database). */
 export async function dropSlot(url: string, slot: string): Promise<boolean> {
-  const c = new pg.Client({ connectionString: url, application_name: 'syncline (log capture setup)' });
-  await c.connect().catch((err) => { throw connectionHint(err, url, 'the source'); });
-  try {
-    const { rows } = await c.query(
-      `select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1 and database = current_database()`, [slot]);
-    return rows.length > 0;
-  } finally {
-    await c.end().catch(() => {});
-  }
+  const { rows } = await withSetupClient(url, 'the source', (c) => c.query(
+    `select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1 and database = current_database()`, [slot]));
+  return rows.length > 0;
 }
 
 /** Drops the entity's publication if the source has it. */
 export async function dropPublication(url: string, entity: string): Promise<void> {
-  const c = new pg.Client({ connectionString: url, application_name: 'syncline (log capture setup)' });
-  await c.connect().catch((err) => { throw connectionHint(err, url, 'the source'); });
-  try {
-    await c.query(`drop publication if exists ${quoteIdent(logNames(entity).publication)}`);
-  } finally {
-    await c.end().catch(() => {});
-  }
+  await withSetupClient(url, 'the source', (c) => c.query(`drop publication if exists ${quoteIdent(logNames(entity).publication)}`));
 }
 
 // How long a read waits for the slot to be free: a killed run's session may
