@@ -42,6 +42,9 @@ export interface SharedSnapshot {
  */
 export type SnapshotProvider = (pool: Pool) => Promise<SharedSnapshot>;
 
+/** A snapshot another session exported and keeps open (the diff's, a slot's): nothing to release here. */
+export const heldSnapshot = (name: string): SnapshotProvider => async () => ({ name, release: async () => {} });
+
 export const exportSnapshot: SnapshotProvider = async (pool) => {
   const client = await pool.connect();
   try {
@@ -265,7 +268,7 @@ export function readChunksIn(args: Chunking & {
   if (args.into !== stagingTable(args.runId)) return Promise.resolve(null);
   const signal = args.signal ?? new AbortController().signal;
   return readChunks({
-    ...args, snapshots: async () => ({ name: args.snapshot, release: async () => {} }),
+    ...args, snapshots: heldSnapshot(args.snapshot),
     phase: (fn) => fn(signal), report: (rows) => args.onRows?.(rows, 0),
   });
 }

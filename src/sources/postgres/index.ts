@@ -12,7 +12,7 @@ import type { EntityConfig, PostgresSourceConfig } from '../../config/schema.js'
 import { quoteIdent } from '../../db/database.js';
 import { connectionHint, describeUrl, type Pool } from '../../db/pool.js';
 import type { KeyRange, KeyRangeReads, PlanInput, PlannedRun, SourceKind, StageRun } from '../port.js';
-import { fetchChunked, readChunksIn, type ChunkSpec } from './chunks.js';
+import { fetchChunked, heldSnapshot, readChunksIn, type ChunkSpec } from './chunks.js';
 import { inKeyRange } from '../buckets.js';
 import { stagingTable } from '../staging.js';
 import { checksumReads, type ReadAll } from './checksum.js';
@@ -92,7 +92,7 @@ export const postgresSource: SourceKind = {
     const chunking = split && { ...split, spec: chunkSpec(plan), estimate: () => estimatedRows(srcPool, def) };
     // In `snapshot` (exported by another session) when given; in chunks when the entity asks for them.
     const readWhole = async (run: StageRun, into: string, snapshot?: string) => (chunking ? await fetchChunked(run, {
-      ...chunking, into, ...(snapshot ? { snapshots: async () => ({ name: snapshot, release: async () => {} }) } : {}),
+      ...chunking, into, ...(snapshot ? { snapshots: heldSnapshot(snapshot) } : {}),
     }) : null) ?? fetchInto(run, plan, into, snapshot);
     const copyInto = (run: StageRun, into: string) => readWhole(run, into);
     const readAll: ReadAll | undefined = chunking
