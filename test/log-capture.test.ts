@@ -204,4 +204,25 @@ describe('log capture', () => {
     expect(await engine.run('chunky', { trigger: 'manual' })).toMatchObject({ status: 'succeeded', inserted: 1, updated: 59, deleted: 10 });
     expect(await state(sync, 'chunky')).toEqual(await state(source, 'chunky'));
   });
+
+  // Last: it applies a config of its own.
+  it('backs off an entity whose runs fail instead of failing it every poll', async () => {
+    await sync.pool.query('create table gone (id int primary key)');
+    const broken = await engineFor(sync, source, { gone: { source: 'src', from: { table: 'gone' }, target: 'gone', key: ['id'], capture: 'log' } });
+    const failed = async () => (await sync.pool.query<{ at: Date }>(
+      `select started_at as at from sync.run where entity = 'gone' and status = 'failed' order by id`)).rows.map((r) => r.at.getTime());
+    const loop = startLogLoop(broken, { everyMs: 20 });
+    try {
+      await until('three failed runs', async () => (await failed()).length >= 3);
+    } finally {
+      await loop.stop();
+      await broken.close();
+    }
+    const [a, b, c] = await failed();
+    // Polled every 20 ms, it waited 2 s, then 4 s (at least; a loaded machine only waits longer).
+    expect(b - a).toBeGreaterThanOrEqual(1900);
+    expect(c - b).toBeGreaterThanOrEqual(3900);
+    expect((await sync.pool.query(`select error from sync.run where entity = 'gone' order by id desc limit 1`)).rows[0].error)
+      .toMatch(/from\.table cannot be read/);
+  }, 120_000);
 });
