@@ -22,7 +22,7 @@ import { quoteIdent } from '../../../db/database.js';
 import type { Pool, PoolClient } from '../../../db/pool.js';
 import { TEXT_SETTINGS } from '../../buckets.js';
 import { decode, lsnValue, UNCHANGED, type Relation, type Value } from './pgoutput.js';
-import { slotFree, sourceTable } from './slot.js';
+import { slotFree, tableSql } from './slot.js';
 
 /** Messages fetched from the server at a time. */
 const FETCH = 5000;
@@ -143,8 +143,7 @@ async function fillFromSource(source: pg.ClientBase, args: ReadChanges): Promise
   if (!rows.length) return;
   const columns = [...new Set(rows.flatMap((r) => r.cols))];
   const sourceOf = (c: string) => quoteIdent(args.sourceColumns[args.targetColumns.indexOf(c)]);
-  const table = sourceTable(def);
-  const rel = `${quoteIdent(table.schema)}.${quoteIdent(table.table)}`;
+  const rel = tableSql(def);
   const keySource = def.key.map(sourceOf);
   const { rows: types } = await target.query<{ name: string; type: string }>(
     `select attname as name, format_type(atttypid, atttypmod) as type from pg_attribute

@@ -22,7 +22,8 @@ export const sourceTable = (def: EntityConfig) => {
   if (!('table' in def.from)) throw new Error('log capture reads a table ("from": {"table": …}), not a query');
   return def.from.table as { schema: string; table: string };
 };
-const tableSql = (def: EntityConfig) => { const t = sourceTable(def); return `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`; };
+/** The source table, quoted for SQL. */
+export const tableSql = (def: EntityConfig) => { const t = sourceTable(def); return `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`; };
 
 /** The source table's oid (the log's name for it); null when the source has no such table. */
 export async function tableOid(pool: Pool, def: EntityConfig): Promise<number | null> {
