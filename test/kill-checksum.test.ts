@@ -9,15 +9,14 @@
  * The same pattern as kill.test.ts (whose full-fetch kills this complements).
  */
 import { describe, it, expect, beforeAll } from 'vitest';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import fc from 'fast-check';
 import { testDatabases, type TestDatabase } from './helpers/db.js';
 import { engineFor } from './helpers/engine.js';
-import { checksum, tuplesWritten, waitGone, withFlushedEngine } from './helpers/gen.js';
+import { checksum, tuplesWritten, withFlushedEngine } from './helpers/gen.js';
+import { aim, killAfter, syncChild, type KillTarget } from './helpers/kill.js';
 import type { RunResult } from '../src/engine/run.js';
 
 let sync: TestDatabase;
@@ -77,10 +76,10 @@ interface Moment { phase: 'run' | 'diff' | 'fetch' | 'merge'; delayMs: number }
 /** What was in flight when the kill was sent. */
 type Landed = 'diff' | 'fetch' | 'merge' | 'elsewhere' | 'after the end';
 
-type Phase = 'diff' | 'fetch' | 'merge' | 'other';
+type Phase = 'diff' | 'fetch' | 'merge';
 
 /** The phase a statement of the run belongs to, on the Syncline database or the source. */
-function phaseOf(query: string): Phase {
+function phaseOf(query: string): Phase | 'other' {
   // The merge is one function call.
   if (/sync\.merge(_direct)?\(/.test(query)) return 'merge';
   // The diff works on the run's bucket tables: the source's sums COPYed in, the target's computed, the differing ones kept.
@@ -92,70 +91,21 @@ function phaseOf(query: string): Phase {
   return 'other';
 }
 
-const RANK: Record<Phase, number> = { merge: 0, fetch: 1, diff: 2, other: 3 };
-
-/** The name the postgres source gives its sessions (sources/postgres/read.ts). */
-const SOURCE_APP = 'syncline (read-only source)';
-
-/** The child's statements in progress on one database. */
-const activeQueries = async (db: TestDatabase, app: string) => (await db.pool.query<{ query: string }>(
-  `select query from pg_stat_activity where datname = $1 and application_name = $2 and state = 'active'`, [db.name, app])).rows;
-
-/**
- * The killed child's statement in progress, on the Syncline database or the
- * source (the diff spends part of its time on each), the most telling of
- * them, with the Syncline database's clock; null when it runs none.
- */
-async function inFlight(app: string): Promise<{ phase: Phase; runId: number | null; at: Date } | null> {
-  // The source's sessions carry Syncline's own name; only the child reads the source while it is aimed at.
-  const queries = [...await activeQueries(sync, app), ...await activeQueries(source, SOURCE_APP)];
-  const { rows: [now] } = await sync.pool.query(
-    `select clock_timestamp() as at, (select max(id) from sync.run where entity = 'items' and status = 'running') as run_id`);
-  if (!queries.length) return null;
-  const phase = queries.map((r) => phaseOf(r.query)).sort((a, b) => RANK[a] - RANK[b])[0];
-  return { phase, runId: now.run_id === null ? null : Number(now.run_id), at: now.at };
-}
-
-let children = 0;
+const target = (): KillTarget<Phase> => ({ sync, source, configFile, entity: 'items', phaseOf, rank: ['merge', 'fetch', 'diff'] });
 
 /**
  * Runs `sync items` (no cursor: a full re-sync, which takes the checksum
- * path) in a child process and SIGKILLs it at `moment`. Every child names
- * its sessions (PGAPPNAME), so what it runs can be told apart, and its end
- * is an event: its sessions are gone. Resolves once the child and all its
- * sessions are gone, with where the kill landed and the run it killed.
+ * path) in a child process and SIGKILLs it at `moment`. Resolves once the
+ * child and all its sessions are gone, with where the kill landed and the
+ * run it killed.
  */
 async function syncKilledAt(moment: Moment): Promise<{ landed: Landed; runId: number | null }> {
-  const app = `syncline-test kill-checksum ${process.pid} ${++children}`;
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'sync', 'items'], {
-    env: { ...process.env, DATABASE_URL: sync.url, SYNCLINE_CONFIG: configFile, SYNCLINE_LOG_LEVEL: 'silent', PGAPPNAME: app },
-    stdio: 'ignore',
-  });
-  let alive = true;
-  const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_code, signal) => { alive = false; resolve(signal); }));
-  let runId: number | null = null;
-  let seen = null;
-  // Aim: wait until the phase is going on (or the run has started, for 'run').
-  for (;;) {
-    if (!alive) break;
-    seen = await inFlight(app);
-    runId = seen?.runId ?? runId;
-    if (moment.phase === 'run' ? (seen?.runId ?? null) !== null : seen?.phase === moment.phase) break;
-    await sleep(2);
-  }
-  let at = null;
-  if (alive) {
-    // With no delay the kill follows the sighting at once (a second look
-    // could fall between two statements of the same phase and tell nothing).
-    if (moment.delayMs > 0) await sleep(moment.delayMs);
-    at = moment.delayMs > 0 ? await inFlight(app) : seen;
-    child.kill('SIGKILL');
-  }
-  const signal = await exited;
-  // A statement the killed process left running (a merge) goes on to its end
-  // on the server, holding the entity lock until then.
-  await waitGone(sync.pool, app);
-  runId = at?.runId ?? runId;
+  const t = target();
+  const child = syncChild(t, 'kill-checksum');
+  const aimed = await aim(t, child, moment.phase);
+  const at = child.alive() ? await killAfter(t, child, aimed.seen, moment.delayMs) : null;
+  const signal = await child.gone();
+  const runId = at?.runId ?? aimed.runId;
   if (signal !== 'SIGKILL') return { landed: 'after the end', runId };
   if (!at || at.runId === null || at.phase === 'other') return { landed: 'elsewhere', runId };
   const run = (await sync.pool.query(

@@ -17,15 +17,14 @@
  * that updated it.
  */
 import { describe, it, expect, beforeAll } from 'vitest';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import fc from 'fast-check';
 import { testDatabases, type TestDatabase } from './helpers/db.js';
 import { engineFor } from './helpers/engine.js';
-import { checksum, waitGone, withFlushedEngine } from './helpers/gen.js';
+import { checksum, withFlushedEngine } from './helpers/gen.js';
+import { aim, killAfter, syncChild, type KillTarget } from './helpers/kill.js';
 import type { RunResult } from '../src/engine/run.js';
 
 let sync: TestDatabase;
@@ -36,7 +35,6 @@ const TENANTS = ['acme', 'globex', 'initech', 'umbrella'];
 // Enough rows and changes that the read and the merge each take a while, so a kill aimed at one finds it going on.
 const ROWS = 20_000;
 const SLOT = 'syncline_kill_items';
-const SOURCE_APP = 'syncline (read-only source)';
 
 // Slot names are server-wide and test files run side by side on one server: an entity name of this file's own.
 const ENTITY = 'kill_items';
@@ -88,11 +86,11 @@ async function applyChanges(c: Changes, version: number): Promise<void> {
 
 /** Where a kill is aimed: once the run started, or its read, prepare or merge is seen going on, or its merge committed. */
 interface Moment { phase: 'run' | 'read' | 'prepare' | 'merge' | 'merged'; delayMs: number }
-type Phase = 'read' | 'prepare' | 'merge' | 'other';
+type Phase = 'read' | 'prepare' | 'merge';
 /** What was in flight when the kill was sent; 'merged': the merge had committed and the slot was not confirmed. */
 type Landed = 'read' | 'prepare' | 'merge' | 'merged' | 'elsewhere' | 'after the end';
 
-function phaseOf(query: string): Phase {
+function phaseOf(query: string): Phase | 'other' {
   if (/sync\.merge\(/.test(query)) return 'merge';
   if (/sync\.log_prepare\(/.test(query)) return 'prepare';
   // On the source, the peek of the slot through a cursor; on the Syncline database, the COPY of the changes into staging.
@@ -100,20 +98,8 @@ function phaseOf(query: string): Phase {
   if (/^\s*copy\b[\s\S]*\bfrom stdin/i.test(query)) return 'read';
   return 'other';
 }
-const RANK: Record<Phase, number> = { merge: 0, prepare: 1, read: 2, other: 3 };
 
-const activeQueries = async (db: TestDatabase, app: string) => (await db.pool.query<{ query: string }>(
-  `select query from pg_stat_activity where datname = $1 and application_name = $2 and state = 'active'`, [db.name, app])).rows;
-
-async function inFlight(app: string): Promise<{ phase: Phase; runId: number | null; at: Date } | null> {
-  // Only the child reads the source while it is aimed at: the source's sessions are its own.
-  const queries = [...await activeQueries(sync, app), ...await activeQueries(source, SOURCE_APP)];
-  const { rows: [now] } = await sync.pool.query(
-    `select clock_timestamp() as at, (select max(id) from sync.run where entity = $1 and status = 'running') as run_id`, [ENTITY]);
-  if (!queries.length) return null;
-  const phase = queries.map((r) => phaseOf(r.query)).sort((a, b) => RANK[a] - RANK[b])[0];
-  return { phase, runId: now.run_id === null ? null : Number(now.run_id), at: now.at };
-}
+const target = (): KillTarget<Phase> => ({ sync, source, configFile, entity: ENTITY, phaseOf, rank: ['merge', 'prepare', 'read'] });
 
 /** Where the slot is confirmed to and the position the target holds: the slot behind means a merge whose confirmation never came. */
 async function positions(): Promise<{ confirmed: string; applied: string; behind: boolean }> {
@@ -126,45 +112,22 @@ async function positions(): Promise<{ confirmed: string; applied: string; behind
 
 const runStatus = async (runId: number) => (await sync.pool.query('select status from sync.run where id = $1', [runId])).rows[0]?.status as string;
 
-let children = 0;
-
 /** Runs `sync items` in a child process, SIGKILLs it at `moment`, and resolves once it and all its sessions are gone. */
 async function syncKilledAt(moment: Moment): Promise<{ landed: Landed; runId: number | null }> {
-  const app = `syncline-test kill-log ${process.pid} ${++children}`;
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'sync', ENTITY], {
-    env: { ...process.env, DATABASE_URL: sync.url, SYNCLINE_CONFIG: configFile, SYNCLINE_LOG_LEVEL: 'silent', PGAPPNAME: app },
-    stdio: 'ignore',
-  });
-  let alive = true;
-  const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_code, signal) => { alive = false; resolve(signal); }));
-  let runId: number | null = null;
-  let seen = null;
-  const aimAt = moment.phase === 'merged' ? 'merge' : moment.phase;
-  for (;;) {
-    if (!alive) break;
-    seen = await inFlight(app);
-    runId = seen?.runId ?? runId;
-    if (aimAt === 'run' ? (seen?.runId ?? null) !== null : seen?.phase === aimAt) break;
-    await sleep(2);
-  }
+  const t = target();
+  const child = syncChild(t, 'kill-log');
+  const aimed = await aim(t, child, moment.phase === 'merged' ? 'merge' : moment.phase);
   let at = null;
-  if (alive && moment.phase === 'merged' && runId !== null) {
+  if (child.alive() && moment.phase === 'merged' && aimed.runId !== null) {
     // The merge commits in its one statement: kill as soon as its run shows succeeded, before the child confirms the slot.
-    while (alive && (await runStatus(runId)) === 'running') { /* look again at once */ }
-    at = seen;
-    child.kill('SIGKILL');
-  } else if (alive) {
-    // With no delay the kill follows the sighting at once.
-    if (moment.delayMs > 0) await sleep(moment.delayMs);
-    at = moment.delayMs > 0 ? await inFlight(app) : seen;
-    child.kill('SIGKILL');
+    while (child.alive() && (await runStatus(aimed.runId)) === 'running') { /* look again at once */ }
+    at = aimed.seen;
+    child.kill();
+  } else if (child.alive()) {
+    at = await killAfter(t, child, aimed.seen, moment.delayMs);
   }
-  const signal = await exited;
-  // A statement the killed process left running (a merge) goes on to its end on the server;
-  // a session left peeking the slot would keep it busy for the next run.
-  await waitGone(sync.pool, app);
-  await waitGone(sync.pool, SOURCE_APP, source.name);
-  runId = at?.runId ?? runId;
+  const signal = await child.gone();
+  const runId = at?.runId ?? aimed.runId;
   if (signal !== 'SIGKILL') return { landed: 'after the end', runId };
   if (!at || at.runId === null || at.phase === 'other') return { landed: 'elsewhere', runId };
   const run = (await sync.pool.query(
