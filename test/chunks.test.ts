@@ -4,6 +4,7 @@ import { testDatabases, type TestDatabase } from './helpers/db.js';
 import { engineFor } from './helpers/engine.js';
 import { checksum, runChanges } from './helpers/gen.js';
 import { configProblems } from './helpers/config.js';
+import { until } from './helpers/until.js';
 import { entity } from '../src/config/schema.js';
 import { sourceSelect } from '../src/sources/postgres/read.js';
 
@@ -135,6 +136,69 @@ describe('a chunk', () => {
       expect(plan).toMatch(/Tid Range Scan on items/);
       expect(plan).toMatch(blocks.hi === null ? /ctid >= '\(7,0\)'/ : /ctid >= '\(2,0\)'.*ctid < '\(5,0\)'/);
       expect(plan).toMatch(/tenant = 'a'/);
+    }
+  });
+});
+
+describe('the chunks of a run that ended', () => {
+  const pending = async (run: number) => (await sync.pool.query(
+    `select count(*)::int as n from sync.run_chunk where run_id = $1 and status = 'pending'`, [run])).rows[0].n;
+  const planned = async () => {
+    const { rows: [r] } = await sync.pool.query(`select sync.start_run('chunked', 'manual', false, true, array['tenant', 'id', 'name', 'pad']) as id`);
+    await sync.pool.query(`select sync.plan_chunks($1, 'snap', 30, 3, '{}')`, [r.id]);
+    return Number(r.id);
+  };
+  // A taker: locks a chunk as sync.take_chunk does, and gives it back as a failed read does.
+  const taker = async (run: number) => {
+    const c = await sync.pool.connect();
+    await c.query('begin');
+    expect((await c.query('select * from sync.take_chunk($1)', [run])).rowCount).toBe(1);
+    return {
+      giveBack: async () => {
+        await c.query('rollback');
+        try { return (await c.query('select sync.close_chunks_if_over($1) as n', [run])).rows[0].n; } finally { c.release(); }
+      },
+    };
+  };
+
+  it('are never left pending, whether a failed taker gives its chunk back before, during or after the run ends', async () => {
+    const engine = await engineFor(sync, source, entities(3));
+    try {
+      // Before: the run's end finds the chunk free.
+      let run = await planned();
+      let t = await taker(run);
+      expect(await t.giveBack()).toBe(0);
+      await sync.pool.query(`select sync.finish_run($1, 'failed', 'x')`, [run]);
+      expect(await pending(run)).toBe(0);
+
+      // After: the end skipped the locked chunk; the taker sees the run over.
+      run = await planned();
+      t = await taker(run);
+      await sync.pool.query(`select sync.finish_run($1, 'failed', 'x')`, [run]);
+      expect(await pending(run)).toBe(1);
+      expect(await t.giveBack()).toBe(1);
+      expect(await pending(run)).toBe(0);
+
+      // During: the taker looks while the run's end is not committed yet; it
+      // waits for that commit instead of reading the status before it.
+      run = await planned();
+      t = await taker(run);
+      const ender = await sync.pool.connect();
+      try {
+        await ender.query('begin');
+        await ender.query(`select sync.finish_run($1, 'failed', 'x')`, [run]);
+        const given = t.giveBack();
+        await until('the taker waits for the run\'s end', async () => (await sync.pool.query(
+          `select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%close_chunks_if_over%'`)).rowCount);
+        await ender.query('commit');
+        expect(await given).toBe(1);
+      } finally {
+        ender.release();
+      }
+      expect(await pending(run)).toBe(0);
+      expect((await sync.pool.query(`select count(*)::int as n from graphile_worker.jobs where key like $1`, [`chunk:${run}:%`])).rows[0].n).toBe(0);
+    } finally {
+      await engine.close();
     }
   });
 });

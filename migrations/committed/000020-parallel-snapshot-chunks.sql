@@ -1,5 +1,5 @@
 --! Previous: sha1:2237719b2abc2de69579362b1547e6fa6794a2e1
---! Hash: sha1:f16057217fdc0435d0789ac405deb5591f91a1b3
+--! Hash: sha1:50f12bcb6bfc2643100314e894717572898a3a1b
 --! Message: parallel snapshot chunks
 
 /*
@@ -127,6 +127,44 @@ begin
 end
 $$;
 comment on function sync.close_chunks(bigint) is 'Ends the chunked read of run p_run_id: cancels its pending chunks that nobody is reading (when the run failed or was cancelled) and removes the sync_chunk jobs no worker has started. Returns the chunks cancelled.';
+
+create or replace function sync._close_chunks_of_ended_run() returns trigger
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+begin
+  -- A taker that failed after sync.close_chunks skipped its chunk has
+  -- rolled back by now, or checks the run's status after its rollback
+  -- (sync.close_chunks_if_over): between the two, no chunk of an ended run
+  -- stays pending.
+  if exists (select 1 from sync.chunked_run c where c.run_id = new.id) then
+    perform sync.close_chunks(new.id);
+  end if;
+  return null;
+end
+$$;
+drop trigger if exists _400_close_chunks on sync.run;
+create trigger _400_close_chunks after update of status on sync.run
+  for each row when (old.status = 'running' and new.status <> 'running')
+  execute function sync._close_chunks_of_ended_run();
+
+create or replace function sync.close_chunks_if_over(p_run_id bigint) returns int
+  language plpgsql volatile
+  set search_path to pg_catalog, public, pg_temp
+as $$
+begin
+  -- The lock waits for a transaction ending the run; the next statement's
+  -- snapshot then sees its status. So either this sees the run over, or the
+  -- run's end comes after the caller's rollback and its trigger finds the
+  -- chunk free.
+  perform 1 from sync.run where id = p_run_id for share;
+  if exists (select 1 from sync.run where id = p_run_id and (status <> 'running' or cancel_requested)) then
+    return sync.close_chunks(p_run_id);
+  end if;
+  return 0;
+end
+$$;
+comment on function sync.close_chunks_if_over(bigint) is 'Called by a chunk taker after its read failed and rolled back: when run p_run_id is over or asked to cancel, cancels its pending chunks (sync.close_chunks), so none stays pending for a run that will not read it. Returns the chunks cancelled.';
 
 create or replace view sync.run_chunks as
 select c.run_id, r.entity, r.status as run_status, c.chunk, c.lo as first_block, c.hi as end_block, c.status, c.rows,

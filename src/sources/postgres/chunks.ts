@@ -101,7 +101,8 @@ export async function takeChunk(t: Taker): Promise<boolean> {
   const { pool, url } = t.env.pgSource(t.def.source);
   const target = await t.env.pool.connect();
   let source: PoolClient | undefined;
-  let broken = false;
+  let taken = false;
+  let released = false;
   try {
     await target.query('begin');
     const { rows } = await target.query<{ chunk: number; lo: string; hi: string | null }>(
@@ -111,6 +112,7 @@ export async function takeChunk(t: Taker): Promise<boolean> {
       return false;
     }
     const { chunk, lo, hi } = rows[0];
+    taken = true;
     const started = new Date();
     source = await pool.connect().catch((err) => { throw connectionHint(err, url, `source "${t.def.source}"`); });
     await beginSnapshot(source, t.snapshot);
@@ -125,12 +127,29 @@ export async function takeChunk(t: Taker): Promise<boolean> {
     await source.query('rollback');
     return true;
   } catch (err) {
-    broken = true;
+    source?.release(true);
+    source = undefined;
+    released = true;
+    await giveBack(t.env.pool, target, taken ? t.runId : null);
     throw err;
   } finally {
-    // Dropping a connection mid-COPY also rolls its transaction back: the chunk is pending again.
-    target.release(broken || undefined);
-    source?.release(broken || undefined);
+    source?.release();
+    if (!released) target.release();
+  }
+}
+
+/**
+ * After a failed read: rolls back on the still usable connection (an aborted
+ * COPY FROM ends with CopyFail), so the chunk is pending again at once, not
+ * whenever the server notices a dropped connection; then, if the run is
+ * over, cancels its pending chunks, which nobody would read.
+ */
+async function giveBack(pool: Pool, target: PoolClient, runId: number | null): Promise<void> {
+  const rolledBack = await target.query('rollback').then(() => true, () => false);
+  target.release(rolledBack ? undefined : true);
+  if (rolledBack && runId !== null) {
+    await pool.query('select sync.close_chunks_if_over($1)', [runId])
+      .catch((err) => log.warn({ runId, err: (err as Error).message }, 'could not close the chunks of an ended run'));
   }
 }
 
