@@ -30,7 +30,7 @@ async function differingKeys(name: string, prefix: string) {
     const diff = await diffSegments({ target, session, def, columns: cols, prefix, estimatedRows: 2000, pool: sync.pool });
     await target.query(`create temp table src_rows (tenant text, id text, _sl_h int8, _sl_r int8)`);
     await session.copyRowHashes(diff.differing, 'src_rows');
-    const h = targetHashes(def, cols);
+    const h = targetHashes(def, cols, session.hash);
     const { rows } = await target.query(
       `select coalesce(s.tenant || '/' || s.id, t.k) as key from src_rows s
          full join (select ${h.keyText.join(` || '/' || `)} as k, ${h.row} as r from ${targetTable(def)} t where ${targetScope(def)} and ${inBuckets(h.key, diff.differing)}) t
@@ -56,6 +56,15 @@ beforeAll(async () => {
                         from generate_series(1, 2000) i`);
   await sync.pool.query(`
     create table items (tenant text, id int, price numeric(12, 2), at timestamptz, doc jsonb, note varchar(20), primary key (tenant, id))`);
+  // Equal values of other forms: what sync.merge writes as changes (sync._cmp_expr), a checksum must see.
+  for (const db of [source, sync]) {
+    const ci = await db.pool.query(`create collation ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)`)
+      .then(() => true, () => false);
+    await db.pool.query(`
+      create table forms (tenant text, id int, n numeric, f float8, j jsonb, ts timestamptz, c text ${ci ? 'collate ci' : ''},
+                          primary key (tenant, id));
+      insert into forms select 'f', i, 1.5, 0, '{"a": 1.0}', '2026-01-01 00:00:00+00', 'Bob' from generate_series(1, 50) i`);
+  }
   await sync.pool.query(`
     insert into items select 't' || (i % 3), i, i * 1.5, '2026-01-01'::timestamptz + i * interval '1 hour',
                              ('{"a": "x", "b": ' || i || '}')::jsonb, case when i % 7 = 0 then '' when i % 11 = 0 then null else 'n' || i end
@@ -63,6 +72,7 @@ beforeAll(async () => {
   engine = await engineFor(sync, source, {
     items: { source: 'src', from: { table: 'items' }, target: 'items', key: ['tenant', 'id'] },
     items_t1: { source: 'src', from: { table: 'items' }, target: 'items', key: ['tenant', 'id'], tenant: { column: 'tenant', value: 't1' } },
+    forms: { source: 'src', from: { table: 'forms' }, target: 'forms', key: ['tenant', 'id'] },
   });
 });
 afterAll(() => engine.close());
@@ -86,6 +96,17 @@ describe('checksum segments', () => {
     // Refined until fetching the differing buckets costs less than another level.
     expect(Math.max(diff.differingRows.source, diff.differingRows.target))
       .toBeLessThanOrEqual(Math.max(4 * diff.differing.buckets.length, 0.1 * 2001));
+  });
+
+  it('see a change of form only, as sync.merge does: a numeric\'s scale, -0, a jsonb number\'s scale, a microsecond, a letter\'s case under a case-blind collation', async () => {
+    expect((await differingKeys('forms', 'seg_f')).keys).toEqual([]);
+    await source.pool.query(`
+      update forms set n = 1.50 where id = 1;
+      update forms set f = '-0' where id = 2;
+      update forms set j = '{"a": 1.00}' where id = 3;
+      update forms set ts = ts + interval '1 microsecond' where id = 4;
+      update forms set c = 'bob' where id = 5`);
+    expect((await differingKeys('forms', 'seg_f')).keys).toEqual(['f/1', 'f/2', 'f/3', 'f/4', 'f/5']);
   });
 
   it('stay within the tenant', async () => {

@@ -1,5 +1,5 @@
 --! Previous: sha1:3b3b7344a5e9f23b74756d7644349bfb966e133e
---! Hash: sha1:907eb36538ab0ac7f58207e102d20be594faef31
+--! Hash: sha1:a074462ecbb0fed45b63eda99050f5d271436990
 --! Message: checksum diff
 
 /*
@@ -11,24 +11,39 @@
  * buckets count as fetched and unchanged, and that the cursor covers them.
  */
 
--- Must print exactly what targetHashes() in src/engine/segments.ts prints:
--- a key column as the target type prints it, or as text for a type outside
--- pg_catalog or a length-limited char/bit type (or an array of one).
-create or replace function sync._checksum_key_hash(p_rel regclass, p_key text[], p_alias text) returns text
+-- Must be exactly the key hash targetHashes() in src/engine/segments.ts
+-- builds (rowHash in src/sources/buckets.ts), of either kind: 'record'
+-- hashes each key value by its type's hash where equal values have one text
+-- form, a numeric with its scale, text as "C", anything else as text;
+-- 'text' hashes the key printed as the table's types print it. Either way a
+-- type outside pg_catalog or a length-limited char/bit type (or an array of
+-- one) is taken as text.
+create or replace function sync._checksum_key_hash(p_rel regclass, p_key text[], p_alias text, p_hash text) returns text
   language sql stable
   set search_path to pg_catalog, public, pg_temp
 as $$
-  select format('hashtextextended(row(%s)::text, 0)', string_agg(
-           format('%I.%I', p_alias, x.k)
-           || case when ty.typnamespace <> 'pg_catalog'::regnamespace
-                     or (a.atttypmod <> -1 and coalesce(el.typcategory, ty.typcategory) in ('S', 'V'))
-                   then '::text' else '' end, ', ' order by x.i))
-    from unnest(p_key) with ordinality x(k, i)
-    join pg_attribute a on a.attrelid = p_rel and a.attname = x.k and not a.attisdropped
-    join pg_type ty on ty.oid = a.atttypid
-    left join pg_type el on el.oid = ty.typelem and ty.typcategory = 'A'
+  with k as (
+    select x.i, format('%I.%I', p_alias, x.k) as v, a.atttypid as oid,
+           (ty.typnamespace <> 'pg_catalog'::regnamespace
+             or (a.atttypmod <> -1 and coalesce(el.typcategory, ty.typcategory) in ('S', 'V'))) as as_text
+      from unnest(p_key) with ordinality x(k, i)
+      join pg_attribute a on a.attrelid = p_rel and a.attname = x.k and not a.attisdropped
+      join pg_type ty on ty.oid = a.atttypid
+      left join pg_type el on el.oid = ty.typelem and ty.typcategory = 'A')
+  select case when p_hash = 'record' then
+           format('hash_record_extended(row(%s), 0)', string_agg(
+             case when k.as_text then format('(%s)::text collate "C"', k.v)
+                  when k.oid = 'numeric'::regtype then format('%s, scale(%s)', k.v, k.v)
+                  when k.oid in ('text'::regtype, 'varchar'::regtype) then format('(%s) collate "C"', k.v)
+                  when k.oid in ('int8'::regtype, 'int2'::regtype, 'int4'::regtype, 'bool'::regtype, 'uuid'::regtype,
+                                 'date'::regtype, 'timestamp'::regtype, 'timestamptz'::regtype, 'time'::regtype,
+                                 'bytea'::regtype, 'char'::regtype, 'name'::regtype, 'oid'::regtype) then k.v
+                  else format('(%s)::text collate "C"', k.v) end, ', ' order by k.i))
+         else format('hashtextextended(row(%s)::text, 0)', string_agg(k.v || case when k.as_text then '::text' else '' end, ', ' order by k.i))
+         end
+    from k
 $$;
-comment on function sync._checksum_key_hash(regclass, text[], text) is 'The SQL expression of the key hash of a row of the table (alias p_alias) that a checksum diff buckets rows by: hashtextextended of the key printed as the table''s types print it.';
+comment on function sync._checksum_key_hash(regclass, text[], text, text) is 'The SQL expression of the key hash of a row of the table (alias p_alias) that a checksum diff buckets rows by, of kind p_hash (record or text, as the run''s detail.diff_scope.hash says): what targetHashes() in src/engine/segments.ts builds.';
 
 -- The target keys of a checksum run's differing buckets, in a temporary
 -- table, and the condition that picks them: the key hash prints the key's
@@ -52,7 +67,8 @@ begin
   execute format('create temporary table _sl_diff_scope on commit drop as
                     select %s from %s t where (%s & %s::int8) in (select p.bucket from sync_staging.%I p)',
                  (select string_agg(format('t.%I', k), ', ' order by i) from unnest(p_key) with ordinality x(k, i)),
-                 p_rel, sync._checksum_key_hash(p_rel, p_key, 't'), (1::int8 << p_bits) - 1, 'run_' || p_run_id || '_differing');
+                 p_rel, sync._checksum_key_hash(p_rel, p_key, 't', coalesce((select r.detail #>> '{diff_scope,hash}' from sync.run r where r.id = p_run_id), 'text')),
+                 (1::int8 << p_bits) - 1, 'run_' || p_run_id || '_differing');
   return format('(%s) in (select %s from _sl_diff_scope)',
                 (select string_agg(format('t.%I', k), ', ' order by i) from unnest(p_key) with ordinality x(k, i)), v_cols);
 end

@@ -1,5 +1,5 @@
---! Previous: sha1:907eb36538ab0ac7f58207e102d20be594faef31
---! Hash: sha1:899b039e16cbb3c2e780c5b9a7c0e960df19f735
+--! Previous: sha1:a074462ecbb0fed45b63eda99050f5d271436990
+--! Hash: sha1:4c0b0e62dcc0b40c83ab4ee6df0b0d9824d35b60
 --! Message: verification at checksum cost
 
 /*

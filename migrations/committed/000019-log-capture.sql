@@ -1,5 +1,5 @@
---! Previous: sha1:899b039e16cbb3c2e780c5b9a7c0e960df19f735
---! Hash: sha1:2237719b2abc2de69579362b1547e6fa6794a2e1
+--! Previous: sha1:4c0b0e62dcc0b40c83ab4ee6df0b0d9824d35b60
+--! Hash: sha1:1c40b33ff2f16669b7b53649197d04f448951247
 --! Message: log capture
 
 -- Log-based capture (issue 15): a postgres source entity with "capture": "log"

@@ -1,5 +1,5 @@
---! Previous: sha1:2237719b2abc2de69579362b1547e6fa6794a2e1
---! Hash: sha1:50f12bcb6bfc2643100314e894717572898a3a1b
+--! Previous: sha1:1c40b33ff2f16669b7b53649197d04f448951247
+--! Hash: sha1:8397ae5c1efdeb37712b0dc32ca4de7337e2f24c
 --! Message: parallel snapshot chunks
 
 /*

@@ -12,8 +12,8 @@ import pg from 'pg';
 import { log } from '../log.js';
 import type { EntityConfig } from '../config/schema.js';
 import { inClientTransaction, type PoolClient } from '../db/pool.js';
-import type { BucketFilter, ChecksumReads } from '../sources/port.js';
-import { bucketMask, TEXT_SETTINGS } from '../sources/buckets.js';
+import type { BucketFilter, ChecksumReads, HashKind } from '../sources/port.js';
+import { bucketMask, rowHash, TEXT_SETTINGS } from '../sources/buckets.js';
 import { CancelledError, throwIfCancelRequested } from './guards.js';
 import { mergeStaging, stagingTable, stageRun, type LoadContext, type MergeResult } from './load.js';
 import { checksumColumns, diffSegments, dropSegmentTables, segmentTables, targetScope, targetTable, type SegmentLevel } from './segments.js';
@@ -131,11 +131,11 @@ async function diffAndStage(ctx: LoadContext, reads: ChecksumReads, prefix: stri
       return { path: 'full', ...counted, rows_fetched: rows,
         reason: `${diff.differingRows.source + diff.differingRows.target} of ${diff.sourceRows + diff.targetRows} rows are in differing buckets: fetching everything costs less` };
     }
-    const buckets = await withOpenErrors(ctx, diff.table, diff.differing.bits);
+    const buckets = await withOpenErrors(ctx, diff.table, diff.differing.bits, session.hash);
     const rows = buckets.length ? await fetch({ bits: diff.differing.bits, buckets }) : 0;
     await target.query(
       `update sync.run set detail = detail || jsonb_build_object('diff_scope', $2::jsonb) where id = $1`,
-      [runId, JSON.stringify({ bits: diff.differing.bits, buckets: buckets.length, equal_rows: diff.sourceRows - rows,
+      [runId, JSON.stringify({ bits: diff.differing.bits, hash: session.hash, buckets: buckets.length, equal_rows: diff.sourceRows - rows,
         ...(def.cursor ? { cursor_max: diff.equalMax ?? null } : {}) })]);
     return { path: 'checksum', reason: `${buckets.length} of ${diff.levels[diff.levels.length - 1].segments} buckets differ`,
       ...counted, rows_fetched: rows };
@@ -163,13 +163,13 @@ function progress(ctx: LoadContext) {
  * entry, and returns them all: a full fetch would stage such a record again
  * (and resolve its entry once it merges), even when its bucket is equal.
  */
-async function withOpenErrors(ctx: LoadContext, table: string, bits: number): Promise<string[]> {
+async function withOpenErrors(ctx: LoadContext, table: string, bits: number, hash: HashKind): Promise<string[]> {
   const { target, def, name } = ctx;
   const columns = await checksumColumns(target, def, def.key);
-  const keyed = columns.map((c, i) => (c.asText ? `e.key[${i + 1}]` : `e.key[${i + 1}]::${c.type}`));
+  const keyed = columns.map((c, i) => ({ expr: c.asText ? `e.key[${i + 1}]` : `e.key[${i + 1}]::${c.type}`, column: c }));
   // Hashed under the diff's text settings, as its buckets were (a timestamp key prints by TimeZone).
   const insert = `insert into ${table} (bucket, src_n, tgt_n)
-     select distinct hashtextextended(row(${keyed.join(', ')})::text, 0) & ${bucketMask(bits)}, null::int8, null::int8
+     select distinct ${rowHash(hash, keyed)} & ${bucketMask(bits)}, null::int8, null::int8
        from sync.run_error e
       where e.entity = $1 and e.resolved_at is null and cardinality(e.key) = ${columns.length}
         ${columns.map((c, i) => (c.asText ? '' : `and sync._is_valid(e.key[${i + 1}], ${pg.escapeLiteral(c.type)})`)).join(' ')}

@@ -17,7 +17,7 @@ import pg from 'pg';
 import type { EntityConfig } from '../config/schema.js';
 import { quoteIdent } from '../db/database.js';
 import type { Pool, PoolClient } from '../db/pool.js';
-import type { BucketFilter, ChecksumColumn, ChecksumSession, KeyRange } from '../sources/port.js';
+import type { BucketFilter, ChecksumColumn, ChecksumSession, HashKind, KeyRange } from '../sources/port.js';
 import { BUCKET_SETTINGS, bucketMask, inBuckets, inKeyRange, rowHash } from '../sources/buckets.js';
 
 export type { BucketFilter, ChecksumColumn, ChecksumSession } from '../sources/port.js';
@@ -69,16 +69,16 @@ export async function checksumColumns(target: PoolClient, def: EntityConfig, col
   });
 }
 
-/** The key hash and row hash of a target row (alias `t`), printed as the source side prints them. */
-export function targetHashes(def: EntityConfig, columns: ChecksumColumn[], alias = 't'): { key: string; row: string; keyText: string[] } {
-  const value = (c: ChecksumColumn) => `${alias}.${quoteIdent(c.column)}${c.asText ? '::text' : ''}`;
+/** The key hash and row hash of a target row (alias `t`), of the kind the source hashes. */
+export function targetHashes(def: EntityConfig, columns: ChecksumColumn[], hash: HashKind, alias = 't'): { key: string; row: string; keyText: string[] } {
+  const value = (c: ChecksumColumn) => ({ expr: `${alias}.${quoteIdent(c.column)}${c.asText ? '::text' : ''}`, column: c });
   const byName = new Map(columns.map((c) => [c.column, c]));
   const keys = def.key.map((k) => {
     const c = byName.get(k);
     if (!c) throw new Error(`key column "${k}" is not one of the synced columns`);
     return value(c);
   });
-  return { key: rowHash(keys), row: rowHash(columns.map(value)), keyText: keys.map((k) => `(${k})::text`) };
+  return { key: rowHash(hash, keys), row: rowHash(hash, columns.map(value)), keyText: keys.map((k) => `(${k.expr})::text`) };
 }
 
 /** The rows an entity owns in its target (alias `t`): its tenant's, not soft-deleted, within `range` when given. */
@@ -177,7 +177,7 @@ export async function diffSegments(args: {
 }): Promise<SegmentDiff> {
   const { target, session, def, columns, prefix } = args;
   const tables = segmentTables(prefix);
-  const hashes = targetHashes(def, columns);
+  const hashes = targetHashes(def, columns, session.hash);
   const scope = targetScope(def, args.range);
   await dropSegmentTables(target, prefix);
   await target.query(`create unlogged table ${tables.source} (bucket int8, n int8, s numeric)`);

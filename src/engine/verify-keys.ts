@@ -97,7 +97,7 @@ export async function compareKeys(args: {
     if (diff.differing.buckets.length) {
       await target.query(`create unlogged table ${srcRows} (${def.key.map((k) => `${quoteIdent(k)} text`).join(', ')}, _sl_h int8, _sl_r int8)`);
       await session.copyRowHashes(within, srcRows);
-      const counts = await insertKeys(target, def, columns, within, srcRows, range, id);
+      const counts = await insertKeys(target, def, targetHashes(def, columns, session.hash), within, srcRows, range, id);
       Object.assign(found, counts);
       if (counts.changed) found.columnsNote = await changedColumns(target, def, args.targetColumns, () => session.copyRows(within, srcFull), srcFull, id);
     }
@@ -116,10 +116,9 @@ export async function compareKeys(args: {
 
 /** The differing keys of the differing buckets, by a full join of the source's key and row hashes with the target's. */
 async function insertKeys(
-  target: PoolClient, def: EntityConfig, columns: Parameters<typeof targetHashes>[1], differing: { bits: number; buckets: string[] },
+  target: PoolClient, def: EntityConfig, h: ReturnType<typeof targetHashes>, differing: { bits: number; buckets: string[] },
   srcRows: string, range: KeyRange | null, id: number,
 ): Promise<{ missing: number; extra: number; changed: number }> {
-  const h = targetHashes(def, columns);
   const { rows } = await target.query<{ kind: string; n: string }>(
     `with s as (select array[${def.key.map((k) => `s.${quoteIdent(k)}`).join(', ')}] as key, s._sl_r as r from ${srcRows} s),
           t as (select array[${h.keyText.join(', ')}] as key, ${h.row} as r

@@ -5,7 +5,7 @@
  */
 import pg from 'pg';
 import { quoteIdent } from '../db/database.js';
-import type { BucketFilter, KeyRange } from './port.js';
+import type { BucketFilter, ChecksumColumn, HashKind, KeyRange } from './port.js';
 
 /** The mask keeping the low `bits` bits of a key hash, as an int8 literal. */
 export function bucketMask(bits: number): string {
@@ -20,8 +20,46 @@ export function inBuckets(hash: string, within: BucketFilter): string {
   return `(${hash} & ${bucketMask(within.bits)}) = any('{${within.buckets.join(',')}}'::int8[])`;
 }
 
-/** The hash of a row of values: the text of the row value, hashed to int8 (a sum of them is exact as numeric). */
-export const rowHash = (values: string[]) => `hashtextextended(row(${values.join(', ')})::text, 0)`;
+/** A value to hash: its expression, typed as its target column (or as text when the column compares as text). */
+export interface HashedValue {
+  expr: string;
+  column: Pick<ChecksumColumn, 'typeOid' | 'asText'>;
+}
+
+// Built-in types whose hash tells values apart exactly as their text does
+// (sync._cmp_expr's list, less bpchar, whose hash ignores trailing blanks).
+const OWN_HASH = new Set([20, 21, 23, 25, 1043, 16, 2950, 1082, 1114, 1184, 1083, 17, 18, 19, 26]);
+// Text hashes by its collation: "C" hashes the bytes, whatever collation the column has.
+const COLLATED = new Set([25, 1043]);
+const NUMERIC = 1700;
+
+/** The fields a value contributes to a `record` hash. */
+function recordFields(v: HashedValue): string[] {
+  const { typeOid, asText } = v.column;
+  if (asText) return [`(${v.expr})::text collate "C"`];
+  if (typeOid === NUMERIC) return [v.expr, `scale(${v.expr})`];
+  if (COLLATED.has(typeOid)) return [`(${v.expr}) collate "C"`];
+  if (OWN_HASH.has(typeOid)) return [v.expr];
+  return [`(${v.expr})::text collate "C"`];
+}
+
+/**
+ * The int8 hash of a row of values, of one kind (both sides must agree):
+ * - `record`: hash_record_extended (PostgreSQL 14+), each value by its
+ *   type's own hash function where equal values have one text form
+ *   (integers, text, timestamps, uuid …), a numeric with its scale, anything
+ *   else as text. About twice as fast as `text`: no value is printed that
+ *   need not be (a timestamptz's output alone costs more than its hash).
+ * - `text`: the text of the row value, hashed (older sources).
+ * Either way a row hash is an int8, and a sum of them is exact as numeric.
+ */
+export function rowHash(kind: HashKind, values: HashedValue[]): string {
+  if (kind === 'text') return `hashtextextended(row(${values.map((v) => v.expr).join(', ')})::text, 0)`;
+  return `hash_record_extended(row(${values.flatMap(recordFields).join(', ')}), 0)`;
+}
+
+/** The hash kind a server can compute: `record` from PostgreSQL 14. */
+export const hashKindOf = (serverVersionNum: number): HashKind => (serverVersionNum >= 140000 ? 'record' : 'text');
 
 /**
  * Planner settings for a bucket group-by, `set local` inside its

@@ -108,6 +108,9 @@ export interface KeyRangeReads {
  * in the target), so equal text on both sides means a full fetch would
  * change nothing there.
  */
+/** How a checksum hashes rows: see rowHash in ./buckets.ts. */
+export type HashKind = 'record' | 'text';
+
 export interface ChecksumColumn {
   /** The target column. */
   column: string;
@@ -141,6 +144,8 @@ export interface BucketFilter {
  * source refuses, a lost connection): the caller falls back to a full fetch.
  */
 export interface ChecksumSession {
+  /** How this source hashes rows (what the source's server can compute); the target hashes the same way. */
+  hash: HashKind;
   /**
    * COPY one row a bucket at `bits` bits, (bucket int8, n int8, s numeric):
    * the source's rows in the bucket and the sum of their row hashes, for the

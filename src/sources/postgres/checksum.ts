@@ -17,7 +17,7 @@
 import type { EntityConfig } from '../../config/schema.js';
 import { quoteIdent } from '../../db/database.js';
 import { connectionHint, type Pool } from '../../db/pool.js';
-import { BUCKET_SETTINGS, bucketMask, inBuckets, inKeyRange, rowHash } from '../buckets.js';
+import { BUCKET_SETTINGS, bucketMask, hashKindOf, inBuckets, inKeyRange, rowHash } from '../buckets.js';
 import type { BucketFilter, ChecksumColumn, ChecksumReads, ChecksumSession } from '../port.js';
 import { beginSnapshot, copyInSnapshot, oneStatement, sourceSelect } from './read.js';
 
@@ -73,20 +73,25 @@ export function checksumReads(src: { pool: Pool; url: string }, def: EntityConfi
         const { fields } = await client.query(oneStatement(`select * from (\n${base}\n) q limit 0`));
         const types = new Map(fields.map((f) => [f.name, { oid: f.dataTypeID, typmod: f.dataTypeModifier }]));
         const value = new Map(columns.map((c) => [c.column, sourceValue(c, sourceOf(c.column), types.get(sourceOf(c.column)))]));
+        const byColumn = new Map(columns.map((c) => [c.column, c]));
         const keyValues = def.key.map((k) => {
           const v = value.get(k);
           if (!v) throw new Error(`key column "${k}" is not one of the synced columns`);
-          return v;
+          return { expr: v, column: byColumn.get(k)! };
         });
-        const keyHash = rowHash(keyValues);
+        const { rows: [version] } = await client.query<{ n: number }>(`select current_setting('server_version_num')::int as n`);
+        const hash = hashKindOf(version.n);
+        const keyHash = rowHash(hash, keyValues);
         const where = range ? `where ${inKeyRange('q', sourceOf(range.column), range)}` : '';
         const rows = `from (\n${base}\n) q ${where}`;
-        const hashed = `select ${keyHash} as _sl_h, ${rowHash(columns.map((c) => value.get(c.column)!))} as _sl_r${
-          keyValues.map((v, i) => `, (${v})::text as _sl_k${i}`).join('')} ${rows}`;
+        const rowValues = columns.map((c) => ({ expr: value.get(c.column)!, column: c }));
+        const hashed = `select ${keyHash} as _sl_h, ${rowHash(hash, rowValues)} as _sl_r${
+          keyValues.map((v, i) => `, (${v.expr})::text as _sl_k${i}`).join('')} ${rows}`;
         const copy = (select: string, into: string, cols: string[], opts?: Parameters<ChecksumSession['copyRows']>[2]) =>
           copyInSnapshot({ client, entity: def, select, target, into, columns: cols, signal: opts?.signal, onRows: opts?.onRows })
             .catch((err) => { broken = true; throw err; });
         const session: ChecksumSession = {
+          hash,
           copyBuckets: (bits, within, into) => copy(
             // offset 0 keeps the hashing in a subquery whose scan parallel workers run.
             `select x._sl_h & ${bucketMask(bits)} as bucket, count(*) as n, sum(x._sl_r) as s from (${hashed} offset 0) x
