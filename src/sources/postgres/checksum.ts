@@ -85,8 +85,10 @@ export function checksumReads(src: { pool: Pool; url: string }, def: EntityConfi
         const where = range ? `where ${inKeyRange('q', sourceOf(range.column), range)}` : '';
         const rows = `from (\n${base}\n) q ${where}`;
         const rowValues = columns.map((c) => ({ expr: value.get(c.column)!, column: c }));
-        const hashed = `select ${keyHash} as _sl_h, ${rowHash(hash, rowValues)} as _sl_r${
-          keyValues.map((v, i) => `, (${v.expr})::text as _sl_k${i}`).join('')} ${rows}`;
+        // The bucket filter goes with the scan, so rows outside it are never row-hashed.
+        const inside = (within: BucketFilter | null) => (within ? `${where ? ' and' : ' where'} ${inBuckets(keyHash, within)}` : '');
+        const hashed = (within: BucketFilter | null) => `select ${keyHash} as _sl_h, ${rowHash(hash, rowValues)} as _sl_r${
+          keyValues.map((v, i) => `, (${v.expr})::text as _sl_k${i}`).join('')} ${rows}${inside(within)}`;
         const copy = (select: string, into: string, cols: string[], opts?: Parameters<ChecksumSession['copyRows']>[2]) =>
           copyInSnapshot({ client, entity: def, select, target, into, columns: cols, signal: opts?.signal, onRows: opts?.onRows })
             .catch((err) => { broken = true; throw err; });
@@ -94,8 +96,8 @@ export function checksumReads(src: { pool: Pool; url: string }, def: EntityConfi
           hash,
           copyBuckets: (bits, within, into) => copy(
             // offset 0 keeps the hashing in a subquery whose scan parallel workers run.
-            `select x._sl_h & ${bucketMask(bits)} as bucket, count(*) as n, sum(x._sl_r) as s from (${hashed} offset 0) x
-              where ${within ? inBuckets('x._sl_h', within) : 'true'} group by 1`, into, ['bucket', 'n', 's']),
+            `select x._sl_h & ${bucketMask(bits)} as bucket, count(*) as n, sum(x._sl_r) as s from (${hashed(within)} offset 0) x
+              group by 1`, into, ['bucket', 'n', 's']),
           async copyRows(within, into, opts) {
             // Everything (most rows differ): in chunks across workers, all in this session's snapshot.
             if (readAll && runId !== undefined && !range && everything(within)) {
@@ -104,11 +106,11 @@ export function checksumReads(src: { pool: Pool; url: string }, def: EntityConfi
               if (n !== null) return n;
             }
             return copy(
-              `select ${plan.sourceColumns.map((c) => `q.${quoteIdent(c)}`).join(', ')} ${rows}${where ? ' and' : ' where'} ${inBuckets(keyHash, within)}`,
+              `select ${plan.sourceColumns.map((c) => `q.${quoteIdent(c)}`).join(', ')} ${rows}${inside(within)}`,
               into, plan.targetColumns, opts);
           },
           copyRowHashes: (within, into) => copy(
-            `select ${keyValues.map((_, i) => `x._sl_k${i}`).join(', ')}, x._sl_h, x._sl_r from (${hashed}) x where ${inBuckets('x._sl_h', within)}`,
+            `select ${keyValues.map((_, i) => `x._sl_k${i}`).join(', ')}, x._sl_h, x._sl_r from (${hashed(within)}) x`,
             into, [...def.key, '_sl_h', '_sl_r']),
           async close() {
             // Not commit: the snapshot was read-only; a rollback undoes any session setting a query changed.
