@@ -102,15 +102,15 @@ export interface KeyRangeReads {
   copyKeys(range: KeyRange | null, target: PoolClient, into: string): Promise<void>;
 }
 
-/**
- * A synced target column as the checksum diff prints it. Both sides print a
- * value as the TARGET type prints it (the same text a full fetch would leave
- * in the target), so equal text on both sides means a full fetch would
- * change nothing there.
- */
 /** How a checksum hashes rows: see rowHash in ./buckets.ts. */
 export type HashKind = 'record' | 'text';
 
+/**
+ * A synced target column as the checksum diff takes it. Both sides take a
+ * value as the TARGET type holds it (what a full fetch would leave in the
+ * target), so equal hashes on both sides mean a full fetch would change
+ * nothing there.
+ */
 export interface ChecksumColumn {
   /** The target column. */
   column: string;
