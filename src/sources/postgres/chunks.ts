@@ -4,7 +4,7 @@
  * read in parallel, every one in ONE snapshot of the source, into the run's
  * one staging table; the engine merges once, after the last chunk.
  *
- * The work list is sync.run_chunk (migration 000019): a taker locks a
+ * The work list is sync.run_chunk (migration 000020): a taker locks a
  * pending chunk, COPYs its blocks and marks it done in the same target
  * transaction, so a chunk lands exactly once and one whose taker dies
  * mid-COPY is pending again. The process running the run takes chunks too,
@@ -63,7 +63,6 @@ export const exportSnapshot: SnapshotProvider = async (pool) => {
   }
 };
 
-
 /** The table's size in blocks, seen from a session in the shared snapshot. */
 async function tableBlocks(pool: Pool, def: EntityConfig, snapshot: string): Promise<number> {
   const t = (def.from as { table: { schema: string; table: string } }).table;
@@ -94,47 +93,46 @@ interface Taker {
 
 /**
  * Takes the next pending chunk of the run and reads it into the run's
- * staging; false when there is none to take. A failure leaves the chunk
- * pending (its transaction is dropped with the connection).
+ * staging; false when there is none to take. A failure gives the chunk back
+ * (pending again) before it is thrown.
  */
 export async function takeChunk(t: Taker): Promise<boolean> {
-  const { pool, url } = t.env.pgSource(t.def.source);
   const target = await t.env.pool.connect();
-  let source: PoolClient | undefined;
   let taken = false;
-  let released = false;
   try {
     await target.query('begin');
-    const { rows } = await target.query<{ chunk: number; lo: string; hi: string | null }>(
+    const { rows: [chunk] } = await target.query<{ chunk: number; lo: string; hi: string | null }>(
       'select * from sync.take_chunk($1)', [t.runId]);
-    if (!rows.length) {
-      await target.query('commit');
-      return false;
-    }
-    const { chunk, lo, hi } = rows[0];
-    taken = true;
-    const started = new Date();
-    source = await pool.connect().catch((err) => { throw connectionHint(err, url, `source "${t.def.source}"`); });
+    taken = chunk !== undefined;
+    if (taken) await copyChunk(t, target, chunk);
+    await target.query('commit');
+    target.release();
+    return taken;
+  } catch (err) {
+    await giveBack(t.env.pool, target, taken ? t.runId : null);
+    throw err;
+  }
+}
+
+/** COPYs the chunk's blocks into the run's staging and marks it done, in the target's open transaction. */
+async function copyChunk(t: Taker, target: PoolClient, c: { chunk: number; lo: string; hi: string | null }): Promise<void> {
+  const { pool, url } = t.env.pgSource(t.def.source);
+  const started = new Date();
+  const source = await pool.connect().catch((err) => { throw connectionHint(err, url, `source "${t.def.source}"`); });
+  try {
     await beginSnapshot(source, t.snapshot);
     const select = sourceSelect(t.def, t.spec.sourceColumns, {
-      tenantSourceColumn: t.spec.tenantSourceColumn, blocks: { lo: Number(lo), hi: hi === null ? null : Number(hi) } });
+      tenantSourceColumn: t.spec.tenantSourceColumn, blocks: { lo: Number(c.lo), hi: c.hi === null ? null : Number(c.hi) } });
     const copied = await copyInSnapshot({
       client: source, entity: t.def, select, target, into: stagingTable(t.runId), columns: t.spec.targetColumns,
       signal: t.signal, onRows: t.onRows && ((r) => t.onRows!(r)),
     });
-    await target.query('select sync.finish_chunk($1, $2, $3, $4, $5)', [t.runId, chunk, copied, t.who, started]);
-    await target.query('commit');
+    await target.query('select sync.finish_chunk($1, $2, $3, $4, $5)', [t.runId, c.chunk, copied, t.who, started]);
     await source.query('rollback');
-    return true;
+    source.release();
   } catch (err) {
-    source?.release(true);
-    source = undefined;
-    released = true;
-    await giveBack(t.env.pool, target, taken ? t.runId : null);
+    source.release(true);
     throw err;
-  } finally {
-    source?.release();
-    if (!released) target.release();
   }
 }
 
