@@ -2,6 +2,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { testDatabases, type TestDatabase } from './helpers/db.js';
 import { engineFor } from './helpers/engine.js';
 import type { Engine } from '../src/engine/run.js';
+import type { EntityConfig } from '../src/config/schema.js';
 import { targetColumns } from '../src/engine/columns.js';
 import { checksumColumns, diffSegments, dropSegmentTables, targetHashes, targetScope, targetTable } from '../src/engine/segments.js';
 import { postgresSource } from '../src/sources/postgres/index.js';
@@ -107,6 +108,25 @@ describe('checksum segments', () => {
       update forms set ts = ts + interval '1 microsecond' where id = 4;
       update forms set c = 'bob' where id = 5`);
     expect((await differingKeys('forms', 'seg_f')).keys).toEqual(['f/1', 'f/2', 'f/3', 'f/4', 'f/5']);
+  });
+
+  it('bucket a key in SQL (sync._checksum_key_hash, for the merge\'s delete scope) exactly as targetHashes does, for both hash kinds', async () => {
+    await sync.pool.query(`
+      create table keyed (n numeric, ts timestamptz, c text, v varchar(3), j jsonb, primary key (n, ts, c, v, j));
+      insert into keyed select i / 4.0, '2026-01-01 00:00:00+00'::timestamptz + i * interval '1 minute', 'c' || i, 'v' || (i % 9),
+                               jsonb_build_object('i', i) from generate_series(1, 300) i`);
+    const def = { key: ['n', 'ts', 'c', 'v', 'j'], target: { schema: 'public', table: 'keyed' } } as unknown as EntityConfig;
+    const target = await sync.pool.connect();
+    try {
+      const cols = await checksumColumns(target, def, def.key);
+      for (const kind of ['record', 'text'] as const) {
+        const { rows: [{ expr }] } = await target.query(`select sync._checksum_key_hash('keyed'::regclass, $1, 't', $2) as expr`, [def.key, kind]);
+        const { rows } = await target.query(`select count(*)::int as n, count(*) filter (where ${targetHashes(def, cols, kind).key} = ${expr})::int as same from keyed t`);
+        expect(rows[0]).toEqual({ n: 300, same: 300 });
+      }
+    } finally {
+      target.release();
+    }
   });
 
   it('stay within the tenant', async () => {
